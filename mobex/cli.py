@@ -1,0 +1,253 @@
+"""The `mobex` command line. Each command is a thin shell around a stage function.
+
+Heavy libraries are imported inside the commands that need them, so `mobex --help`, `keygen`,
+`verify` and `inspect` answer quickly. Every error a user can cause prints one clear message and
+exits non-zero (2 for bad input, 4 for failed gates, 5 for failed verification).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mobex.errors import MobexError
+
+app = typer.Typer(
+    name="mobex",
+    help="Prune, quantize, export, validate and sign PyTorch models as TFLite and Core ML bundles.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+
+
+def _console():  # noqa: ANN202
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _print_json(data: object) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+@app.command()
+def build(
+    recipe: Annotated[Path, typer.Argument(help="The recipe TOML file.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for bundles and reports.")] = Path("dist"),
+    key: Annotated[
+        Path | None, typer.Option("--key", help="ECDSA P-256 private key (PEM). Default: a development key.")
+    ] = None,
+    jobs: Annotated[int, typer.Option("--jobs", min=1, help="Parallel export processes (android, ios).")] = 2,
+    as_json: JsonFlag = False,
+) -> None:
+    """Convert, quantize, validate, gate, bundle and sign everything the recipe asks for."""
+    from mobex.bundle.keys import load_private_key
+    from mobex.pipeline import BuildOptions
+    from mobex.pipeline import build as run_build
+    from mobex.recipe import load_recipe
+
+    console = _console()
+    parsed = load_recipe(recipe)
+    if key is not None:
+        load_private_key(key)  # fail on a bad key before minutes of work
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    options = BuildOptions(out_dir=out, key=key, jobs=jobs, source_date_epoch=int(epoch) if epoch else None)
+    with console.status("starting") as status:
+        try:
+            result = run_build(parsed, options, on_stage=lambda name: status.update(f"[bold]{name}[/bold]…"))
+        except MobexError as exc:
+            report_path = out / "report.json"
+            if as_json and report_path.exists() and getattr(exc, "exit_code", 1) == 4:
+                _print_json(_summary(json.loads(report_path.read_text())))
+            raise
+    if result.dev_key_created:
+        from mobex.bundle.keys import dev_key_path
+
+        console.print(
+            f"[yellow]warning:[/yellow] signed with a new DEVELOPMENT key at {dev_key_path()} "
+            "(and its .pub.pem). Apps must not trust it; use `mobex keygen` and `--key` for releases."
+        )
+    elif key is None:
+        from mobex.bundle.keys import dev_key_path
+
+        console.print(
+            f"[yellow]warning:[/yellow] signed with the development key {dev_key_path()}; use --key for releases."
+        )
+    if as_json:
+        _print_json(_summary(result.report))
+    else:
+        _print_table(console, result.report)
+        for bundle in result.bundles:
+            console.print(f"[green]bundle[/green] {bundle}")
+        console.print(f"reports: {', '.join(str(p) for p in result.report_paths.values())}")
+
+
+def _summary(report: dict) -> dict:
+    return {
+        "status": report["status"],
+        "failures": report["failures"],
+        "rejected_variants": report.get("rejected_variants", []),
+        "shipped": report["shipped"],
+        "bundles": report["bundles"],
+        "timings": report["timings"],
+        "variants": [
+            {
+                "id": v["id"],
+                "size_bytes": v["size_bytes"],
+                "backend": v["backend"],
+                "status": v["status"],
+                "passed": v["passed"],
+                "shipped": v["shipped"],
+                "max_abs_error": (v["parity"] or {}).get("max_abs_error"),
+                "top1_agreement": (v["parity"] or {}).get("top1_agreement"),
+                "p50_ms": (v["latency"] or {}).get("p50_ms"),
+            }
+            for v in report["variants"]
+        ],
+    }
+
+
+def _print_table(console, report: dict) -> None:  # noqa: ANN001
+    from rich.table import Table
+
+    table = Table(title=f"{report['recipe']['name']} {report['recipe']['version']}: {report['status']}")
+    for col in (
+        "variant",
+        "size",
+        "backend",
+        "max abs err",
+        "cosine min",
+        "top-1 agree",
+        "accuracy",
+        "p50 ms",
+        "gates",
+    ):
+        table.add_column(col)
+    ref = report["reference"]
+    table.add_row(
+        "original (torch)",
+        "",
+        "torch",
+        "",
+        "",
+        "",
+        _num(ref["metrics"].get("accuracy")),
+        _num((ref.get("latency") or {}).get("p50_ms")),
+        "",
+    )
+    for v in report["variants"]:
+        p = v["parity"] or {}
+        mark = "[green]pass[/green]" if v["passed"] else "[red]FAIL[/red]"
+        table.add_row(
+            v["id"] + (" [bold](shipped)[/bold]" if v["shipped"] else ""),
+            f"{v['size_bytes'] / 1024:.1f} KiB" if v["size_bytes"] else "",
+            v["backend"] or v["status"][:40],
+            _num(p.get("max_abs_error")),
+            _num(p.get("cosine_min")),
+            _num(p.get("top1_agreement")),
+            _num(p.get("accuracy")),
+            _num((v["latency"] or {}).get("p50_ms")),
+            mark,
+        )
+    console.print(table)
+
+
+def _num(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+    return str(value)
+
+
+@app.command()
+def keygen(
+    out: Annotated[Path, typer.Option("--out", help="Private key path; the public key goes next to it as .pub.pem.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Write an ECDSA P-256 signing key pair (files readable by you only)."""
+    from mobex.bundle.keys import generate_keypair, public_key_fingerprint
+
+    private, public = generate_keypair(out)
+    info = {"private_key": str(private), "public_key": str(public), "fingerprint": public_key_fingerprint(public)}
+    if as_json:
+        _print_json(info)
+    else:
+        typer.echo(f"private key: {private}\npublic key:  {public}\nfingerprint: {info['fingerprint']}")
+
+
+@app.command()
+def verify(
+    bundle: Annotated[Path, typer.Argument(help="A bundle .zip.")],
+    key: Annotated[Path, typer.Option("--key", help="The signer's public key (PEM).")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Check a bundle: safe archive, valid signature, every file matches the signed manifest."""
+    from mobex.bundle.verify import verify_bundle
+
+    manifest = verify_bundle(bundle, key)
+    info = {
+        "bundle": str(bundle),
+        "verified": True,
+        "name": manifest.name,
+        "version": manifest.version,
+        "platform": manifest.platform,
+        "files": len(manifest.files),
+    }
+    if as_json:
+        _print_json(info)
+    else:
+        typer.echo(
+            f"OK: {bundle} is {manifest.name} {manifest.version} ({manifest.platform}), "
+            f"{len(manifest.files)} files, signature valid"
+        )
+
+
+@app.command()
+def inspect(
+    bundle: Annotated[Path, typer.Argument(help="A bundle .zip.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Print a bundle's manifest (without verifying it: use `mobex verify` for that)."""
+    from mobex.bundle.verify import read_manifest
+
+    manifest = read_manifest(bundle)
+    data = manifest.model_dump(mode="json", by_alias=True)
+    if as_json:
+        _print_json(data)
+    else:
+        typer.echo(json.dumps(data, indent=2, sort_keys=True))
+        typer.echo("(not verified: run `mobex verify BUNDLE --key PUB.pem`)", err=True)
+
+
+def main() -> None:
+    """Console-script entry: run the app, turning MobexError into a message and an exit code."""
+    try:
+        app(standalone_mode=False)
+    except MobexError as exc:
+        from rich.markup import escape
+
+        console = _console()
+        console.print(f"[red]error:[/red] {escape(exc.message)}", highlight=False)
+        if exc.hint:
+            console.print(f"  hint: {escape(exc.hint)}", highlight=False)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors arrive here with standalone_mode=False
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

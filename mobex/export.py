@@ -1,0 +1,159 @@
+"""Export stage: one platform's variants (convert once, then quantize/compress each variant).
+
+`export_platform` is a plain top-level function taking only paths and strings, so the pipeline can
+run the Android and the iOS export in separate processes: they run in parallel on two cores, and a
+converter crash (a segfault in a native library) takes down only its own process.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mobex.artifacts import ExportedVariant
+
+
+@dataclass
+class ExportFailure:
+    quantization: str
+    message: str
+
+
+@dataclass
+class PlatformExport:
+    platform: str
+    variants: list[ExportedVariant] = field(default_factory=list)
+    failures: list[ExportFailure] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def output_names(recipe, count: int) -> list[str]:  # noqa: ANN001 - Recipe, kept import-light
+    """Recipe output names, or output_0..N when the recipe does not name them."""
+    if recipe.outputs and len(recipe.outputs) == count:
+        return [o.name for o in recipe.outputs]
+    return [f"output_{i}" for i in range(count)]
+
+
+def example_inputs(recipe, validation) -> dict:  # noqa: ANN001
+    """The first validation batch as torch tensors, in call order: real values trace best."""
+    import torch
+
+    feed = validation.feed(0)
+    return {spec.name: torch.from_numpy(feed[spec.name].copy()) for spec in recipe.inputs}
+
+
+def export_platform(recipe_path: str, platform: str, workdir: str, threads: int = 1) -> PlatformExport:
+    """Convert the recipe's model for one platform and produce every variant the recipe lists."""
+    import torch
+
+    from mobex.data import load_validation_and_calibration
+    from mobex.recipe import load_recipe
+    from mobex.sources import load_model
+
+    start = time.perf_counter()
+    torch.set_num_threads(threads)
+    recipe = load_recipe(recipe_path)
+    validation, calibration = load_validation_and_calibration(recipe)
+    model = load_model(recipe)
+    inputs = example_inputs(recipe, validation)
+    with torch.inference_mode():
+        out = model(*inputs.values())
+    count = len(out) if isinstance(out, (tuple, list)) else 1
+    names = output_names(recipe, count)
+    out_dir = Path(workdir) / platform
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if platform == "android":
+        result = _export_android(recipe, model, inputs, names, calibration, out_dir)
+    else:
+        result = _export_ios(recipe, model, inputs, names, out_dir)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _failure(quantization: str, exc: BaseException) -> ExportFailure:
+    detail = str(exc) or type(exc).__name__
+    if not hasattr(exc, "exit_code"):  # not a MobexError: keep the tail of the traceback for debugging
+        tail = "".join(traceback.format_exception(exc)[-3:]).strip()
+        detail = f"{type(exc).__name__}: {detail}\n{tail}"
+    return ExportFailure(quantization, detail)
+
+
+def _export_android(recipe, model, inputs, names, calibration, out_dir: Path) -> PlatformExport:  # noqa: ANN001
+    from mobex.converters.tflite import convert_tflite
+    from mobex.quantize.tflite import quantize_tflite
+
+    result = PlatformExport("android")
+    stem = recipe.model.name
+    try:
+        base = convert_tflite(model, inputs, out_dir / f"{stem}-fp32.tflite", output_names=names)
+    except Exception as exc:
+        result.failures = [_failure(v, exc) for v in recipe.android.variants]
+        return result
+    calib_feeds = list(calibration.feeds())
+    for variant in recipe.android.variants:
+        if variant == "fp32":
+            result.variants.append(base)
+            continue
+        try:
+            result.variants.append(
+                quantize_tflite(
+                    base,
+                    variant,
+                    out_dir / f"{stem}-{variant}.tflite",
+                    calibration=calib_feeds,
+                    int8_io=recipe.android.int8_io,
+                )
+            )
+        except Exception as exc:
+            result.failures.append(_failure(variant, exc))
+    return result
+
+
+def _export_ios(recipe, model, inputs, names, out_dir: Path) -> PlatformExport:  # noqa: ANN001
+    from mobex.converters.coreml import CoreMLMetadata, convert_coreml
+    from mobex.quantize.coreml import compress_coreml
+
+    result = PlatformExport("ios")
+    target = recipe.ios.minimum_deployment_target
+    metadata = CoreMLMetadata(
+        name=recipe.model.name,
+        version=recipe.model.version,
+        description=recipe.model.description,
+        author=recipe.model.author,
+        license=recipe.model.license,
+        input_descriptions={i.name: i.description for i in recipe.inputs if i.description},
+        output_descriptions={o.name: o.description for o in recipe.outputs if o.description},
+        labels=recipe.labels(),
+        extra={"mobex.recipe_sha256": recipe.sha256},
+    )
+    stem = recipe.model.name
+    bases: dict[str, ExportedVariant] = {}
+
+    def base(precision: str) -> ExportedVariant:
+        if precision not in bases:
+            bases[precision] = convert_coreml(
+                model,
+                inputs,
+                out_dir / f"{stem}-{precision}.mlpackage",
+                precision=precision,
+                deployment_target=target,
+                output_names=names,
+                metadata=metadata,
+            )
+        return bases[precision]
+
+    for variant in recipe.ios.variants:
+        try:
+            if variant in ("fp32", "fp16"):
+                result.variants.append(base(variant))
+            else:
+                result.variants.append(
+                    compress_coreml(
+                        base("fp16"), variant, out_dir / f"{stem}-{variant}.mlpackage", deployment_target=target
+                    )
+                )
+        except Exception as exc:
+            result.failures.append(_failure(variant, exc))
+    return result

@@ -1,0 +1,300 @@
+"""`mobex build`: the stages in order, as in DESIGN.md's diagram.
+
+    recipe -> data checks -> load model -> reference run -> export (android | ios, in parallel)
+           -> validate every variant -> gates + choose what ships -> bundle + sign -> reports
+
+The pipeline knows the order, not the details: each stage is a function in its own module.
+Everything is built in a temporary folder next to `--out` and moved in at the end, so `--out` never
+holds a half-written file; when a gate fails, only the three reports are moved in.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mobex import __version__
+from mobex.data import Dataset, load_validation_and_calibration
+from mobex.errors import DataError, GateFailed
+from mobex.export import PlatformExport, export_platform, output_names
+from mobex.provenance import provenance
+from mobex.recipe import Recipe
+from mobex.validate.latency import HOST_NOTE
+from mobex.validate.report import REPORT_SCHEMA, report_json_bytes, write_atomic, write_reports
+from mobex.validate.validator import (
+    VariantReport,
+    failed_export_report,
+    run_reference,
+    validate_variant,
+)
+
+STATIC_VARIANTS = {"int8"}  # TFLite variants that need calibration data
+
+
+@dataclass
+class BuildOptions:
+    out_dir: Path
+    key: Path | None = None
+    jobs: int = 2
+    source_date_epoch: int | None = None
+
+
+@dataclass
+class BuildResult:
+    report: dict
+    bundles: list[Path]
+    report_paths: dict[str, Path]
+    dev_key_created: bool = False
+
+    @property
+    def passed(self) -> bool:
+        return self.report["status"] == "passed"
+
+
+@dataclass
+class StageClock:
+    """Wall time per stage for report.json, with an optional callback to show progress."""
+
+    on_stage: Callable[[str], None] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        if self.on_stage:
+            self.on_stage(name)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(time.perf_counter() - start, 3)
+
+
+def build(recipe: Recipe, options: BuildOptions, on_stage: Callable[[str], None] | None = None) -> BuildResult:
+    """Run the whole flow. Raises GateFailed (after writing the reports) when nothing may ship."""
+    clock = StageClock(on_stage)
+    total_start = time.perf_counter()
+    with clock.stage("data checks"):
+        validation, calibration = load_validation_and_calibration(recipe)
+        _check_calibration(recipe, calibration)
+    with clock.stage("load model"):
+        from mobex.sources import load_model
+
+        model = load_model(recipe)
+    with clock.stage("reference run"):
+        reference = run_reference(model, recipe, validation)
+    names = output_names(recipe, len(reference.outputs))
+
+    options.out_dir.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=".mobex-build-", dir=options.out_dir))
+    try:
+        with clock.stage("export"):
+            exports = _export(recipe, workdir, options.jobs)
+        for exp in exports:
+            clock.timings[f"export {exp.platform}"] = round(exp.seconds, 3)
+        with clock.stage("validate"):
+            variants = _validate(recipe, exports, validation, reference, names)
+        shipped, failures, rejected = choose_shipped(recipe, variants)
+        status = "passed" if not failures else "failed"
+        report = _report(recipe, validation, calibration, reference, variants, shipped, failures, status, clock)
+        report["rejected_variants"] = rejected
+        bundles: list[Path] = []
+        dev_key_created = False
+        final = workdir / "final"
+        final.mkdir()
+        if status == "passed":
+            with clock.stage("bundle + sign"):
+                bundles, dev_key_created = _bundles(recipe, report, variants, shipped, workdir, final, options)
+            report["bundles"] = [
+                {"platform": p, "file": b.name, "size_bytes": b.stat().st_size}
+                for p, b in zip(shipped, bundles, strict=True)
+            ]
+        clock.timings["total"] = round(time.perf_counter() - total_start, 3)
+        report["timings"] = clock.timings
+        write_reports(report, final)
+        moved = _move_into(final, options.out_dir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    result = BuildResult(
+        report=report,
+        bundles=[options.out_dir / b.name for b in bundles],
+        report_paths={k: options.out_dir / p.name for k, p in moved.items()},
+        dev_key_created=dev_key_created,
+    )
+    if status != "passed":
+        raise GateFailed(
+            "gates failed, nothing shipped:\n  " + "\n  ".join(failures + report["rejected_variants"]),
+            f"see {result.report_paths['html']} for every variant's numbers",
+        )
+    return result
+
+
+def _check_calibration(recipe: Recipe, calibration: Dataset) -> None:
+    """Static quantization needs enough calibration samples: refuse before any conversion starts."""
+    wanted = sorted(STATIC_VARIANTS & set(recipe.android.variants if recipe.android else []))
+    if not wanted:
+        return
+    have = calibration.num_samples
+    need = recipe.data.min_calibration_samples
+    if have < need:
+        source = "[data].calibration" if recipe.data.calibration else "[data].validation (no [data].calibration set)"
+        raise DataError(
+            f"variant(s) {', '.join(wanted)} need at least {need} calibration samples; {source} has {have}",
+            "add representative samples to the calibration data or lower [data].min_calibration_samples",
+        )
+
+
+def _export(recipe: Recipe, workdir: Path, jobs: int) -> list[PlatformExport]:
+    platforms = [p for p in ("android", "ios") if getattr(recipe, p) is not None]
+    if jobs <= 1 or len(platforms) == 1:
+        return [export_platform(str(recipe.path), p, str(workdir)) for p in platforms]
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=len(platforms), mp_context=ctx) as pool:
+        futures = {p: pool.submit(export_platform, str(recipe.path), p, str(workdir)) for p in platforms}
+        results = []
+        for platform, future in futures.items():
+            try:
+                results.append(future.result())
+            except Exception as exc:  # the whole process died (e.g. a converter segfault)
+                variants = getattr(recipe, platform).variants
+                failed = PlatformExport(platform)
+                from mobex.export import ExportFailure
+
+                failed.failures = [ExportFailure(v, f"{platform} export process failed: {exc}") for v in variants]
+                results.append(failed)
+        return results
+
+
+def _validate(recipe: Recipe, exports, validation, reference, names) -> list[VariantReport]:  # noqa: ANN001
+    reports: list[VariantReport] = []
+    for exp in exports:
+        section = getattr(recipe, exp.platform)
+        target = "tflite" if exp.platform == "android" else "coreml"
+        by_name = {v.quantization: v for v in exp.variants}
+        failures = {f.quantization: f.message for f in exp.failures}
+        for variant in section.variants:  # recipe order
+            if variant in by_name:
+                reports.append(validate_variant(by_name[variant], recipe, validation, reference, names))
+            else:
+                message = failures.get(variant, "not produced")
+                reports.append(failed_export_report(exp.platform, target, variant, message, recipe))
+    return reports
+
+
+def choose_shipped(
+    recipe: Recipe, variants: list[VariantReport]
+) -> tuple[dict[str, VariantReport], list[str], list[str]]:
+    """Pick one passing variant per platform by the recipe's `ship` (a name or a policy).
+
+    Returns (shipped per platform, blocking failures, rejected candidates). A candidate that fails
+    its gates is rejected and reported; the build fails only when a platform has nothing to ship,
+    or when the recipe names the variant to ship and that one failed.
+    """
+    shipped: dict[str, VariantReport] = {}
+    failures: list[str] = []
+    rejected: list[str] = []
+    for platform in ("android", "ios"):
+        section = getattr(recipe, platform)
+        if section is None:
+            continue
+        candidates = [v for v in variants if v.platform == platform]
+        for v in candidates:
+            if not v.passed:
+                failed = [g["message"] for g in v.gates if not g["passed"]] or [v.status]
+                rejected.append(f"{platform}/{v.quantization}: " + "; ".join(failed))
+        passing = [v for v in candidates if v.passed]
+        if section.ship not in ("smallest-passing", "fastest-passing"):
+            chosen = next((v for v in passing if v.quantization == section.ship), None)
+            if chosen is None:
+                failures.append(f"{platform}: ship = {section.ship!r} did not pass its gates")
+                continue
+        elif not passing:
+            failures.append(f"{platform}: no variant passed its gates")
+            continue
+        elif section.ship == "fastest-passing" and all(v.latency for v in passing):
+            chosen = min(passing, key=lambda v: (v.latency["p50_ms"], v.size_bytes))
+        else:  # smallest-passing, or fastest-passing without latency numbers (Core ML off macOS)
+            chosen = min(passing, key=lambda v: (v.size_bytes, v.quantization))
+            if section.ship == "fastest-passing":
+                chosen.notes.append("fastest-passing fell back to smallest-passing: no latency on this host")
+        chosen.shipped = True
+        shipped[platform] = chosen
+    return shipped, failures, rejected
+
+
+def _report(recipe, validation, calibration, reference, variants, shipped, failures, status, clock) -> dict:  # noqa: ANN001
+    return {
+        "schema": REPORT_SCHEMA,
+        "mobex_version": __version__,
+        "status": status,
+        "failures": failures,
+        "recipe": {
+            "path": str(recipe.path),
+            "sha256": recipe.sha256,
+            "name": recipe.model.name,
+            "version": recipe.model.version,
+            "task": recipe.model.task,
+        },
+        "data": {
+            "validation": {"path": str(validation.path), "samples": validation.num_samples},
+            "calibration": {"path": str(calibration.path), "samples": calibration.num_samples},
+        },
+        "data_checks": [c.to_dict() for c in validation.checks]
+        + ([c.to_dict() for c in calibration.checks] if calibration is not validation else []),
+        "reference": {
+            "backend": "torch",
+            "metrics": reference.metrics,
+            "latency": reference.latency,
+            "latency_by_threads": reference.latency_by_threads,
+        },
+        "variants": [v.to_dict() for v in variants],
+        "shipped": {p: v.quantization for p, v in shipped.items()},
+        "bundles": [],
+        "latency_note": HOST_NOTE,
+        "provenance": provenance(recipe),
+        "timings": clock.timings,
+    }
+
+
+def _bundles(recipe, report, variants, shipped, workdir: Path, final: Path, options: BuildOptions):  # noqa: ANN001, ANN202
+    from mobex.bundle.assemble import assemble_bundle
+    from mobex.bundle.keys import ensure_dev_key
+
+    key, created = (options.key, False) if options.key else ensure_dev_key()
+    bundles = []
+    for platform, chosen in shipped.items():
+        out_zip = final / f"{recipe.model.name}-{recipe.model.version}-{platform}.zip"
+        assemble_bundle(
+            recipe,
+            chosen,
+            report_json_bytes(report),
+            out_zip,
+            key,
+            staging=workdir / f"stage-{platform}",
+            source_date_epoch=options.source_date_epoch,
+        )
+        bundles.append(out_zip)
+    return bundles, created
+
+
+def _move_into(final: Path, out_dir: Path) -> dict[str, Path]:
+    """Move every finished file into out_dir, each with an atomic rename; reports last."""
+    moved = {}
+    order = sorted(final.iterdir(), key=lambda p: (p.suffix != ".zip", p.name))
+    for path in order:
+        target = out_dir / path.name
+        os.replace(path, target)
+        key = {"report.json": "json", "report.html": "html", "junit.xml": "junit"}.get(path.name)
+        if key:
+            moved[key] = target
+    return moved
+
+
+__all__ = ["BuildOptions", "BuildResult", "build", "choose_shipped", "write_atomic"]

@@ -1,0 +1,1 @@
+"""Compression: pruning before conversion, quantization of the converted models."""

@@ -1,0 +1,344 @@
+"""The recipe: one TOML file that drives a build, validated with pydantic.
+
+Every mistake (unknown key, wrong type, missing file, bad version, unknown variant) becomes one
+`RecipeError` that names the file and the field, so a user fixes it without reading a traceback.
+Paths in the recipe are relative to the recipe's folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
+
+from mobex.errors import RecipeError
+from mobex.variants import (
+    COREML_FIXED_VARIANTS,
+    COREML_PATTERNS,
+    IOS_TARGETS,
+    TFLITE_VARIANTS,
+    ios_target_at_least,
+    is_coreml_variant,
+    is_tflite_variant,
+    requires_ios,
+)
+
+# SemVer 2.0.0, from semver.org.
+SEMVER = re.compile(
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
+)
+BUNDLE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+INPUT_DTYPES = ("float32", "float16", "int32", "int64", "uint8", "bool")
+SHIP_POLICIES = ("smallest-passing", "fastest-passing")
+GATE_METRICS: dict[str, str] = {
+    # metric -> "max" (value must be <= limit) or "min" (value must be >= limit)
+    "max_abs_error": "max",
+    "mean_abs_error": "max",
+    "cosine_min": "min",
+    "snr_db": "min",
+    "top1_agreement": "min",
+    "accuracy_drop": "max",
+    "p50_ms": "max",
+    "size_bytes": "max",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(_Strict):
+    name: str
+    version: str
+    source: str
+    weights: Path | None = None
+    task: Literal["classification", "regression", "embedding", "other"] = "other"
+    labels: Path | None = None
+    description: str = ""
+    author: str = ""
+    license: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not BUNDLE_NAME.match(v):
+            raise ValueError(
+                f"{v!r} is not a bundle name: use lowercase letters, digits, '.', '_' or '-' "
+                "(e.g. 'digits-cnn'), at most 64 characters"
+            )
+        return v
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        if not SEMVER.match(v):
+            raise ValueError(f"{v!r} is not a SemVer version; write MAJOR.MINOR.PATCH, e.g. '1.0.0'")
+        return v
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        if v.endswith((".pt", ".pt2")) or ":" in v:
+            return v
+        raise ValueError(
+            f"{v!r} is not a model source; use 'module:function' (a factory returning an nn.Module), "
+            "a TorchScript '.pt' file or an ExportedProgram '.pt2' file"
+        )
+
+
+class InputSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    shape: list[StrictInt] = Field(min_length=1)
+    dtype: Literal["float32", "float16", "int32", "int64", "uint8", "bool"] = "float32"
+    description: str = ""
+
+    @field_validator("shape")
+    @classmethod
+    def _shape(cls, v: list[int]) -> list[int]:
+        if any(d <= 0 for d in v):
+            raise ValueError(f"every dimension must be a positive integer (static shapes), got {v}")
+        return v
+
+
+class OutputSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    description: str = ""
+
+
+class DataSection(_Strict):
+    validation: Path
+    calibration: Path | None = None
+    training: Path | None = None
+    min_calibration_samples: int = Field(default=32, ge=1)
+
+
+class PlatformSection(_Strict):
+    variants: list[str] = Field(min_length=1)
+    ship: str = "smallest-passing"
+
+    @field_validator("variants")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        dupes = sorted({x for x in v if v.count(x) > 1})
+        if dupes:
+            raise ValueError(f"variant(s) listed twice: {', '.join(dupes)}")
+        return v
+
+    @model_validator(mode="after")
+    def _ship(self) -> PlatformSection:
+        if self.ship not in SHIP_POLICIES and self.ship not in self.variants:
+            raise ValueError(
+                f"ship = {self.ship!r} is neither a policy ({', '.join(SHIP_POLICIES)}) "
+                f"nor one of this platform's variants ({', '.join(self.variants)})"
+            )
+        return self
+
+
+class AndroidSection(PlatformSection):
+    variants: list[str] = Field(default_factory=lambda: ["fp32", "dynamic-int8"], min_length=1)
+    min_sdk: int = Field(default=24, ge=21)
+    int8_io: bool = False
+
+    @field_validator("variants")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not is_tflite_variant(name):
+                raise ValueError(f"unknown TFLite variant {name!r}; valid: {', '.join(TFLITE_VARIANTS)}")
+        return v
+
+
+class IosSection(PlatformSection):
+    variants: list[str] = Field(default_factory=lambda: ["fp16"], min_length=1)
+    minimum_deployment_target: str = "iOS16"
+    compute_units: Literal["cpu_only", "cpu_and_gpu", "cpu_and_ne", "all"] = "cpu_only"
+
+    @field_validator("minimum_deployment_target")
+    @classmethod
+    def _target(cls, v: str) -> str:
+        if v not in IOS_TARGETS:
+            raise ValueError(f"{v!r} is not supported; use one of {', '.join(IOS_TARGETS)} (mlprogram needs iOS15+)")
+        return v
+
+    @field_validator("variants")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not is_coreml_variant(name):
+                valid = ", ".join(COREML_FIXED_VARIANTS + COREML_PATTERNS)
+                raise ValueError(f"unknown Core ML variant {name!r}; valid: {valid}")
+        return v
+
+    @model_validator(mode="after")
+    def _runnable(self) -> IosSection:
+        for name in self.variants:
+            needed = requires_ios(name)
+            if needed and not ios_target_at_least(self.minimum_deployment_target, needed):
+                raise ValueError(
+                    f"variant {name!r} needs minimum_deployment_target = {needed!r} or later, "
+                    f"but the recipe says {self.minimum_deployment_target!r}; raise the target or drop the variant"
+                )
+        return self
+
+
+class GatesSection(_Strict):
+    """Limits per metric. Defaults come per variant family (see mobex.validate.gates)."""
+
+    all: dict[str, float] = Field(default_factory=dict)
+    variants: dict[str, dict[str, float]] = Field(default_factory=dict)
+    allow_unvalidated: bool = False
+
+    @field_validator("all")
+    @classmethod
+    def _metrics(cls, v: dict[str, float]) -> dict[str, float]:
+        _check_metrics(v)
+        return v
+
+    @field_validator("variants")
+    @classmethod
+    def _variant_metrics(cls, v: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for limits in v.values():
+            _check_metrics(limits)
+        return v
+
+
+def _check_metrics(limits: dict[str, float]) -> None:
+    for metric in limits:
+        if metric not in GATE_METRICS:
+            raise ValueError(f"unknown gate metric {metric!r}; valid: {', '.join(GATE_METRICS)}")
+
+
+class LatencySection(_Strict):
+    threads: list[int] = Field(default_factory=lambda: [1], min_length=1)
+    warmup: int = Field(default=5, ge=0)
+    runs: int = Field(default=50, ge=1)
+
+    @field_validator("threads")
+    @classmethod
+    def _threads(cls, v: list[int]) -> list[int]:
+        if any(t < 1 for t in v):
+            raise ValueError("thread counts must be >= 1")
+        return v
+
+
+class Recipe(_Strict):
+    model: ModelSection
+    inputs: list[InputSpec] = Field(min_length=1)
+    outputs: list[OutputSpec] = Field(default_factory=list)
+    preprocessing: dict[str, Any] = Field(default_factory=dict)
+    data: DataSection
+    android: AndroidSection | None = None
+    ios: IosSection | None = None
+    gates: GatesSection = Field(default_factory=GatesSection)
+    latency: LatencySection = Field(default_factory=LatencySection)
+
+    # Filled in by load_recipe, not by the TOML.
+    path: Path = Field(default=Path("recipe.toml"), exclude=True)
+    sha256: str = Field(default="", exclude=True)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Recipe:
+        names = [i.name for i in self.inputs]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"input name(s) listed twice: {', '.join(dupes)}")
+        if self.android is None and self.ios is None:
+            raise ValueError("the recipe has neither [android] nor [ios]: add at least one to build something")
+        if self.model.task == "classification" and self.outputs and len(self.outputs) != 1:
+            raise ValueError("a classification model must have exactly one output (the class scores)")
+        return self
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def resolve(self, relative: Path) -> Path:
+        """A recipe path made absolute against the recipe's folder."""
+        return relative if relative.is_absolute() else (self.base_dir / relative)
+
+    def labels(self) -> list[str] | None:
+        if self.model.labels is None:
+            return None
+        lines = self.resolve(self.model.labels).read_text(encoding="utf-8").splitlines()
+        return [line.strip() for line in lines if line.strip()]
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    """('android', 'variants', 2) -> '[android].variants[2]'."""
+    out = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif i == 0:
+            out += f"[{part}]"
+        else:
+            out += f".{part}"
+    return out or "(top level)"
+
+
+def _format_error(err: dict[str, Any]) -> str:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key (check its spelling against the recipe reference in README.md)"
+    elif err["type"] == "missing":
+        msg = "required key is missing"
+    return f"{_loc(loc)}: {msg}"
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read, validate and resolve a recipe. Raises RecipeError naming the file and the field."""
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found", "pass the path of a recipe.toml")
+    raw_bytes = path.read_bytes()
+    try:
+        raw = tomllib.loads(raw_bytes.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        recipe = Recipe.model_validate({**raw, "path": path, "sha256": hashlib.sha256(raw_bytes).hexdigest()})
+    except ValidationError as exc:
+        problems = [_format_error(e) for e in exc.errors()]
+        raise RecipeError(
+            f"{path}: " + ("; ".join(problems) if len(problems) == 1 else "\n  " + "\n  ".join(problems))
+        ) from None
+    _check_files(recipe)
+    return recipe
+
+
+def _check_files(recipe: Recipe) -> None:
+    wanted: list[tuple[str, Path | None]] = [
+        ("[model].weights", recipe.model.weights),
+        ("[model].labels", recipe.model.labels),
+        ("[data].validation", recipe.data.validation),
+        ("[data].calibration", recipe.data.calibration),
+        ("[data].training", recipe.data.training),
+    ]
+    source = recipe.model.source
+    if source.endswith((".pt", ".pt2")):
+        wanted.append(("[model].source", Path(source)))
+    else:
+        module, _, function = source.partition(":")
+        if not module or not function:
+            raise RecipeError(f"{recipe.path}: [model].source: {source!r} must be 'module:function'")
+    for field, rel in wanted:
+        if rel is None:
+            continue
+        full = recipe.resolve(rel)
+        if not full.is_file():
+            raise RecipeError(
+                f"{recipe.path}: {field}: file not found: {full}",
+                "paths in a recipe are relative to the recipe's folder",
+            )
+    labels = recipe.labels()
+    if labels is not None and not labels:
+        raise RecipeError(f"{recipe.path}: [model].labels: the labels file is empty")
+    if labels is not None and len(set(labels)) != len(labels):
+        raise RecipeError(f"{recipe.path}: [model].labels: the labels file has duplicate labels")

@@ -1,0 +1,133 @@
+"""Model loading: the recipe's `source` becomes an `nn.Module` in eval mode.
+
+Supported sources:
+- `module:function` — a factory in the recipe's folder (put on the import path) returning an nn.Module;
+  optional `weights` from safetensors or a state_dict file loaded with `torch.load(weights_only=True)`.
+- `*.pt` — a TorchScript archive (`torch.jit.load`: TorchScript code, not pickled Python objects).
+- `*.pt2` — an ExportedProgram (`torch.export.load`).
+
+Never unpickle: weights go through safetensors or `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mobex.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+    from mobex.recipe import Recipe
+
+
+def load_model(recipe: Recipe) -> torch.nn.Module:
+    """The recipe's model, weights applied, in eval mode."""
+    source = recipe.model.source
+    if source.endswith(".pt"):
+        model = _load_torchscript(recipe.resolve(Path(source)))
+    elif source.endswith(".pt2"):
+        model = _load_exported_program(recipe.resolve(Path(source)))
+    else:
+        model = _load_factory(recipe.base_dir, source)
+    if recipe.model.weights is not None:
+        load_weights(model, recipe.resolve(recipe.model.weights))
+    return model.eval()
+
+
+def _load_factory(base_dir: Path, source: str) -> torch.nn.Module:
+    import torch
+
+    module_name, _, function_name = source.partition(":")
+    _import_from_folder_first(base_dir, module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # the user's code: report whatever it raised
+        raise UsageError(
+            f"[model].source: cannot import module {module_name!r} from {base_dir}: {type(exc).__name__}: {exc}",
+            "the module must be a .py file (or package) in the recipe's folder or an installed module",
+        ) from exc
+    factory = getattr(module, function_name, None)
+    if factory is None or not callable(factory):
+        raise UsageError(f"[model].source: {module_name!r} has no callable {function_name!r}")
+    try:
+        model = factory()
+    except Exception as exc:
+        raise UsageError(f"[model].source: {source}() raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, torch.nn.Module):
+        raise UsageError(f"[model].source: {source}() returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _import_from_folder_first(base_dir: Path, module_name: str) -> None:
+    """Make `import module_name` find the recipe's own file, even if another recipe's same-named
+    module (every sample has a `model.py`) was imported earlier in this process."""
+    folder = str(base_dir)
+    if folder in sys.path:
+        sys.path.remove(folder)
+    sys.path.insert(0, folder)
+    top = module_name.split(".")[0]
+    cached = sys.modules.get(top)
+    cached_file = getattr(cached, "__file__", None) or ""
+    if cached is not None and not Path(cached_file).resolve().is_relative_to(base_dir.resolve()):
+        for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+            del sys.modules[name]
+    importlib.invalidate_caches()
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load a state_dict from safetensors or a torch file (weights_only=True), strictly."""
+    import torch
+
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except Exception as exc:
+            raise UsageError(f"[model].weights: {path} is not a readable safetensors file: {exc}") from exc
+    else:
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise UsageError(
+                f"[model].weights: {path} cannot be loaded safely (weights_only=True): {type(exc).__name__}: {exc}",
+                "save a plain state_dict (torch.save(model.state_dict(), ...)) or convert it to safetensors",
+            ) from exc
+        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict):
+            raise UsageError(f"[model].weights: {path} holds a {type(state).__name__}, not a state_dict")
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        parts = []
+        if result.missing_keys:
+            parts.append(f"missing keys: {', '.join(result.missing_keys[:5])}")
+        if result.unexpected_keys:
+            parts.append(f"unexpected keys: {', '.join(result.unexpected_keys[:5])}")
+        raise UsageError(
+            f"[model].weights: {path} does not match the model ({'; '.join(parts)})",
+            "check that the factory builds the same architecture the weights were saved from",
+        )
+
+
+def _load_torchscript(path: Path) -> torch.nn.Module:
+    import torch
+
+    try:
+        return torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:
+        raise UsageError(f"[model].source: {path} is not a TorchScript archive: {exc}") from exc
+
+
+def _load_exported_program(path: Path) -> torch.nn.Module:
+    import torch
+
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:
+        raise UsageError(f"[model].source: {path} is not an ExportedProgram (.pt2): {exc}") from exc
+    return program.module()

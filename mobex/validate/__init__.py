@@ -1,0 +1,1 @@
+"""Validation: runners for each runtime, parity and latency metrics, gates, reports."""
