@@ -35,6 +35,8 @@ def load_model(recipe: Recipe) -> torch.nn.Module:
         model = _load_factory(recipe.base_dir, source)
     if recipe.model.weights is not None:
         load_weights(model, recipe.resolve(recipe.model.weights))
+    if source.endswith(".pt2"):
+        return model  # an exported graph is already in inference form and refuses .eval()
     return model.eval()
 
 
