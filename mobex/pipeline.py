@@ -105,7 +105,7 @@ def build(recipe: Recipe, options: BuildOptions, on_stage: Callable[[str], None]
         status = "passed" if not failures else "failed"
         report = _report(recipe, validation, calibration, reference, variants, shipped, failures, status, clock)
         report["rejected_variants"] = rejected
-        bundles: list[Path] = []
+        bundles: list[tuple[str, Path]] = []
         dev_key_created = False
         final = workdir / "final"
         final.mkdir()
@@ -113,8 +113,8 @@ def build(recipe: Recipe, options: BuildOptions, on_stage: Callable[[str], None]
             with clock.stage("bundle + sign"):
                 bundles, dev_key_created = _bundles(recipe, report, variants, shipped, workdir, final, options)
             report["bundles"] = [
-                {"platform": p, "file": b.name, "size_bytes": b.stat().st_size}
-                for p, b in zip(shipped, bundles, strict=True)
+                {"platform": platform, "file": path.name, "size_bytes": path.stat().st_size}
+                for platform, path in bundles
             ]
         clock.timings["total"] = round(time.perf_counter() - total_start, 3)
         report["timings"] = clock.timings
@@ -124,7 +124,7 @@ def build(recipe: Recipe, options: BuildOptions, on_stage: Callable[[str], None]
         shutil.rmtree(workdir, ignore_errors=True)
     result = BuildResult(
         report=report,
-        bundles=[options.out_dir / b.name for b in bundles],
+        bundles=[options.out_dir / path.name for _, path in bundles],
         report_paths={k: options.out_dir / p.name for k, p in moved.items()},
         dev_key_created=dev_key_created,
     )
@@ -280,7 +280,7 @@ def _bundles(recipe, report, variants, shipped, workdir: Path, final: Path, opti
             staging=workdir / f"stage-{platform}",
             source_date_epoch=options.source_date_epoch,
         )
-        bundles.append(out_zip)
+        bundles.append((platform, out_zip))
     return bundles, created
 
 

@@ -11,7 +11,7 @@ import shutil
 import time
 from pathlib import Path
 
-from mobex.bundle.manifest import Manifest, iso_utc, model_section, source_date_epoch
+from mobex.bundle.manifest import Manifest, iso_utc, model_section, resolve_source_date_epoch
 from mobex.bundle.verify import build_bundle
 from mobex.provenance import provenance
 from mobex.recipe import Recipe
@@ -73,7 +73,9 @@ def assemble_bundle(
         (staging / LABELS_ASSET).write_text("\n".join(labels) + "\n", encoding="utf-8")
     (staging / "report.json").write_bytes(report_json)
 
-    epoch = source_date_epoch if source_date_epoch is not None else source_date_epoch_or_now()
+    epoch = resolve_source_date_epoch(source_date_epoch)
+    if epoch is None:
+        epoch = int(time.time())
     if chosen.platform == "android":
         minimum_os: dict = {"android_min_sdk": recipe.android.min_sdk}
     else:
@@ -99,9 +101,3 @@ def assemble_bundle(
         provenance=provenance(recipe),
     )
     return build_bundle(staging, manifest, out_zip, private_key, source_date_epoch=epoch)
-
-
-def source_date_epoch_or_now() -> int:
-    """SOURCE_DATE_EPOCH when set (reproducible builds), else the current time."""
-    value = source_date_epoch()
-    return value if value is not None else int(time.time())
