@@ -31,7 +31,10 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable J
 def _console():  # noqa: ANN202
     from rich.console import Console
 
-    return Console(stderr=True)
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        console = Console(stderr=True, width=160, soft_wrap=True)  # logs: no wrapping at 80 columns
+    return console
 
 
 def _print_json(data: object) -> None:
@@ -233,12 +236,10 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except MobexError as exc:
-        from rich.markup import escape
-
-        console = _console()
-        console.print(f"[red]error:[/red] {escape(exc.message)}", highlight=False)
+        # Plain text, never wrapped: CI logs and scripts grep these lines.
+        sys.stderr.write(f"error: {exc.message}\n")
         if exc.hint:
-            console.print(f"  hint: {escape(exc.hint)}", highlight=False)
+            sys.stderr.write(f"  hint: {exc.hint}\n")
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
