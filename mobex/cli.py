@@ -52,6 +52,9 @@ def build(
     as_json: JsonFlag = False,
 ) -> None:
     """Convert, quantize, validate, gate, bundle and sign everything the recipe asks for."""
+    from mobex.logs import quiet_third_party_logs
+
+    quiet_third_party_logs()
     from mobex.bundle.keys import load_private_key
     from mobex.pipeline import BuildOptions
     from mobex.pipeline import build as run_build

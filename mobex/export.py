@@ -7,6 +7,8 @@ converter crash (a segfault in a native library) takes down only its own process
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -27,6 +29,7 @@ class PlatformExport:
     variants: list[ExportedVariant] = field(default_factory=list)
     failures: list[ExportFailure] = field(default_factory=list)
     seconds: float = 0.0
+    log_tail: str = ""
 
 
 def output_names(recipe, count: int) -> list[str]:  # noqa: ANN001 - Recipe, kept import-light
@@ -69,6 +72,24 @@ def export_platform(recipe_path: str, platform: str, workdir: str, threads: int 
     else:
         result = _export_ios(recipe, model, inputs, names, out_dir)
     result.seconds = time.perf_counter() - start
+    return result
+
+
+def export_platform_in_child(recipe_path: str, platform: str, workdir: str, log_path: str) -> PlatformExport:
+    """`export_platform` for a worker process: the converters' chatter (progress bars, version
+    warnings, C++ logs) goes to a log file instead of the user's terminal; failures quote its tail."""
+    from mobex.logs import quiet_third_party_logs
+
+    quiet_third_party_logs()
+    with open(log_path, "ab", buffering=0) as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - lives as long as the process
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+    result = export_platform(recipe_path, platform, workdir)
+    if result.failures:
+        text = Path(log_path).read_text(errors="replace").strip().splitlines()
+        result.log_tail = "\n".join(text[-20:])
     return result
 
 

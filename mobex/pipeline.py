@@ -24,7 +24,7 @@ from pathlib import Path
 from mobex import __version__
 from mobex.data import Dataset, load_validation_and_calibration
 from mobex.errors import DataError, GateFailed
-from mobex.export import PlatformExport, export_platform, output_names
+from mobex.export import ExportFailure, PlatformExport, export_platform, export_platform_in_child, output_names
 from mobex.provenance import provenance
 from mobex.recipe import Recipe
 from mobex.validate.latency import HOST_NOTE
@@ -157,7 +157,10 @@ def _export(recipe: Recipe, workdir: Path, jobs: int) -> list[PlatformExport]:
         return [export_platform(str(recipe.path), p, str(workdir)) for p in platforms]
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=len(platforms), mp_context=ctx) as pool:
-        futures = {p: pool.submit(export_platform, str(recipe.path), p, str(workdir)) for p in platforms}
+        futures = {
+            p: pool.submit(export_platform_in_child, str(recipe.path), p, str(workdir), str(workdir / f"{p}.log"))
+            for p in platforms
+        }
         results = []
         for platform, future in futures.items():
             try:
@@ -165,8 +168,6 @@ def _export(recipe: Recipe, workdir: Path, jobs: int) -> list[PlatformExport]:
             except Exception as exc:  # the whole process died (e.g. a converter segfault)
                 variants = getattr(recipe, platform).variants
                 failed = PlatformExport(platform)
-                from mobex.export import ExportFailure
-
                 failed.failures = [ExportFailure(v, f"{platform} export process failed: {exc}") for v in variants]
                 results.append(failed)
         return results
