@@ -1,0 +1,286 @@
+"""Compatibility shims that let coremltools 9.0 convert graphs produced by torch 2.13 (and numpy 2.4).
+
+coremltools 9.0 was tested up to torch 2.7. Newer torch and numpy emit op spellings and values its
+torch frontend does not handle. Each shim replaces or adds one converter function in coremltools'
+own registry (`register_torch_op(override=True)`, or the registry's setter where that refuses the
+name), is installed once per process by `install_shims()`, and names the upstream bug it covers.
+A shim that actually rewrites something during a conversion is recorded, so the converter can say
+in its notes which shims a model needed.
+
+`uninstall_shims()` puts coremltools' own converters back; the tests use it to check that each shim
+is still needed. When such a test fails after a coremltools upgrade, delete that shim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+_installed = False
+_fired: set[str] = set()
+_stock: dict[str, Callable | None] = {}  # registry key -> coremltools' own converter (None: absent)
+_stock_max_pool: Callable | None = None
+
+
+@dataclass(frozen=True)
+class Shim:
+    """One group of registry overrides: the torch op kinds it handles and the bug it works around."""
+
+    name: str
+    torch_ops: tuple[str, ...]
+    upstream: str
+
+
+SHIMS: tuple[Shim, ...] = (
+    Shim(
+        "scalar-cast",
+        ("int", "bool"),
+        "apple/coremltools#2633 (fixed by PR #2632 after 9.0; more sites in #2755): with numpy >= 2.4, "
+        "ops._cast calls int() on a 1-element array: 'TypeError: only 0-dimensional arrays can be "
+        "converted to Python scalars'. torch.jit.trace graphs that turn a size into an int hit it.",
+    ),
+    Shim(
+        "new_ones",
+        ("new_ones",),
+        "coremltools 9.0 has no aten::new_ones converter: 'Unsupported fx node new_ones, kind new_ones' "
+        "(torch.export) / \"PyTorch convert function for op 'new_ones' not implemented\" (trace). "
+        "transformers' padding masks call `x.new_ones((), dtype=torch.bool)`. Added upstream by "
+        "apple/coremltools PR #2668 (after 9.0); also ultralytics/ultralytics#25616.",
+    ),
+    Shim(
+        "bool-bitwise",
+        ("__and__", "__or__", "__xor__", "bitwise_or", "bitwise_xor"),
+        "torch.export names `a & b` aten.__and__.Tensor; 9.0's fx importer checks the raw kind "
+        "'__and__' against the registry before stripping the dunders: 'Unsupported fx node and_1, "
+        "kind __and__' (transformers' BERT/DistilBERT masks). 9.0 also has no bitwise_or/xor at all "
+        "(bitwise_or added by apple/coremltools PR #2668, after 9.0).",
+    ),
+    Shim(
+        "where-scalar",
+        ("where.scalarother",),
+        "torch.export keeps `torch.where(cond, x, 0.0)` as aten.where.ScalarOther, which 9.0 does not "
+        "register (it has where.self and where.ScalarSelf only): 'Unsupported fx node where, kind "
+        "where.scalarother'. No upstream issue found.",
+    ),
+    Shim(
+        "max-pool-stride",
+        ("max_pool1d", "max_pool2d", "max_pool3d"),
+        "torch 2.13's torch.export leaves out max_pool's default `stride` argument; 9.0 requires it: "
+        "'node max_pool2d (max_pool2d) got 2 input(s), expected minimum 3 inputs' (nn.MaxPool2d(2) / "
+        "F.max_pool2d(x, 2)). No upstream issue found.",
+    ),
+)
+
+
+def fired() -> set[str]:
+    """Names of the shims that rewrote something since the last `reset_fired()`."""
+    return set(_fired)
+
+
+def reset_fired() -> None:
+    _fired.clear()
+
+
+def install_shims() -> tuple[Shim, ...]:
+    """Register every shim with coremltools' torch op registry; safe to call many times."""
+    global _installed
+    if _installed:
+        return SHIMS
+    _register(_int, "int")
+    _register(_bool, "bool")
+    _register(new_ones)
+    _register(bitwise_and, "and")
+    _register(bitwise_or, "or")
+    _register(bitwise_xor, "xor")
+    _register(where_scalarother, "where.scalarother")
+    stock_max_pool = _registry().get_func("max_pool1d")
+    if stock_max_pool is not None and stock_max_pool is not max_pool1d:
+        global _stock_max_pool
+        _stock_max_pool = stock_max_pool
+        _register(max_pool1d, "max_pool2d", "max_pool3d")
+    # register_torch_op refuses names ending in "_" (it takes them for in-place ops), so the dunder
+    # kinds the fx importer looks up are set with the registry's own setter. The converter then finds
+    # the same functions again under the sanitized names ("and", "or", "xor").
+    for kind, func in (("__and__", bitwise_and), ("__or__", bitwise_or), ("__xor__", bitwise_xor)):
+        _remember(kind)
+        _registry().set_func_by_name(func, kind)
+    _installed = True
+    return SHIMS
+
+
+def uninstall_shims() -> None:
+    """Put coremltools' own converters back (for tests and for checking whether a shim is still needed)."""
+    global _installed
+    mapping = _registry().name_to_func_mapping
+    for key, func in _stock.items():
+        if func is None:
+            mapping.pop(key, None)
+        else:
+            mapping[key] = func
+    _stock.clear()
+    _installed = False
+
+
+def _registry() -> Any:
+    from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY
+
+    return _TORCH_OPS_REGISTRY
+
+
+def _remember(key: str) -> None:
+    _stock.setdefault(key, _registry().name_to_func_mapping.get(key))
+
+
+def _register(func: Callable, *aliases: str) -> None:
+    from coremltools.converters.mil.frontend.torch.torch_op_registry import register_torch_op
+
+    for key in (func.__name__, *aliases):
+        _remember(key)
+    register_torch_op(func, torch_alias=list(aliases) or None, override=True)
+
+
+# --- scalar-cast: apple/coremltools#2633 (numpy >= 2.4, 'only 0-dimensional arrays can be converted
+# --- to Python scalars' in ops._cast). Same logic as 9.0's _cast, with the element taken by .item().
+
+
+def _scalar_cast(context: Any, node: Any, pytype: type, dtype_name: str) -> None:
+    import numpy as np
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs
+
+    x = _get_inputs(context, node, expected=1)[0]
+    if not (len(x.shape) == 0 or all(d == 1 for d in x.shape)):
+        raise ValueError("input to cast must be either a scalar or a length 1 tensor")
+    if x.can_be_folded_to_const():
+        val = x.val
+        if isinstance(val, np.ndarray) and val.ndim > 0:
+            _fired.add("scalar-cast")  # the case stock 9.0 crashes on: int(np.array([n]))
+            res = mb.const(val=pytype(val.reshape(()).item()), name=node.name)
+        elif isinstance(val, pytype):
+            res = x
+        else:
+            res = mb.const(val=pytype(val), name=node.name)
+    elif len(x.shape) > 0:
+        res = mb.cast(x=mb.squeeze(x=x, name=node.name + "_item"), dtype=dtype_name, name=node.name)
+    else:
+        res = mb.cast(x=x, dtype=dtype_name, name=node.name)
+    context.add(res, node.name)
+
+
+# coremltools keys converters by function __name__ plus aliases: these names replace the stock
+# `_int` / `_bool` entries as well as the `int` / `bool` kinds the frontend looks up.
+def _int(context: Any, node: Any) -> None:
+    _scalar_cast(context, node, int, "int32")
+
+
+def _bool(context: Any, node: Any) -> None:
+    _scalar_cast(context, node, bool, "bool")
+
+
+# --- new_ones: missing in coremltools 9.0 ('Unsupported fx node new_ones'); upstream PR #2668.
+
+
+def new_ones(context: Any, node: Any) -> None:
+    """aten::new_ones(self, size, dtype=None, ...): ones of `size`, dtype from the argument or `self`."""
+    import numpy as np
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs, _get_kwinputs
+    from coremltools.converters.mil.frontend.torch.utils import NUM_TO_DTYPE_STRING
+    from coremltools.converters.mil.mil import types
+
+    _fired.add("new_ones")
+    inputs = _get_inputs(context, node, min_expected=2)
+    ref, size = inputs[0], inputs[1]
+    dtype = inputs[2] if len(inputs) > 2 and inputs[2] is not None else None  # TorchScript: positional
+    dtype = _get_kwinputs(context, node, "dtype", default=[dtype])[0]  # torch.export: keyword
+    dtype_name = NUM_TO_DTYPE_STRING[int(dtype.val)] if dtype is not None else types.builtin_to_string(ref.dtype)
+    nptype = {"bool": np.bool_, "int32": np.int32, "fp16": np.float16}.get(dtype_name, np.float32)
+
+    if isinstance(size, list):  # dynamic sizes arrive as a list of scalars
+        size = mb.concat(values=size, axis=0)
+    if size.can_be_folded_to_const():
+        shape = tuple(int(d) for d in np.asarray(size.val).reshape(-1))
+        if int(np.prod(shape)) <= 16:  # the scalar / tiny masks transformers builds: a const folds away
+            context.add(mb.const(val=np.ones(shape, dtype=nptype), name=node.name))
+            return
+    if size.dtype != types.int32:
+        size = mb.cast(x=size, dtype="int32")
+    if dtype_name in ("bool", "int32", "fp16", "fp32"):  # the dtypes MIL `fill` produces directly
+        context.add(mb.fill(shape=size, value=nptype(1), name=node.name))
+    else:
+        context.add(mb.cast(x=mb.fill(shape=size, value=np.float32(1)), dtype=dtype_name, name=node.name))
+
+
+# --- bool-bitwise: torch.export's `__and__` kind is looked up before its dunders are stripped
+# --- ('Unsupported fx node and_1, kind __and__'); bitwise_or/xor missing in 9.0 (PR #2668 adds or).
+
+
+def _bool_binary(context: Any, node: Any, logical: str) -> None:
+    """`a & b`, `a | b`, `a ^ b` on bool tensors (masks); MIL has only logical ops, as stock 9.0 assumes."""
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs
+    from coremltools.converters.mil.frontend.torch.utils import TorchFrontend
+    from coremltools.converters.mil.mil import types
+
+    exported_dunder = node.kind.startswith("__") and context.frontend != TorchFrontend.TORCHSCRIPT
+    if exported_dunder or logical != "logical_and":  # the cases stock 9.0 cannot convert
+        _fired.add("bool-bitwise")
+    x, y = _get_inputs(context, node, expected=2)
+    if not (types.is_bool(x.dtype) and types.is_bool(y.dtype)):
+        raise NotImplementedError(
+            f"{node.kind} is only supported on bool tensors by Core ML, got "
+            f"{types.builtin_to_string(x.dtype)} and {types.builtin_to_string(y.dtype)}"
+        )
+    context.add(getattr(mb, logical)(x=x, y=y, name=node.name))
+
+
+def bitwise_and(context: Any, node: Any) -> None:
+    _bool_binary(context, node, "logical_and")
+
+
+def bitwise_or(context: Any, node: Any) -> None:
+    _bool_binary(context, node, "logical_or")
+
+
+def bitwise_xor(context: Any, node: Any) -> None:
+    _bool_binary(context, node, "logical_xor")
+
+
+# --- where-scalar: 'Unsupported fx node where, kind where.scalarother' (torch.export,
+# --- `torch.where(cond, x, 0.0)`); 9.0 registers where.self and where.scalarself only.
+
+
+def where_scalarother(context: Any, node: Any) -> None:
+    """aten.where.ScalarOther(cond, self, other: scalar), converted like 9.0's `where`."""
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend import _utils
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs
+    from coremltools.converters.mil.mil import types
+    from coremltools.converters.mil.mil.ops.defs._utils import promote_input_dtypes
+    from coremltools.converters.mil.mil.types.symbolic import any_symbolic
+
+    _fired.add("where-scalar")
+    cond, a, b = _get_inputs(context, node, expected=3)
+    a, b = promote_input_dtypes([a, b])
+    if not types.is_bool(cond.dtype):
+        cond = mb.cast(x=cond, dtype="bool")
+    if not any(any_symbolic(v.shape) for v in (cond, a, b)):
+        cond, a, b = _utils.pymil_broadcast_tensors([cond, a, b])
+    context.add(mb.select(cond=cond, a=a, b=b, name=node.name))
+
+
+# --- max-pool-stride: 'node max_pool2d (max_pool2d) got 2 input(s), expected minimum 3 inputs'
+# --- (torch.export drops the default stride=[]; 9.0 treats an empty stride as "= kernel size").
+
+
+def max_pool1d(context: Any, node: Any) -> None:
+    """Give 9.0's max_pool converter the empty `stride` that torch.export left out, then call it."""
+    import copy
+
+    if len(node.inputs) == 2 and _stock_max_pool is not None:
+        _fired.add("max-pool-stride")
+        node = copy.copy(node)
+        node.inputs = [*node.inputs, []]
+    assert _stock_max_pool is not None, "install_shims() registers max_pool1d"
+    _stock_max_pool(context, node)
