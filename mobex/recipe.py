@@ -214,6 +214,52 @@ def _check_metrics(limits: dict[str, float]) -> None:
             raise ValueError(f"unknown gate metric {metric!r}; valid: {', '.join(GATE_METRICS)}")
 
 
+class FinetuneSection(_Strict):
+    """Recovery fine-tuning after pruning, on the recipe's training data."""
+
+    epochs: int = Field(default=3, ge=1, le=1000)
+    learning_rate: float = Field(default=1e-3, gt=0)
+    batch_size: int = Field(default=64, ge=1)
+    data: Path | None = None  # defaults to [data].training
+
+
+class PruneSection(_Strict):
+    """Pruning before conversion (both targets). Owned by mobex.quantize.prune."""
+
+    method: Literal["magnitude", "structured"]
+    sparsity: float  # fraction of weights (magnitude) or of channels (structured) to remove
+    scope: Literal["global", "per-layer"] = "global"
+    layers: dict[str, float] = Field(default_factory=dict)  # per-layer sparsity overrides, by module name
+    ignore: list[str] = Field(default_factory=list)  # module names left alone (e.g. the classifier)
+    finetune: FinetuneSection | None = None
+
+    @field_validator("sparsity")
+    @classmethod
+    def _sparsity(cls, v: float) -> float:
+        if not 0 < v < 1:
+            raise ValueError(f"sparsity must be strictly between 0 and 1 (a fraction), got {v}")
+        return v
+
+    @field_validator("layers")
+    @classmethod
+    def _layer_sparsity(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, value in v.items():
+            if not 0 < value < 1:
+                raise ValueError(f"sparsity of layer {name!r} must be strictly between 0 and 1, got {value}")
+        return v
+
+
+class QuantizationSection(_Strict):
+    """Options for quantized variants. Owned by mobex.quantize (int8 accuracy work)."""
+
+    calibration_samples: int = Field(default=256, ge=1)  # at most this many calibration samples are used
+    int8_fallback: bool = True  # when int8 fails its gate, keep the most sensitive layers in float
+    max_fallback_layers: int = Field(default=8, ge=0)
+    equalize: bool = False  # cross-layer equalization before conversion
+    bias_correction: bool = False
+    range_estimation: Literal["minmax", "percentile", "mse"] = "minmax"
+
+
 class LatencySection(_Strict):
     threads: list[int] = Field(default_factory=lambda: [1], min_length=1)
     warmup: int = Field(default=5, ge=0)
@@ -237,6 +283,8 @@ class Recipe(_Strict):
     ios: IosSection | None = None
     gates: GatesSection = Field(default_factory=GatesSection)
     latency: LatencySection = Field(default_factory=LatencySection)
+    prune: PruneSection | None = None
+    quantization: QuantizationSection = Field(default_factory=QuantizationSection)
 
     # Filled in by load_recipe, not by the TOML.
     path: Path = Field(default=Path("recipe.toml"), exclude=True)
