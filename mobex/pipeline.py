@@ -28,7 +28,7 @@ from mobex.export import ExportFailure, PlatformExport, export_platform, export_
 from mobex.provenance import provenance
 from mobex.recipe import Recipe
 from mobex.validate.latency import HOST_NOTE
-from mobex.validate.report import REPORT_SCHEMA, report_json_bytes, write_atomic, write_reports
+from mobex.validate.report import REPORT_SCHEMA, bundled_report, report_json_bytes, write_atomic, write_reports
 from mobex.validate.validator import (
     VariantReport,
     failed_export_report,
@@ -275,7 +275,7 @@ def _bundles(recipe, report, variants, shipped, workdir: Path, final: Path, opti
         assemble_bundle(
             recipe,
             chosen,
-            report_json_bytes(report),
+            report_json_bytes(bundled_report(report)),
             out_zip,
             key,
             staging=workdir / f"stage-{platform}",

@@ -34,15 +34,19 @@ def model_relpath(recipe: Recipe, platform: str) -> str:
 
 
 def _metrics(chosen: VariantReport) -> dict:
-    """What the manifest says about validation: parity and latency of the shipped variant, no raw samples."""
-    latency = dict(chosen.latency) if chosen.latency else None
-    if latency:
-        latency.pop("samples_ms", None)
+    """What the manifest says about validation of the shipped variant: parity and gates.
+
+    Latency is left out on purpose: it changes from run to run, and bundles must be reproducible.
+    It is in the build's report.json.
+    """
     return {
         "backend": chosen.backend,
         "parity": chosen.parity,
-        "latency": latency,
-        "gates": {g["metric"]: {"value": g["value"], "limit": g["limit"], "passed": g["passed"]} for g in chosen.gates},
+        "gates": {
+            g["metric"]: {"value": g["value"], "limit": g["limit"], "passed": g["passed"]}
+            for g in chosen.gates
+            if g["metric"] != "p50_ms"
+        },
     }
 
 

@@ -250,6 +250,7 @@ def make_reproducible(package: Path) -> None:
     debug_map = package / _DEBUG_MAP_FILE
     if debug_map.exists():
         debug_map.unlink()
+    _serialize_spec_deterministically(package)
     manifest_path = package / "Manifest.json"
     manifest = json.loads(manifest_path.read_text())
     entries = manifest.get("itemInfoEntries", {})
@@ -264,6 +265,21 @@ def make_reproducible(package: Path) -> None:
     if "rootModelIdentifier" in manifest:
         manifest["rootModelIdentifier"] = renamed[manifest["rootModelIdentifier"]]
     manifest_path.write_text(json.dumps(manifest, indent=4, sort_keys=True) + "\n")
+
+
+def _serialize_spec_deterministically(package: Path) -> None:
+    """Re-write model.mlmodel with protobuf map fields in sorted order.
+
+    coremltools fills map fields (op attributes, metadata) from Python dicts and sets, whose order
+    depends on the process's hash seed: the same model converted in two processes gave two
+    different byte strings of the same spec. Deterministic serialization sorts map keys.
+    """
+    from coremltools.proto import Model_pb2
+
+    for spec_path in (package / "Data").rglob("*.mlmodel"):
+        spec = Model_pb2.Model()
+        spec.ParseFromString(spec_path.read_bytes())
+        spec_path.write_bytes(spec.SerializeToString(deterministic=True))
 
 
 def read_io(package: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:

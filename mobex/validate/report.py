@@ -185,3 +185,26 @@ tr.bad td {{ background: #fde8e8; }} tr.warn td {{ background: #fff6db; }}
 <p class="note">mobex {html.escape(report["mobex_version"])}; generated from report.json.</p>
 </body></html>
 """
+
+
+# Fields that change from run to run (wall times, latency measurements, absolute paths of this
+# machine). The copy of the report inside a bundle leaves them out, so that two builds of the
+# same recipe with the same SOURCE_DATE_EPOCH give byte-identical bundles (signature aside).
+_VOLATILE_VARIANT_KEYS = ("latency", "latency_by_threads", "export_seconds", "validate_seconds")
+
+
+def bundled_report(report: dict) -> dict:
+    """The reproducible subset of a build report that goes into bundles."""
+    out = json.loads(json.dumps(report))  # deep copy
+    out.pop("timings", None)
+    out.pop("bundles", None)
+    out["recipe"]["path"] = Path(out["recipe"]["path"]).name
+    for entry in out.get("data", {}).values():
+        entry["path"] = Path(entry["path"]).name
+    out["reference"] = {"backend": out["reference"]["backend"], "metrics": out["reference"]["metrics"]}
+    for variant in out["variants"]:
+        for key in _VOLATILE_VARIANT_KEYS:
+            variant.pop(key, None)
+        variant["gates"] = [g for g in variant["gates"] if g["metric"] != "p50_ms"]
+    out["note"] = "latency and wall times vary between runs: see the build's report.json"
+    return out
