@@ -1,0 +1,120 @@
+"""Execute a saved Core ML mlprogram on any host: the MIL reference interpreter.
+
+`MilReferenceRunner(path)` loads the package once (spec + weight.bin, as shipped), resolves it into a
+list of steps (see `program.py`), and `run(feed)` walks that list. fp16 programs are computed op by
+op in float32 with each fp16 output rounded to fp16, so the numbers reflect the converted program
+rather than a float32 idealisation. It validates the *program* (converter output, op semantics,
+compressed weights), not the Core ML runtime, its compiler, or ANE/GPU accumulation order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mobex.artifacts import TensorSpec
+from mobex.errors import DataError
+
+from .ops_common import BOUNDARY_DTYPES, CONTAINER_DTYPES, KERNELS, UnsupportedOpError, round_fp16
+from .program import (
+    CompiledProgram,
+    MilExecutionError,
+    compile_program,
+    compile_unloadable,
+    load_pymil_program,
+    run_step,
+)
+
+__all__ = ["MilExecutionError", "MilReferenceRunner", "UnsupportedOpError", "supported_ops"]
+
+
+def supported_ops() -> list[str]:
+    """Every MIL op type the interpreter has a kernel for (plus `const`)."""
+    return sorted({*KERNELS, "const"})
+
+
+class MilReferenceRunner:
+    """Run a saved `.mlpackage` with numpy/torch kernels.
+
+    inputs / outputs: the program's I/O as TensorSpec (dtype as the caller sees it: "float16" for
+    fp16 I/O; -1 for a flexible dim). `run` returns outputs in the program's output order.
+    """
+
+    def __init__(self, mlpackage_path: Path, function_name: str = "main") -> None:
+        self.path = Path(mlpackage_path)
+        prog, spec, load_error = load_pymil_program(self.path)
+        self.spec_version: int = spec.specificationVersion
+        self._program: CompiledProgram = (
+            compile_program(prog, function_name)
+            if load_error is None
+            else compile_unloadable(spec, function_name, load_error)
+        )
+        self.inputs: list[TensorSpec] = self._program.inputs
+        self.outputs: list[TensorSpec] = self._program.outputs
+
+    # ------------------------------------------------------------------ introspection
+
+    def unsupported_ops(self) -> list[str]:
+        """Op types in the program this interpreter cannot run (known at load, before any run)."""
+        return list(self._program.unsupported)
+
+    def op_counts(self) -> dict[str, int]:
+        """How many ops of each type the program holds (including const)."""
+        return dict(self._program.op_counts)
+
+    @property
+    def computes_in_fp16(self) -> bool:
+        """True when any op of the program produces fp16 values."""
+        return any("fp16" in step.info.out_dtypes for step in self._program.steps)
+
+    # ------------------------------------------------------------------ running
+
+    def _feed_value(self, spec: TensorSpec, value: Any) -> np.ndarray:
+        mil = self._program.input_dtypes[spec.name]
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "biuf":
+            raise DataError(
+                f"input {spec.name!r} has dtype {arr.dtype}, expected a numeric array ({spec.dtype})",
+                hint="pass a numpy array of numbers",
+            )
+        expected = spec.shape
+        if len(expected) != arr.ndim or any(e not in (-1, g) for e, g in zip(expected, arr.shape, strict=False)):
+            raise DataError(
+                f"input {spec.name!r} has shape {tuple(arr.shape)}, the Core ML program expects {tuple(expected)}",
+                hint="reshape the data to the model's input shape (-1 marks a flexible dim)",
+            )
+        if mil == "fp16":
+            return round_fp16(arr.astype(np.float32))
+        return arr.astype(CONTAINER_DTYPES.get(mil, arr.dtype), copy=False)
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Execute the program on one feed {input name: array}; outputs in program order, as numpy."""
+        program = self._program
+        if program.unsupported:
+            raise UnsupportedOpError(
+                program.unsupported[0],
+                "the program also uses " + ", ".join(program.unsupported[1:]) if len(program.unsupported) > 1 else "",
+            )
+        missing = [s.name for s in self.inputs if s.name not in feed]
+        if missing:
+            raise DataError(
+                f"missing input(s) {missing} for the Core ML program",
+                hint=f"the program takes {[s.name for s in self.inputs]}",
+            )
+        env: dict[str, Any] = {s.name: self._feed_value(s, feed[s.name]) for s in self.inputs}
+        for step in program.steps:
+            results = run_step(step, env)
+            for name, value in zip(step.outputs, results, strict=True):
+                env[name] = value
+            for name in step.release:
+                env.pop(name, None)
+        out = []
+        for spec, mil in zip(self.outputs, program.output_dtypes, strict=True):
+            # Copy folded constants: callers must not be able to edit the runner's state.
+            value = np.array(program.consts[spec.name]) if spec.name in program.consts else env[spec.name]
+            boundary = BOUNDARY_DTYPES.get(mil)
+            arr = np.asarray(value)
+            out.append(arr.astype(boundary) if boundary is not None and arr.dtype != boundary else arr)
+        return out
