@@ -234,6 +234,16 @@ def inspect(
         typer.echo("(not verified: run `mobex verify BUNDLE --key PUB.pem`)", err=True)
 
 
+def _register_command_groups() -> None:
+    """Commands that live in their own modules (registry, drift); each adds itself to `app`."""
+    from mobex.cli_registry import register as register_registry
+
+    register_registry(app)
+
+
+_register_command_groups()
+
+
 def main() -> None:
     """Console-script entry: run the app, turning MobexError into a message and an exit code."""
     try:
