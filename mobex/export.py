@@ -47,8 +47,13 @@ def example_inputs(recipe, validation) -> dict:  # noqa: ANN001
     return {spec.name: torch.from_numpy(feed[spec.name].copy()) for spec in recipe.inputs}
 
 
-def export_platform(recipe_path: str, platform: str, workdir: str, threads: int = 1) -> PlatformExport:
-    """Convert the recipe's model for one platform and produce every variant the recipe lists."""
+def export_platform(
+    recipe_path: str, platform: str, workdir: str, threads: int = 1, model_path: str | None = None
+) -> PlatformExport:
+    """Convert the recipe's model for one platform and produce every variant the recipe lists.
+
+    `model_path`, when given, is the pruned model the pipeline saved (an ExportedProgram, see
+    mobex.quantize.prune): it is exported instead of the recipe's own model."""
     import torch
 
     from mobex.data import load_validation_and_calibration
@@ -59,7 +64,12 @@ def export_platform(recipe_path: str, platform: str, workdir: str, threads: int 
     torch.set_num_threads(threads)
     recipe = load_recipe(recipe_path)
     validation, calibration = load_validation_and_calibration(recipe)
-    model = load_model(recipe)
+    if model_path is not None:
+        from mobex.quantize.prune import load_pruned_model
+
+        model = load_pruned_model(model_path)
+    else:
+        model = load_model(recipe)
     inputs = example_inputs(recipe, validation)
     with torch.inference_mode():
         out = model(*inputs.values())
@@ -75,7 +85,9 @@ def export_platform(recipe_path: str, platform: str, workdir: str, threads: int 
     return result
 
 
-def export_platform_in_child(recipe_path: str, platform: str, workdir: str, log_path: str) -> PlatformExport:
+def export_platform_in_child(
+    recipe_path: str, platform: str, workdir: str, log_path: str, model_path: str | None = None
+) -> PlatformExport:
     """`export_platform` for a worker process: the converters' chatter (progress bars, version
     warnings, C++ logs) goes to a log file instead of the user's terminal; failures quote its tail."""
     from mobex.logs import quiet_third_party_logs
@@ -86,7 +98,7 @@ def export_platform_in_child(recipe_path: str, platform: str, workdir: str, log_
         os.dup2(log.fileno(), 2)
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - lives as long as the process
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-    result = export_platform(recipe_path, platform, workdir)
+    result = export_platform(recipe_path, platform, workdir, model_path=model_path)
     if result.failures:
         text = Path(log_path).read_text(errors="replace").strip().splitlines()
         result.log_tail = "\n".join(text[-20:])

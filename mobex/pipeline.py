@@ -24,7 +24,14 @@ from pathlib import Path
 from mobex import __version__
 from mobex.data import Dataset, load_validation_and_calibration
 from mobex.errors import DataError, GateFailed
-from mobex.export import ExportFailure, PlatformExport, export_platform, export_platform_in_child, output_names
+from mobex.export import (
+    ExportFailure,
+    PlatformExport,
+    example_inputs,
+    export_platform,
+    export_platform_in_child,
+    output_names,
+)
 from mobex.provenance import provenance
 from mobex.recipe import Recipe
 from mobex.validate.latency import HOST_NOTE
@@ -84,10 +91,18 @@ def build(recipe: Recipe, options: BuildOptions, on_stage: Callable[[str], None]
     with clock.stage("data checks"):
         validation, calibration = load_validation_and_calibration(recipe)
         _check_calibration(recipe, calibration)
+        from mobex.quantize.prune import load_finetune_data, prune_model, save_pruned_model
+
+        training = load_finetune_data(recipe)  # None unless [prune.finetune]
     with clock.stage("load model"):
         from mobex.sources import load_model
 
         model = load_model(recipe)
+    pruning = None
+    if recipe.prune is not None:  # once, here: the workers export the pruned model, the gates compare with it
+        with clock.stage("prune"):
+            pruning = prune_model(model, recipe, example_inputs(recipe, validation), training, validation)
+            model = pruning.model
     with clock.stage("reference run"):
         reference = run_reference(model, recipe, validation)
     names = output_names(recipe, len(reference.outputs))
@@ -96,15 +111,33 @@ def build(recipe: Recipe, options: BuildOptions, on_stage: Callable[[str], None]
     workdir = Path(tempfile.mkdtemp(prefix=".mobex-build-", dir=options.out_dir))
     try:
         with clock.stage("export"):
-            exports = _export(recipe, workdir, options.jobs)
+            pruned_path = None
+            if pruning is not None:
+                pruned_path = str(save_pruned_model(model, example_inputs(recipe, validation), workdir / "pruned.pt2"))
+            exports = _export(recipe, workdir, options.jobs, pruned_path)
         for exp in exports:
             clock.timings[f"export {exp.platform}"] = round(exp.seconds, 3)
         with clock.stage("validate"):
             variants = _validate(recipe, exports, validation, reference, names)
         shipped, failures, rejected = choose_shipped(recipe, variants)
+        prune_gate = pruning.gate() if pruning is not None else None
+        if prune_gate is not None and not prune_gate["passed"]:  # the pruned model itself is too far off
+            failures.append(prune_gate["message"])
+            for v in shipped.values():
+                v.shipped = False
+            shipped = {}
         status = "passed" if not failures else "failed"
         report = _report(recipe, validation, calibration, reference, variants, shipped, failures, status, clock)
         report["rejected_variants"] = rejected
+        if pruning is not None:
+            report["pruning"] = pruning.to_dict()
+            report["reference"]["model"] = "pruned"  # variants are compared with the pruned float model
+            if training is not None:
+                report["data"]["training"] = {"path": str(training.path), "samples": training.num_samples}
+                report["data_checks"] += [c.to_dict() for c in training.checks]
+            for v in report["variants"]:  # what pruning and quantization cost together
+                if pruning.metric == "accuracy" and (v["parity"] or {}).get("accuracy") is not None:
+                    v["parity"]["accuracy_drop_vs_original"] = pruning.original - v["parity"]["accuracy"]
         bundles: list[tuple[str, Path]] = []
         dev_key_created = False
         final = workdir / "final"
@@ -151,14 +184,16 @@ def _check_calibration(recipe: Recipe, calibration: Dataset) -> None:
         )
 
 
-def _export(recipe: Recipe, workdir: Path, jobs: int) -> list[PlatformExport]:
+def _export(recipe: Recipe, workdir: Path, jobs: int, model_path: str | None = None) -> list[PlatformExport]:
     platforms = [p for p in ("android", "ios") if getattr(recipe, p) is not None]
     if jobs <= 1 or len(platforms) == 1:
-        return [export_platform(str(recipe.path), p, str(workdir)) for p in platforms]
+        return [export_platform(str(recipe.path), p, str(workdir), model_path=model_path) for p in platforms]
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=len(platforms), mp_context=ctx) as pool:
         futures = {
-            p: pool.submit(export_platform_in_child, str(recipe.path), p, str(workdir), str(workdir / f"{p}.log"))
+            p: pool.submit(
+                export_platform_in_child, str(recipe.path), p, str(workdir), str(workdir / f"{p}.log"), model_path
+            )
             for p in platforms
         }
         results = []

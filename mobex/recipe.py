@@ -215,11 +215,14 @@ def _check_metrics(limits: dict[str, float]) -> None:
 
 
 class FinetuneSection(_Strict):
-    """Recovery fine-tuning after pruning, on the recipe's training data."""
+    """Recovery fine-tuning after pruning, on the recipe's training data (see mobex.quantize.finetune)."""
 
     epochs: int = Field(default=3, ge=1, le=1000)
     learning_rate: float = Field(default=1e-3, gt=0)
-    batch_size: int = Field(default=64, ge=1)
+    batch_size: int = Field(default=64, ge=2)  # BatchNorm cannot train on one sample
+    weight_decay: float = Field(default=0.0, ge=0)
+    seed: int = 0  # shuffle and dropout seed: the same recipe gives the same pruned model
+    threads: int = Field(default=1, ge=1)  # torch threads while pruning and fine-tuning (small models: 1 is fastest)
     data: Path | None = None  # defaults to [data].training
 
 
@@ -232,6 +235,9 @@ class PruneSection(_Strict):
     layers: dict[str, float] = Field(default_factory=dict)  # per-layer sparsity overrides, by module name
     ignore: list[str] = Field(default_factory=list)  # module names left alone (e.g. the classifier)
     finetune: FinetuneSection | None = None
+    # classifiers with labels: the pruned (and fine-tuned) float model may lose at most this much
+    # accuracy against the original, or nothing ships (the variants' gates compare with the pruned model)
+    max_accuracy_drop: float = Field(default=0.02, ge=0, le=1)
 
     @field_validator("sparsity")
     @classmethod
@@ -247,6 +253,13 @@ class PruneSection(_Strict):
             if not 0 < value < 1:
                 raise ValueError(f"sparsity of layer {name!r} must be strictly between 0 and 1, got {value}")
         return v
+
+    @model_validator(mode="after")
+    def _no_overlap(self) -> PruneSection:
+        both = sorted(set(self.layers) & set(self.ignore))
+        if both:
+            raise ValueError(f"layer(s) {', '.join(both)} are both in `layers` and in `ignore`: keep one")
+        return self
 
 
 class QuantizationSection(_Strict):
@@ -296,6 +309,12 @@ class Recipe(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"input name(s) listed twice: {', '.join(dupes)}")
+        if self.model.source.endswith(".pt") and self.android is not None:
+            raise ValueError(
+                "[model].source is TorchScript (.pt), which converts to Core ML only: litert-torch needs "
+                "torch.export. Use a 'module:function' factory or an ExportedProgram (.pt2) for [android], "
+                "or drop [android]"
+            )
         if self.android is None and self.ios is None:
             raise ValueError("the recipe has neither [android] nor [ios]: add at least one to build something")
         if self.model.task == "classification" and self.outputs and len(self.outputs) != 1:
@@ -369,6 +388,15 @@ def _check_files(recipe: Recipe) -> None:
         ("[data].calibration", recipe.data.calibration),
         ("[data].training", recipe.data.training),
     ]
+    finetune = recipe.prune.finetune if recipe.prune else None
+    if finetune is not None:
+        if finetune.data is None and recipe.data.training is None:
+            raise RecipeError(
+                f"{recipe.path}: [prune.finetune]: fine-tuning needs training data, and neither "
+                "[prune.finetune].data nor [data].training names a file",
+                "set [data].training (an .npz like the validation data, with labels) or drop [prune.finetune]",
+            )
+        wanted.append(("[prune.finetune].data", finetune.data))
     source = recipe.model.source
     if source.endswith((".pt", ".pt2")):
         wanted.append(("[model].source", Path(source)))

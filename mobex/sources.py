@@ -35,8 +35,6 @@ def load_model(recipe: Recipe) -> torch.nn.Module:
         model = _load_factory(recipe.base_dir, source)
     if recipe.model.weights is not None:
         load_weights(model, recipe.resolve(recipe.model.weights))
-    if source.endswith(".pt2"):
-        return model  # an exported graph is already in inference form and refuses .eval()
     return model.eval()
 
 
@@ -126,10 +124,24 @@ def _load_torchscript(path: Path) -> torch.nn.Module:
 
 
 def _load_exported_program(path: Path) -> torch.nn.Module:
-    import torch
 
     try:
-        program = torch.export.load(str(path))
+        return exported_program_module(path)
     except Exception as exc:
         raise UsageError(f"[model].source: {path} is not an ExportedProgram (.pt2): {exc}") from exc
-    return program.module()
+
+
+def exported_program_module(path: Path) -> torch.nn.Module:
+    """An ExportedProgram file as a module that both converters accept.
+
+    `ExportedProgram.module()` installs instance overrides that make `.train()`/`.eval()` raise;
+    the converters call `.eval()`. The graph was captured with its mode baked in (BatchNorm running
+    statistics, no dropout when exported in eval mode), so `.eval()` has nothing left to change and
+    the overrides are dropped.
+    """
+    import torch
+
+    module = torch.export.load(str(path)).module()
+    for name in ("train", "eval"):
+        module.__dict__.pop(name, None)
+    return module
