@@ -58,7 +58,7 @@ dtype = "int64"
 [data]
 validation = "val.npz"
 
-[android]
+[ios]
 variants = ["fp32"]
 """
 
