@@ -11,7 +11,6 @@ from pathlib import Path
 from mobex.bundle.keys import generate_keypair
 from mobex.pipeline import BuildOptions, build
 from mobex.recipe import load_recipe
-
 from tests.conftest import SAMPLES
 
 SIGNATURE = "signature.sigstore.json"
