@@ -130,14 +130,7 @@ def build(recipe: Recipe, options: BuildOptions, on_stage: Callable[[str], None]
         report = _report(recipe, validation, calibration, reference, variants, shipped, failures, status, clock)
         report["rejected_variants"] = rejected
         if pruning is not None:
-            report["pruning"] = pruning.to_dict()
-            report["reference"]["model"] = "pruned"  # variants are compared with the pruned float model
-            if training is not None:
-                report["data"]["training"] = {"path": str(training.path), "samples": training.num_samples}
-                report["data_checks"] += [c.to_dict() for c in training.checks]
-            for v in report["variants"]:  # what pruning and quantization cost together
-                if pruning.metric == "accuracy" and (v["parity"] or {}).get("accuracy") is not None:
-                    v["parity"]["accuracy_drop_vs_original"] = pruning.original - v["parity"]["accuracy"]
+            _add_pruning(report, pruning, training)
         bundles: list[tuple[str, Path]] = []
         dev_key_created = False
         final = workdir / "final"
@@ -167,6 +160,18 @@ def build(recipe: Recipe, options: BuildOptions, on_stage: Callable[[str], None]
             f"see {result.report_paths['html']} for every variant's numbers",
         )
     return result
+
+
+def _add_pruning(report: dict, pruning, training: Dataset | None) -> None:  # noqa: ANN001 - PruneResult
+    """The report's `pruning` entry, and what pruning and quantization cost together per variant."""
+    report["pruning"] = pruning.to_dict()
+    report["reference"]["model"] = "pruned"  # variants are compared with the pruned float model
+    if training is not None:
+        report["data"]["training"] = {"path": str(training.path), "samples": training.num_samples}
+        report["data_checks"] += [c.to_dict() for c in training.checks]
+    for v in report["variants"]:
+        if pruning.metric == "accuracy" and (v["parity"] or {}).get("accuracy") is not None:
+            v["parity"]["accuracy_drop_vs_original"] = pruning.original - v["parity"]["accuracy"]
 
 
 def _check_calibration(recipe: Recipe, calibration: Dataset) -> None:
