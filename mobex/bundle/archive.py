@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 
 from mobex.bundle.manifest import check_relative_posix, resolve_source_date_epoch
 from mobex.errors import UsageError, VerificationError
+from mobex.files import regular_files
 
 ZIP_MIN_EPOCH = 315532800  # 1980-01-01T00:00:00Z, the earliest time a zip entry can carry
 ZIP_MAX_EPOCH = 4354819198  # 2107-12-31T23:59:58Z, the latest
@@ -123,22 +124,13 @@ def safe_extract(
 
 def _regular_files(root: Path) -> list[str]:
     """Posix paths of all files under root, sorted by UTF-8 bytes; symlinks/special files refused."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            full = Path(dirpath, name)
-            rel = full.relative_to(root).as_posix()
-            if full.is_symlink():
-                raise UsageError(f"cannot zip {rel}: it is a symlink; bundles hold regular files only")
-            if name in filenames:
-                if not full.is_file():
-                    raise UsageError(f"cannot zip {rel}: not a regular file")
-                try:
-                    check_relative_posix(rel)
-                except ValueError as exc:
-                    raise UsageError(f"cannot zip {rel}: {exc}") from exc
-                out.append(rel)
-    return sorted(out, key=lambda p: p.encode("utf-8"))
+    out = regular_files(root)
+    for rel in out:
+        try:
+            check_relative_posix(rel)
+        except ValueError as exc:
+            raise UsageError(f"cannot zip {rel}: {exc}") from exc
+    return out
 
 
 def _is_stored(rel: str) -> bool:

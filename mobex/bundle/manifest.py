@@ -11,7 +11,6 @@ SNR when outputs match exactly) are written as null, as JavaScript's JSON.string
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -26,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from mobex.artifacts import TensorSpec
 from mobex.bundle.signing import SIGNATURE_FILE
 from mobex.errors import UsageError
+from mobex.files import regular_files, sha256_file
 
 SCHEMA_ID = "https://mobex.dev/schemas/bundle-manifest/v1"
 MANIFEST_FILE = "manifest.json"
@@ -270,37 +270,15 @@ def file_entries(root: Path) -> list[FileEntry]:
     """
     root = Path(root)
     entries = []
-    for rel in _walk_files(root):
+    for rel in regular_files(root):
         if rel in (MANIFEST_FILE, SIGNATURE_FILE):
             continue
         try:
             check_relative_posix(rel)
         except ValueError as exc:
             raise UsageError(f"cannot bundle {root / rel}: {exc}") from exc
-        entries.append(FileEntry(path=rel, sha256=_sha256(root / rel), size=(root / rel).stat().st_size))
+        entries.append(FileEntry(path=rel, sha256=sha256_file(root / rel), size=(root / rel).stat().st_size))
     return sorted(entries, key=lambda e: e.path.encode("utf-8"))
-
-
-def _walk_files(root: Path) -> list[str]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            full = Path(dirpath, name)
-            rel = full.relative_to(root).as_posix()
-            if full.is_symlink():
-                raise UsageError(f"{rel} in {root} is a symlink; bundles hold regular files only")
-            if name in filenames and not full.is_file():
-                raise UsageError(f"{rel} in {root} is not a regular file")
-        out.extend(Path(dirpath, name).relative_to(root).as_posix() for name in filenames)
-    return out
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _check_tensor_spec(spec: Any, where: str) -> None:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import os
 import tempfile
@@ -40,6 +39,7 @@ from pathlib import Path
 
 from mobex.bundle.keys import load_private_key, load_public_key, public_key_hint
 from mobex.errors import UsageError, VerificationError
+from mobex.files import sha256_file
 
 SIGNATURE_FILE = "signature.sigstore.json"
 BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
@@ -210,7 +210,7 @@ def _check_policy(info: SignatureInfo) -> None:
 
 def _describe_mismatch(bundle_dir: Path, info: SignatureInfo) -> str | None:
     """Name the files that differ from the (already authenticated) signed list."""
-    actual = {p: _sha256(bundle_dir / p) for p in _relative_files(bundle_dir) if p != SIGNATURE_FILE}
+    actual = {p: sha256_file(bundle_dir / p) for p in _relative_files(bundle_dir) if p != SIGNATURE_FILE}
     changed = sorted(p for p in actual.keys() & info.files.keys() if actual[p] != info.files[p])
     added = sorted(actual.keys() - info.files.keys())
     missing = sorted(info.files.keys() - actual.keys())
@@ -240,10 +240,3 @@ def _relative_files(root: Path) -> list[str]:
             out.append(Path(dirpath, name).relative_to(root).as_posix())
     return sorted(out)
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
