@@ -2,7 +2,8 @@
 
 Heavy libraries are imported inside the commands that need them, so `mobex --help`, `keygen`,
 `verify` and `inspect` answer quickly. Every error a user can cause prints one clear message and
-exits non-zero (2 for bad input, 4 for failed gates, 5 for failed verification).
+exits non-zero (2 for bad input, 3 for a failed conversion, 4 for failed gates, 5 for failed
+verification, 6 when `mobex drift` finds drift).
 """
 
 from __future__ import annotations
@@ -237,7 +238,9 @@ def inspect(
 def _register_command_groups() -> None:
     """Commands that live in their own modules (registry, drift); each adds itself to `app`."""
     from mobex.cli_registry import register as register_registry
+    from mobex.cli_validate import register as register_validate
 
+    register_validate(app)
     register_registry(app)
 
 

@@ -4,6 +4,12 @@ Data files are `.npz` archives (loaded with `allow_pickle=False`) holding one ar
 input, named after it, with the sample axis first: shape `(N, *shape[1:])` where `shape` is the
 recipe's input shape. Samples are fed `shape[0]` at a time. An optional `labels` array holds the
 ground truth (class indices for classifiers, targets for regression).
+
+Checks, in order, each listed in the report with what it found: array names and shapes against the
+recipe's inputs, dtypes (and the cast to the input dtype), NaN/inf, empty and constant arrays, values
+against the range `[preprocessing].range` implies, label count and class-index range against the
+labels file. Problems that make validation meaningless (NaN, wrong shapes, values far outside the
+preprocessing range, labels beyond the labels file) raise DataError; the rest are warnings.
 """
 
 from __future__ import annotations
@@ -14,10 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from mobex.errors import DataError
+from mobex.errors import DataError, RecipeError
 from mobex.recipe import Recipe
 
 LABELS_KEY = "labels"
+# Values may stray this fraction of the declared [lo, hi] span outside it before the data is refused
+# (augmentation, normalisation round-off); beyond it the data was almost surely scaled differently
+# from what the model expects (e.g. 0..255 pixels for a model trained on 0..1).
+RANGE_TOLERANCE = 0.1
 _FLOAT_KINDS = "f"
 _INT_KINDS = "iub"
 
@@ -83,6 +93,7 @@ def load_dataset(recipe: Recipe, role: str, path: Path) -> Dataset:
         raise DataError(f"{label}: {full} is not a readable .npz archive: {exc}") from None
 
     checks: list[Check] = []
+    ranges = preprocessing_ranges(recipe)
     batch = recipe.inputs[0].shape[0]
     arrays: dict[str, np.ndarray] = {}
     for spec in recipe.inputs:
@@ -105,8 +116,13 @@ def load_dataset(recipe: Recipe, role: str, path: Path) -> Dataset:
             raise DataError(f"{label}: all inputs must share the batch size {batch}; {spec.name!r} has {spec.shape[0]}")
         arrays[spec.name] = _cast(label, spec.name, arr, spec.dtype)
         checks.append(Check(f"{role}.{spec.name}.shape", True, f"{list(arr.shape)} matches {spec.shape}"))
+        cast = "" if arr.dtype == np.dtype(spec.dtype) else f", cast to {spec.dtype}"
+        checks.append(Check(f"{role}.{spec.name}.dtype", True, f"{arr.dtype}{cast}"))
         checks.append(_finite_check(label, role, spec.name, arr))
         checks.append(_constant_check(role, spec.name, arr))
+        range_check = _preprocessing_range_check(label, role, spec.name, arrays[spec.name], ranges)
+        if range_check is not None:
+            checks.append(range_check)
 
     counts = {name: a.shape[0] for name, a in arrays.items()}
     if len(set(counts.values())) != 1:
@@ -166,6 +182,73 @@ def _constant_check(role: str, name: str, arr: np.ndarray) -> Check:
         return Check(f"{role}.{name}.varies", False, f"every value is {arr.flat[0]!r}: metrics on it say little")
     lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
     return Check(f"{role}.{name}.range", True, f"values in [{lo:.4g}, {hi:.4g}]")
+
+
+def preprocessing_ranges(recipe: Recipe) -> dict[str, tuple[float, float]] | tuple[float, float] | None:
+    """`[preprocessing].range`: `[lo, hi]` for every float input, or a table `input = [lo, hi]`; None if absent."""
+    raw = recipe.preprocessing.get("range")
+    if raw is None:
+        return None
+    where = f"{recipe.path}: [preprocessing].range"
+    if isinstance(raw, dict):
+        unknown = sorted(set(raw) - {i.name for i in recipe.inputs})
+        if unknown:
+            raise RecipeError(f"{where}: no input named {', '.join(map(repr, unknown))}")
+        return {name: _range_pair(value, f"{where}.{name}") for name, value in raw.items()}
+    return _range_pair(raw, where)
+
+
+def _range_pair(value: object, where: str) -> tuple[float, float]:
+    ok = (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    )
+    if not ok or not value[0] < value[1]:  # type: ignore[index]
+        raise RecipeError(
+            f"{where}: expected [lo, hi] with lo < hi, got {value!r}",
+            "write e.g. range = [0.0, 1.0], or one range per input: [preprocessing.range] image = [0.0, 1.0]",
+        )
+    return float(value[0]), float(value[1])  # type: ignore[index]
+
+
+def _preprocessing_range_check(
+    label: str, role: str, name: str, arr: np.ndarray, ranges: dict | tuple | None
+) -> Check | None:
+    """Values against the range the preprocessing implies: far outside is an error, slightly outside a warning."""
+    check_name = f"{role}.{name}.preprocessing_range"
+    if ranges is None:
+        return None
+    if isinstance(ranges, dict):
+        if name not in ranges:
+            return None
+        lo, hi = ranges[name]
+    else:
+        if arr.dtype.kind != "f":  # the input's dtype (after the cast), not the file's: uint8 pixels feed float inputs
+            return Check(check_name, True, "integer input: [preprocessing].range applies to float inputs only")
+        lo, hi = ranges
+    tol = RANGE_TOLERANCE * (hi - lo)
+    amin, amax = float(arr.min()), float(arr.max())
+    found = f"values in [{amin:.4g}, {amax:.4g}]"
+    far = (arr < lo - tol) | (arr > hi + tol)
+    if far.any():
+        count = int(far.sum())
+        first = int(np.argwhere(far.reshape(arr.shape[0], -1).any(axis=1))[0][0])
+        raise DataError(
+            f"{label}: array {name!r} has {found}, far outside [preprocessing].range [{lo:g}, {hi:g}]: "
+            f"{count} values ({100 * count / arr.size:.3g}%) beyond it by more than {RANGE_TOLERANCE:.0%} of the span "
+            f"(first in sample {first})",
+            "scale the data the way the preprocessing says (e.g. divide 0..255 pixels by 255), "
+            "or correct [preprocessing].range",
+        )
+    outside = int(np.sum((arr < lo) | (arr > hi)))
+    if outside:
+        return Check(
+            check_name,
+            False,
+            f"{found}: {outside} values slightly outside [{lo:g}, {hi:g}] (within {RANGE_TOLERANCE:.0%} of the span)",
+        )
+    return Check(check_name, True, f"{found} within [preprocessing].range [{lo:g}, {hi:g}]")
 
 
 def _check_labels(recipe: Recipe, label: str, role: str, labels: np.ndarray, n: int, checks: list[Check]) -> np.ndarray:

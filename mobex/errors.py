@@ -47,3 +47,8 @@ class VerificationError(MobexError):
     """A bundle, signature or archive failed verification: never trust its contents."""
 
     exit_code = 5
+
+
+# `mobex drift` found new data that differs from what the bundle was validated on. Not an error of
+# mobex or of the input: a finding, reported with its own exit code so scripts can tell them apart.
+DRIFT_EXIT_CODE = 6

@@ -263,18 +263,18 @@ class PruneSection(_Strict):
 
 
 class QuantizationSection(_Strict):
-    """Options for quantized variants. Owned by mobex.quantize (int8 accuracy work)."""
+    """Options for quantized variants. Owned by mobex.quantize (int8 accuracy work, docs/quantization.md)."""
 
     calibration_samples: int = Field(default=256, ge=1)  # at most this many calibration samples are used
-    int8_fallback: bool = True  # when int8 fails its gate, keep the most sensitive layers in float
+    int8_fallback: bool = True  # when int8 fails its gate on calibration data, keep the most sensitive ops in float
     max_fallback_layers: int = Field(default=8, ge=0)
-    equalize: bool = False  # cross-layer equalization before conversion
-    bias_correction: bool = False
-    range_estimation: Literal["minmax", "percentile", "mse"] = "minmax"
+    equalize: bool = True  # cross-layer equalization of linear channels (on the float graph) before int8
+    bias_correction: bool = True  # remove the mean output shift that int8 weight rounding causes
+    range_estimation: Literal["minmax", "percentile", "mse"] = "minmax"  # int8 activation ranges
 
 
 class LatencySection(_Strict):
-    threads: list[int] = Field(default_factory=lambda: [1], min_length=1)
+    threads: list[int] = Field(default_factory=lambda: [1, 4], min_length=1)  # 1 and a phone's 4 big cores
     warmup: int = Field(default=5, ge=0)
     runs: int = Field(default=50, ge=1)
 

@@ -93,3 +93,57 @@ def test_constant_input_is_flagged(sample_copy) -> None:
     data = load_dataset(recipe, "validation", recipe.data.validation)
     flagged = [c for c in data.checks if not c.passed]
     assert [c.name for c in flagged] == ["validation.image.varies"]
+
+
+def _with_range(folder: Path, line: str) -> None:
+    """Replace the sample recipe's `range = ...` line under [preprocessing]."""
+    recipe = folder / "recipe.toml"
+    lines = [line if row.startswith("range = ") else row for row in recipe.read_text().splitlines()]
+    recipe.write_text("\n".join(lines) + "\n")
+
+
+def test_values_far_outside_the_preprocessing_range_are_refused(sample_copy) -> None:
+    folder = sample_copy("digits_cnn")
+    with np.load(folder / "data" / "val.npz") as npz:
+        image = npz["image"] * 16  # 0..16 pixel intensities, as if the division by 16 had been forgotten
+    _rewrite(folder, "val.npz", image=image)
+    recipe = load_recipe(folder / "recipe.toml")
+    with pytest.raises(DataError, match=r"far outside \[preprocessing\]\.range \[0, 1\]: \d+ values .* sample \d+"):
+        load_dataset(recipe, "validation", recipe.data.validation)
+
+
+def test_values_slightly_outside_the_range_are_a_warning(sample_copy) -> None:
+    folder = sample_copy("digits_cnn")
+    with np.load(folder / "data" / "val.npz") as npz:
+        image = npz["image"].copy()
+    image[0, 0, 0, 0] = 1.05
+    _rewrite(folder, "val.npz", image=image)
+    recipe = load_recipe(folder / "recipe.toml")
+    data = load_dataset(recipe, "validation", recipe.data.validation)
+    check = next(c for c in data.checks if c.name == "validation.image.preprocessing_range")
+    assert not check.passed and "1 values slightly outside [0, 1]" in check.detail
+
+
+def test_range_per_input_and_bad_range_spec(sample_copy) -> None:
+    from mobex.errors import RecipeError
+
+    folder = sample_copy("digits_cnn")
+    _with_range(folder, "range = { image = [0.0, 0.5] }")
+    recipe = load_recipe(folder / "recipe.toml")
+    with pytest.raises(DataError, match=r"far outside \[preprocessing\]\.range \[0, 0\.5\]"):
+        load_dataset(recipe, "validation", recipe.data.validation)
+    _with_range(folder, "range = [1.0, 0.0]")
+    recipe = load_recipe(folder / "recipe.toml")
+    with pytest.raises(RecipeError, match=r"\[preprocessing\]\.range: expected \[lo, hi\] with lo < hi"):
+        load_dataset(recipe, "validation", recipe.data.validation)
+
+
+def test_dtype_check_says_what_was_cast(sample_copy) -> None:
+    folder = sample_copy("digits_cnn")
+    with np.load(folder / "data" / "val.npz") as npz:
+        image = npz["image"].astype(np.float64)
+    _rewrite(folder, "val.npz", image=image)
+    recipe = load_recipe(folder / "recipe.toml")
+    data = load_dataset(recipe, "validation", recipe.data.validation)
+    check = next(c for c in data.checks if c.name == "validation.image.dtype")
+    assert check.passed and check.detail == "float64, cast to float32"

@@ -1,11 +1,12 @@
 """Lay out one platform's bundle from the shipped variant, then hand it to the signer and zipper.
 
 Layout (DESIGN.md): manifest.json, model/<name>.tflite or model/<Name>.mlpackage/..., assets/
-(labels), report.json, signature.sigstore.json.
+(labels, reference statistics for `mobex drift`), report.json, signature.sigstore.json.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import time
@@ -18,6 +19,7 @@ from mobex.recipe import Recipe
 from mobex.validate.validator import VariantReport
 
 LABELS_ASSET = "assets/labels.txt"
+REFERENCE_STATS_ASSET = "assets/reference_stats.json"  # mobex.validate.drift reads it
 
 
 def swift_type_name(name: str) -> str:
@@ -50,6 +52,11 @@ def _metrics(chosen: VariantReport) -> dict:
     }
 
 
+def reference_stats_bytes(stats: dict) -> bytes:
+    """Compact, canonical JSON (sorted keys): the same statistics give the same bytes."""
+    return (json.dumps(stats, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n").encode()
+
+
 def assemble_bundle(
     recipe: Recipe,
     chosen: VariantReport,
@@ -75,6 +82,11 @@ def assemble_bundle(
     if labels is not None:
         (staging / LABELS_ASSET).parent.mkdir(parents=True, exist_ok=True)
         (staging / LABELS_ASSET).write_text("\n".join(labels) + "\n", encoding="utf-8")
+    stats_file = None
+    if chosen.reference_stats is not None:
+        stats_file = REFERENCE_STATS_ASSET
+        (staging / stats_file).parent.mkdir(parents=True, exist_ok=True)
+        (staging / stats_file).write_bytes(reference_stats_bytes(chosen.reference_stats))
     (staging / "report.json").write_bytes(report_json)
 
     epoch = resolve_source_date_epoch(source_date_epoch)
@@ -97,6 +109,7 @@ def assemble_bundle(
             outputs=artifact.outputs,
             minimum_os=minimum_os,
             labels_file=LABELS_ASSET if labels is not None else None,
+            **({"reference_stats_file": stats_file} if stats_file else {}),
         ),
         labels=labels,
         preprocessing=recipe.preprocessing,

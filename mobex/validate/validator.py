@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import platform as host_platform
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -18,8 +19,9 @@ from mobex.artifacts import ExportedVariant
 from mobex.data import Dataset
 from mobex.recipe import Recipe
 from mobex.validate import gates as gates_mod
-from mobex.validate.latency import measure
+from mobex.validate.latency import measure_runner
 from mobex.validate.parity import parity_summary, reference_task_metrics
+from mobex.validate.stats import reference_statistics
 
 
 @dataclass
@@ -42,6 +44,8 @@ class VariantReport:
     export_seconds: float | None = None
     validate_seconds: float | None = None
     artifact: ExportedVariant | None = None
+    # Drift reference statistics (validation inputs + this variant's outputs); goes into the bundle, not the report.
+    reference_stats: dict | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -85,10 +89,15 @@ class ReferenceResult:
     metrics: dict
     latency: dict | None
     latency_by_threads: list[dict]
+    input_stats: dict | None = None  # reference statistics of the validation inputs (drift asset)
 
 
 def run_reference(model, recipe: Recipe, data: Dataset) -> ReferenceResult:  # noqa: ANN001 - torch module
-    """The original model in torch: outputs on the whole split, task metrics, latency per thread count."""
+    """The original model in torch: outputs on the whole split, task metrics, latency per thread count.
+
+    Load time is that of a fresh `load_model(recipe)` (the recipe's source and weights), measured
+    only when the model passed in is that model: after pruning it is not, and load time is left out.
+    """
     import torch
 
     from mobex.validate.runners import TorchRunner
@@ -98,19 +107,41 @@ def run_reference(model, recipe: Recipe, data: Dataset) -> ReferenceResult:  # n
     outputs = run_all(runner.run, data)
     latencies = []
     first = data.feed(0)
+    fresh = recipe.prune is None
     for threads in recipe.latency.threads:
-        timed = TorchRunner(model, names, num_threads=threads)
-        stats = measure(
-            lambda r=timed: r.run(first),
-            threads=threads,
-            warmup=recipe.latency.warmup,
-            runs=recipe.latency.runs,
-            batch=data.batch,
+        if fresh:
+            from mobex.sources import load_model
+
+            def make(t: int = threads) -> TorchRunner:
+                return TorchRunner(load_model(recipe), names, num_threads=t)
+        else:
+
+            def make(t: int = threads) -> TorchRunner:
+                return TorchRunner(model, names, num_threads=t)
+
+        stats = measure_runner(
+            make, first, threads=threads, warmup=recipe.latency.warmup, runs=recipe.latency.runs, batch=data.batch
         )
+        if not fresh:
+            stats.load_ms = None
         latencies.append(stats.to_dict())
     torch.set_num_threads(recipe.latency.threads[0])
     metrics = reference_task_metrics(outputs, task=recipe.model.task, labels=data.batch_labels())
-    return ReferenceResult(outputs, metrics, latencies[0] if latencies else None, latencies)
+    return ReferenceResult(
+        outputs,
+        metrics,
+        latencies[0] if latencies else None,
+        latencies,
+        input_stats=reference_statistics(
+            _used(data), None, None, task=recipe.model.task, preprocessing=recipe.preprocessing
+        ),
+    )
+
+
+def _used(data: Dataset) -> dict[str, np.ndarray]:
+    """The input samples the validation actually ran (whole batches), aligned with the outputs."""
+    n = data.num_batches * data.batch
+    return {name: arr[:n] for name, arr in data.arrays.items()}
 
 
 def _coreml_runner(variant: ExportedVariant, recipe: Recipe):  # noqa: ANN202
@@ -165,6 +196,7 @@ def validate_variant(
             num_classes=len(labels) if labels else None,
         )
         metrics.update({k: v for k, v in report.parity.items() if isinstance(v, (int, float))})
+        report.reference_stats = _variant_stats(reference, outputs, output_names, recipe, data)
         if variant.target == "tflite":
             report.latency_by_threads = _tflite_latency(variant, recipe, data)
             report.latency = report.latency_by_threads[0]
@@ -188,15 +220,31 @@ class _NotRunnable(Exception):
     """The variant cannot be executed on this host (e.g. an op the reference interpreter lacks)."""
 
 
+def _variant_stats(
+    reference: ReferenceResult, outputs: list[np.ndarray], output_names: list[str], recipe: Recipe, data: Dataset
+) -> dict:
+    """Drift reference: the validation inputs' statistics plus this variant's own outputs on them.
+
+    The variant's outputs (not the original model's) are the reference, so a later drift check of the
+    shipped model measures what the data changed, not what quantization changed.
+    """
+    base = reference.input_stats or reference_statistics(
+        _used(data), None, None, task=recipe.model.task, preprocessing=recipe.preprocessing
+    )
+    own = reference_statistics({}, outputs, output_names, task=recipe.model.task)
+    return {**base, "plans": base["plans"] + own["plans"], "features": base["features"] + own["features"]}
+
+
 def _tflite_latency(variant: ExportedVariant, recipe: Recipe, data: Dataset) -> list[dict]:
+    """Load time, latency and peak memory of a fresh interpreter per thread count."""
     from mobex.validate.runners import TfliteRunner
 
     first = data.feed(0)
     out = []
     for threads in recipe.latency.threads:
-        runner = TfliteRunner(variant.path, num_threads=threads)
-        stats = measure(
-            lambda r=runner: r.run(first),
+        stats = measure_runner(
+            lambda t=threads: TfliteRunner(variant.path, num_threads=t),
+            first,
             threads=threads,
             warmup=recipe.latency.warmup,
             runs=recipe.latency.runs,
@@ -219,3 +267,53 @@ def failed_export_report(platform: str, target: str, quantization: str, message:
         gates=[g.to_dict() for g in results],
         passed=False,
     )
+
+
+def validate_model_file(recipe: Recipe, model_path: Path, quantization: str = "fp32") -> tuple[VariantReport, dict]:
+    """Validate one already-exported model (.tflite or .mlpackage) against the recipe's original model.
+
+    The same checks as a build's validation stage, without converting anything: data checks, the
+    original model's outputs, parity, task metrics, latency (TFLite) and the gates of the
+    `quantization` family. Returns the variant report and the original model's metrics and latency.
+    """
+    from mobex.artifacts import path_size
+    from mobex.data import load_dataset
+    from mobex.errors import UsageError
+    from mobex.export import output_names
+    from mobex.sources import load_model
+
+    model_path = Path(model_path)
+    if model_path.suffix == ".tflite" and model_path.is_file():
+        from mobex.validate.runners import load_tflite_io
+
+        io = load_tflite_io(model_path)
+        target, platform, inputs, outputs = "tflite", "android", io.inputs, io.outputs
+    elif model_path.suffix == ".mlpackage" and model_path.is_dir():
+        from mobex.converters.coreml import read_io
+
+        target, platform = "coreml", "ios"
+        inputs, outputs = read_io(model_path)
+    else:
+        raise UsageError(
+            f"{model_path} is not a .tflite file or an .mlpackage folder", "pass a model exported by mobex or LiteRT"
+        )
+    data = load_dataset(recipe, "validation", recipe.data.validation)
+    reference = run_reference(load_model(recipe), recipe, data)
+    variant = ExportedVariant(
+        target=target,
+        platform=platform,
+        quantization=quantization,
+        path=model_path,
+        inputs=list(inputs),
+        outputs=list(outputs),
+        size_bytes=path_size(model_path),
+    )
+    report = validate_variant(variant, recipe, data, reference, output_names(recipe, len(reference.outputs)))
+    reference_entry = {
+        "backend": "torch",
+        "metrics": reference.metrics,
+        "latency": reference.latency,
+        "latency_by_threads": reference.latency_by_threads,
+        "data_checks": [c.to_dict() for c in data.checks],
+    }
+    return report, reference_entry

