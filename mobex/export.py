@@ -80,7 +80,7 @@ def export_platform(
     if platform == "android":
         result = _export_android(recipe, model, inputs, names, calibration, out_dir)
     else:
-        result = _export_ios(recipe, model, inputs, names, out_dir)
+        result = _export_ios(recipe, model, inputs, names, out_dir, calibration)
     result.seconds = time.perf_counter() - start
     return result
 
@@ -115,6 +115,7 @@ def _failure(quantization: str, exc: BaseException) -> ExportFailure:
 
 def _export_android(recipe, model, inputs, names, calibration, out_dir: Path) -> PlatformExport:  # noqa: ANN001
     from mobex.converters.tflite import convert_tflite
+    from mobex.quantize.int8_static import Int8Options
     from mobex.quantize.tflite import quantize_tflite
 
     result = PlatformExport("android")
@@ -137,6 +138,7 @@ def _export_android(recipe, model, inputs, names, calibration, out_dir: Path) ->
                     out_dir / f"{stem}-{variant}.tflite",
                     calibration=calib_feeds,
                     int8_io=recipe.android.int8_io,
+                    int8=Int8Options.from_recipe(recipe),
                 )
             )
         except Exception as exc:
@@ -144,7 +146,7 @@ def _export_android(recipe, model, inputs, names, calibration, out_dir: Path) ->
     return result
 
 
-def _export_ios(recipe, model, inputs, names, out_dir: Path) -> PlatformExport:  # noqa: ANN001
+def _export_ios(recipe, model, inputs, names, out_dir: Path, calibration=None) -> PlatformExport:  # noqa: ANN001
     from mobex.converters.coreml import CoreMLMetadata, convert_coreml
     from mobex.quantize.coreml import compress_coreml
 
@@ -184,7 +186,11 @@ def _export_ios(recipe, model, inputs, names, out_dir: Path) -> PlatformExport: 
             else:
                 result.variants.append(
                     compress_coreml(
-                        base("fp16"), variant, out_dir / f"{stem}-{variant}.mlpackage", deployment_target=target
+                        base("fp16"),
+                        variant,
+                        out_dir / f"{stem}-{variant}.mlpackage",
+                        deployment_target=target,
+                        calibration=list(calibration.feeds()) if variant == "w8a8" and calibration else None,
                     )
                 )
         except Exception as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 TFLITE_VARIANTS: tuple[str, ...] = ("fp32", "fp16", "dynamic-int8", "int8-weights", "int4-weights", "int8")
-COREML_FIXED_VARIANTS: tuple[str, ...] = ("fp32", "fp16", "int8-weights", "int4-weights")
+COREML_FIXED_VARIANTS: tuple[str, ...] = ("fp32", "fp16", "int8-weights", "int4-weights", "w8a8")
 COREML_PATTERNS: tuple[str, ...] = ("palettize-<2|4|6|8>bit", "sparse-<1..99>")
 
 _PALETTIZE = re.compile(r"^palettize-(2|4|6|8)bit$")
@@ -35,7 +35,7 @@ def family(variant: str) -> str:
         return "fp32"
     if variant == "fp16":
         return "fp16"
-    if variant in ("dynamic-int8", "int8-weights", "int8") or variant == "palettize-8bit":
+    if variant in ("dynamic-int8", "int8-weights", "int8", "w8a8") or variant == "palettize-8bit":
         return "int8"
     return "low-bit"
 
@@ -48,10 +48,13 @@ def ios_target_at_least(target: str, minimum: str) -> bool:
 def requires_ios(variant: str) -> str | None:
     """The lowest iOS target a Core ML variant can run on, or None when iOS15 is enough.
 
-    Compressed weights (constexpr ops) need iOS16; per-block int4 needs iOS18.
+    Compressed weights (constexpr ops) need iOS16; activation quantize/dequantize ops (w8a8) need
+    iOS17; per-block int4 needs iOS18.
     """
     if variant == "int4-weights":
         return "iOS18"
+    if variant == "w8a8":
+        return "iOS17"
     if variant in ("fp32", "fp16"):
         return None
     return "iOS16"

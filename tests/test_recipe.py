@@ -27,7 +27,7 @@ def test_sample_recipe_loads(sample_copy) -> None:
     assert recipe.base_dir == folder.resolve()
     assert recipe.labels() == [str(i) for i in range(10)]
     assert re.fullmatch(r"[0-9a-f]{64}", recipe.sha256)
-    assert recipe.latency.threads == [1]
+    assert recipe.latency.threads == [1, 4]
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,21 @@
-"""Weight compression of a converted Core ML package with coremltools.optimize.coreml.
+"""Weight compression (and w8a8) of a converted Core ML package with coremltools.optimize.coreml.
 
 Works on the saved .mlpackage (loaded with skip_model_load, so it runs on Linux, where Core ML
 itself is absent): each variant rewrites the program's weights into `constexpr_*` ops that the
-device decompresses at load time. Activations stay float, so no calibration data is needed.
+device decompresses at load time. Activations stay float, so no calibration data is needed, except
+for `w8a8`.
+
+`w8a8` (int8 weights and int8 activations, iOS17+) is coremltools' own recipe,
+`linear_quantize_activations` followed by `linear_quantize_weights`, with one change: coremltools
+measures activation ranges with `MLModel.predict`, which exists only on macOS. mobex measures them by
+running the same saved program in its MIL reference interpreter (`mobex.validate.mil`) on the recipe's
+calibration data, with every intermediate tensor added as an output (as coremltools' ModelDebugger
+does), and then applies coremltools' graph passes (`insert_prefix/suffix_quantize_dequantize_pair`,
+`dequantize_quantize_pair_elimination`) with those ranges. The result is the program coremltools would
+write on a Mac, with quantize/dequantize pairs around convolutions, linear layers and adds; the same
+interpreter then validates it. Quantizing in torch before conversion (coremltools.optimize.torch) was
+the alternative; it needs FX-traceable models and a second conversion, and its fake-quant ops do not
+survive the torch.export path mobex converts with.
 
 coremltools skips tensors under 2,048 elements by default; mobex's models are small, so the
 default here is 256, which still leaves biases and norm scales alone.
@@ -11,13 +24,17 @@ default here is 256, which still leaves biases and norm scales alone.
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mobex.artifacts import ExportedVariant, path_size
 from mobex.converters.coreml import read_io, resolve_target, save_package
-from mobex.errors import ConversionError, UsageError
+from mobex.errors import ConversionError, DataError, UsageError
 
 DEFAULT_WEIGHT_THRESHOLD = 256
 _COREML_DEFAULT_WEIGHT_THRESHOLD = 2048
@@ -29,12 +46,15 @@ EXPECTED_OPS = {
     "int4-weights": ("constexpr_blockwise_shift_scale",),
     "palettize": ("constexpr_lut_to_dense",),
     "sparse": ("constexpr_sparse_to_dense",),
+    "w8a8": ("quantize", "dequantize"),
 }
+# Calibration samples w8a8 runs through the MIL reference interpreter (numpy: slower than Core ML).
+W8A8_MAX_SAMPLES = 64
 
 
 def variant_names() -> list[str]:
     """The fixed variant names (sparse-<pct> takes any whole percentage 1..99)."""
-    return ["int8-weights", "int4-weights", *(f"palettize-{b}bit" for b in PALETTE_BITS), "sparse-<pct>"]
+    return ["int8-weights", "int4-weights", "w8a8", *(f"palettize-{b}bit" for b in PALETTE_BITS), "sparse-<pct>"]
 
 
 def compress_coreml(
@@ -44,12 +64,15 @@ def compress_coreml(
     *,
     deployment_target: str,
     weight_threshold: int = DEFAULT_WEIGHT_THRESHOLD,
+    calibration: list[dict[str, np.ndarray]] | None = None,
+    max_calibration_samples: int = W8A8_MAX_SAMPLES,
 ) -> ExportedVariant:
     """Compress the weights of `base` (an fp16 or fp32 .mlpackage) into a new package at `out_path`.
 
     Variants: `int8-weights` (per-channel symmetric int8), `int4-weights` (per-block of 32, iOS18+),
     `palettize-{2,4,6,8}bit` (k-means look-up tables), `sparse-<pct>` (magnitude pruning to pct%
-    zeros, stored sparse). Metadata of the base is kept.
+    zeros, stored sparse), `w8a8` (int8 activations calibrated on `calibration`, a list of feeds keyed
+    by input name, plus per-channel int8 weights; iOS17+). Metadata of the base is kept.
     """
     import coremltools as ct
     import coremltools.optimize.coreml as cto
@@ -70,6 +93,14 @@ def compress_coreml(
         )
 
     family, config, details = _config(cto, variant, weight_threshold)
+    if family == "w8a8" and target < int(ct.target.iOS17):
+        raise UsageError(
+            f"w8a8 needs iOS17 or later (activation quantize/dequantize ops are an iOS17 Core ML feature); "
+            f"the deployment target is {deployment_target}",
+            hint='set [ios] minimum_deployment_target = "iOS17", or use int8-weights',
+        )
+    if family == "w8a8":
+        calibration = _check_calibration(base, calibration)
     if family == "int4-weights" and target < int(ct.target.iOS18):
         raise UsageError(
             f"int4-weights needs iOS18 or later (per-block int4 weights are an iOS18 Core ML feature); "
@@ -91,7 +122,10 @@ def compress_coreml(
             hint='convert the base with deployment_target="iOS18"',
         )
 
+    if family == "w8a8":
+        mlmodel = _quantize_activations(mlmodel, base, calibration[:max_calibration_samples])
     compress = {
+        "w8a8": cto.linear_quantize_weights,
         "int8-weights": cto.linear_quantize_weights,
         "int4-weights": cto.linear_quantize_weights,
         "palettize": cto.palettize_weights,
@@ -105,6 +139,14 @@ def compress_coreml(
     save_package(compressed, out_path)
 
     counts = constexpr_op_counts(out_path)
+    if family == "w8a8":
+        quant_ops = program_op_counts(out_path)
+        if not quant_ops.get("quantize"):
+            raise ConversionError(
+                f"w8a8 inserted no activation quantize ops into {base.path.name}",
+                hint="coremltools quantizes the inputs of conv, linear, add and pooling ops; the model has none",
+            )
+        counts.update({op: quant_ops.get(op, 0) for op in ("quantize", "dequantize")})
     if not any(counts.get(op) for op in EXPECTED_OPS[family]):
         raise ConversionError(
             f"{variant} left every weight of {base.path.name} uncompressed",
@@ -117,6 +159,12 @@ def compress_coreml(
         f"smaller tensors stay {base.quantization}",
         "compressed ops: " + ", ".join(f"{op} x{n}" for op, n in sorted(counts.items())),
     ]
+    if family == "w8a8":
+        used = min(len(calibration), max_calibration_samples)
+        notes.append(
+            f"activation ranges: min/max of {used} calibration samples run in mobex's MIL reference "
+            "interpreter (coremltools' own calibration needs macOS)"
+        )
     return ExportedVariant(
         target="coreml",
         platform="ios",
@@ -144,8 +192,153 @@ def constexpr_op_counts(package: Path) -> dict[str, int]:
     return counts
 
 
+def program_op_counts(package: Path) -> dict[str, int]:
+    """How many ops of each type the saved program's main function holds."""
+    import coremltools as ct
+
+    spec = ct.utils.load_spec(str(package))
+    counts: dict[str, int] = {}
+    for function in spec.mlProgram.functions.values():
+        for block in function.block_specializations.values():
+            for op in block.operations:
+                counts[op.type] = counts.get(op.type, 0) + 1
+    return counts
+
+
+def _check_calibration(base: ExportedVariant, calibration: list[dict[str, np.ndarray]] | None) -> list[dict]:
+    """w8a8 calibration feeds: present, named after the inputs, the right shapes, finite."""
+    if not calibration:
+        raise DataError(
+            "the w8a8 variant needs calibration data, and none was given",
+            hint="set [data] calibration in the recipe (an .npz with one array per input), or drop 'w8a8'",
+        )
+    specs = {s.name: s for s in base.inputs}
+    feeds = []
+    for i, feed in enumerate(calibration):
+        if set(feed) != set(specs):
+            raise DataError(
+                f"calibration sample {i} has arrays {sorted(feed)}, the model takes {sorted(specs)}",
+                hint="name the calibration arrays after the recipe's [[inputs]]",
+            )
+        cast = {}
+        for name, spec in specs.items():
+            x = np.asarray(feed[name])
+            if tuple(x.shape) != tuple(spec.shape):
+                raise DataError(
+                    f"calibration sample {i}: array {name!r} has shape {list(x.shape)}, "
+                    f"the model takes {list(spec.shape)}"
+                )
+            if x.dtype.kind == "f" and not np.isfinite(x).all():
+                raise DataError(f"calibration sample {i}: array {name!r} contains NaN or inf")
+            cast[name] = np.ascontiguousarray(x, dtype=np.float32 if spec.dtype.startswith("float") else spec.dtype)
+        feeds.append(cast)
+    return feeds
+
+
+def activation_ranges(package: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str, dict[str, float]]:
+    """Min/max of every input and intermediate tensor of a saved program over `feeds`, by MIL var name.
+
+    A copy of the program with every intermediate tensor added as an output (what coremltools'
+    ModelDebugger builds for `predict`) runs in the MIL reference interpreter.
+    """
+    import coremltools as ct
+    from coremltools.optimize.coreml.experimental._model_debugger import ModelDebugger
+    from coremltools.optimize.coreml.experimental._post_training_quantization import (
+        _adjust_concat_surrounding_activation_stats,
+    )
+
+    from mobex.validate.mil.interpreter import MilReferenceRunner
+
+    mlmodel = ct.models.MLModel(str(package), skip_model_load=True)
+    debugger = ModelDebugger(mlmodel)
+    outputs = {o.name for o in mlmodel.get_spec().description.output}
+    names = [n for n in debugger.get_intermediate_output_names(lambda op: op.spec.type != "const") if n not in outputs]
+    spec = mlmodel.get_spec()
+    block = ModelDebugger.get_any_block(ModelDebugger.get_model_info(mlmodel)).name
+    function = spec.mlProgram.functions[next(iter(spec.mlProgram.functions))]
+    body = function.block_specializations[block]
+    for name in names:
+        kind = ModelDebugger.get_output_feature_type(name, debugger.block_info.operations)
+        if kind is None:  # bool and other tensors that cannot be model outputs
+            continue
+        body.outputs.append(name)
+        feature = spec.description.output.add()
+        feature.name = name
+        feature.type.multiArrayType.dataType = kind
+    stats: dict[str, dict[str, float]] = {}
+
+    def record(name: str, value: np.ndarray) -> None:
+        value = np.asarray(value, dtype=np.float32)
+        if value.size == 0:
+            return
+        lo, hi = float(value.min()), float(value.max())
+        entry = stats.setdefault(name, {"rmin": lo, "rmax": hi})
+        entry["rmin"], entry["rmax"] = min(entry["rmin"], lo), max(entry["rmax"], hi)
+
+    tmp = Path(tempfile.mkdtemp(prefix="mobex-w8a8-"))
+    try:
+        probe = tmp / "calibration.mlpackage"
+        ct.models.MLModel(spec, weights_dir=mlmodel.weights_dir, skip_model_load=True).save(str(probe))
+        runner = MilReferenceRunner(probe)
+        unsupported = runner.unsupported_ops()
+        if unsupported:
+            raise ConversionError(
+                f"w8a8 calibration: the MIL reference interpreter cannot run {', '.join(unsupported)}",
+                hint="use int8-weights for this model, or calibrate on macOS",
+            )
+        for feed in feeds:
+            for name, value in feed.items():
+                record(name, value)
+            for out, value in zip(runner.outputs, runner.run(feed), strict=True):
+                if out.name not in outputs:
+                    record(out.name, value)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _adjust_concat_surrounding_activation_stats(debugger._get_concat_op_info(), stats)
+    return stats
+
+
+def _quantize_activations(mlmodel: Any, base: ExportedVariant, feeds: list[dict[str, np.ndarray]]) -> Any:
+    """coremltools' linear_quantize_activations, with ranges measured by `activation_ranges` (see module doc)."""
+    import coremltools.optimize.coreml as cto
+    from coremltools import _SPECIFICATION_VERSION_IOS_17
+    from coremltools.converters.mil.frontend.milproto import load as milproto_to_pymil
+    from coremltools.converters.mil.mil.passes.graph_pass import PassOption
+    from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
+    from coremltools.models import utils as model_utils
+
+    stats = activation_ranges(base.path, feeds)
+    config = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric"))
+    passes = []
+    for name in (
+        "compression::insert_prefix_quantize_dequantize_pair",
+        "compression::insert_suffix_quantize_dequantize_pair",
+    ):
+        graph_pass = PASS_REGISTRY[name]
+        graph_pass.set_options([PassOption("config", config), PassOption("activation_stats", stats)])
+        passes.append(graph_pass)
+    passes.append(PASS_REGISTRY["common::dequantize_quantize_pair_elimination"])
+    try:
+        return model_utils._apply_graph_pass(
+            mlmodel,
+            passes,
+            spec_version=_SPECIFICATION_VERSION_IOS_17,
+            pymil_load_func=milproto_to_pymil.load,
+            skip_model_load=True,
+        )
+    except Exception as exc:  # noqa: BLE001 - report coremltools' reason with the variant name
+        raise ConversionError(
+            f"coremltools could not insert activation quantization into {base.path.name}: {exc}"
+        ) from exc
+
+
 def _config(cto: Any, variant: str, weight_threshold: int) -> tuple[str, Any, str]:
     """(family, coremltools op config, human description) for a variant name."""
+    if variant == "w8a8":
+        config = cto.OpLinearQuantizerConfig(
+            mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=weight_threshold
+        )
+        return variant, config, "int8 activations (calibrated) and int8 symmetric per-channel weights"
     if variant == "int8-weights":
         config = cto.OpLinearQuantizerConfig(
             mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=weight_threshold

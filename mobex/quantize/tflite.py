@@ -6,8 +6,11 @@ Variant -> ai-edge-quantizer recipe (weights; compute):
 - dynamic-int8: `recipe.dynamic_wi8_afp32()` (int8 per-channel; int8, activations quantized at run time)
 - int8-weights: `recipe.weight_only_wi8_afp32()` (int8 per-channel; fp32)
 - int4-weights: `recipe.weight_only_wi4_afp32()` (int4 per-channel; fp32)
-- int8: `recipe.static_wi8_ai8()`, calibrated (int8 per-channel; int8 with static activation ranges,
-  taken as min/max over all calibration samples, see `_calibrate`)
+- int8: `recipe.static_wi8_ai8()`, calibrated (int8 per-channel; int8 with static activation ranges),
+  made by `int8_static.StaticInt8`: ranges from `calibration.py` (true min/max over all samples, or
+  percentile / MSE), bias correction of the int8 weights (`bias_correction.py`) and, when the result
+  misses the gate limits on the calibration data, a measured float fallback of the most sensitive ops
+  (`int8_search.py`). What was done is written next to the model as `<model>.tflite.json`.
 
 ai-edge-quantizer has no named fp16 recipe; its FLOAT_CASTING algorithm (weight-only, float16) stores
 fp16 weights with DEQUANTIZE ops, the same form TFLite's classic "float16 quantization" produced.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import tempfile
 import time
@@ -33,6 +37,7 @@ import numpy as np
 
 from mobex.artifacts import ExportedVariant, TensorSpec, path_size
 from mobex.errors import ConversionError, DataError, UsageError
+from mobex.quantize.int8_static import Int8Options, Int8Result, StaticInt8
 from mobex.validate.runners import TfliteIO, load_tflite_io
 
 T = TypeVar("T")
@@ -51,11 +56,15 @@ def quantize_tflite(
     *,
     calibration: list[dict[str, np.ndarray]] | None = None,
     int8_io: bool = False,
+    int8: Int8Options | None = None,
 ) -> ExportedVariant:
     """Write the `variant` of the float model `base` to `out_path` (atomically) and describe it.
 
     `calibration` (needed by `int8` only) is a list of feeds keyed by the signature input names,
     each array with the input's shape. `int8_io=True` (only with `int8`) keeps int8 model I/O.
+    `int8` sets how the static variant is made (calibration size, range estimation, bias correction,
+    float fallback and the gate limits it must meet); the defaults correct biases and, having no
+    limits, never fall back. For `int8`, `<out_path>.json` records calibration, fallback and search.
     """
     if variant not in TFLITE_VARIANTS:
         raise UsageError(
@@ -87,27 +96,40 @@ def quantize_tflite(
             notes=list(base.notes),
         )
 
-    from ai_edge_quantizer import quantizer
+    if variant == "int8":
+        feeds = _calibration_feeds(base, calibration)
+        _, description = _recipe(variant, int8_io)
+        try:
+            with StaticInt8(Path(base.path), feeds, int8 or Int8Options(), int8_io=int8_io) as maker:
+                made = maker.quantize()
+        except (DataError, UsageError):
+            raise
+        except Exception as e:  # noqa: BLE001 - the quantizer raises ValueError/RuntimeError/KeyError
+            raise ConversionError(
+                f"ai-edge-quantizer failed to make the 'int8' variant of {base.path}: {type(e).__name__}: {e}"
+            ) from e
+        data, notes_extra = made.model, _int8_notes(made)
+        sidecar = made.sidecar()
+    else:
+        from ai_edge_quantizer import quantizer
 
-    recipe, description = _recipe(variant, int8_io)
-    feeds = _calibration_feeds(base, calibration) if variant == "int8" else None
-    try:
-        qt = quantizer.Quantizer(str(base.path), recipe)
-        # The calibrator draws a tqdm bar on stderr that cannot be switched off; keep CI logs clean.
-        with contextlib.redirect_stderr(io.StringIO()):
-            qsvs = _calibrate(Path(base.path), recipe, feeds) if qt.need_calibration else None
-            result = qt.quantize(qsvs, enable_progress_bar=False, enable_progress_report=False)
-    except Exception as e:  # noqa: BLE001 - the quantizer raises ValueError/RuntimeError/KeyError
-        raise ConversionError(
-            f"ai-edge-quantizer failed to make the {variant!r} variant of {base.path}: {type(e).__name__}: {e}"
-        ) from e
-    written = _write_atomic(out_path, bytes(result.quantized_model), check=lambda p: _same_io(base, p, variant))
+        recipe, description = _recipe(variant, int8_io)
+        try:
+            qt = quantizer.Quantizer(str(base.path), recipe)
+            with contextlib.redirect_stderr(io.StringIO()):
+                result = qt.quantize(None, enable_progress_bar=False, enable_progress_report=False)
+        except Exception as e:  # noqa: BLE001 - the quantizer raises ValueError/RuntimeError/KeyError
+            raise ConversionError(
+                f"ai-edge-quantizer failed to make the {variant!r} variant of {base.path}: {type(e).__name__}: {e}"
+            ) from e
+        data, notes_extra, sidecar = bytes(result.quantized_model), [], None
+    written = _write_atomic(out_path, data, check=lambda p: _same_io(base, p, variant))
+    if sidecar is not None:
+        _write_atomic(sidecar_path(out_path), (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
     seconds = time.perf_counter() - start
     size = path_size(out_path)
     ratio = size / base.size_bytes
-    notes = [f"ai-edge-quantizer: {description}; {size} bytes, {ratio:.2f}x the fp32 model"]
-    if feeds is not None:
-        notes.append(f"calibrated on {len(feeds)} samples")
+    notes = [f"ai-edge-quantizer: {description}; {size} bytes, {ratio:.2f}x the fp32 model", *notes_extra]
     if ratio > _EXPECTED_RATIO[variant]:
         notes.append(
             f"only {ratio:.2f}x the fp32 size: most weights are in ops this recipe does not quantize "
@@ -163,24 +185,39 @@ def _recipe(variant: str, int8_io: bool) -> tuple[list[dict[str, Any]], str]:
     return manager.get_quantization_recipe(), "static_wi8_ai8 (int8 weights and activations, float I/O)"
 
 
-def _calibrate(path: Path, recipe: list[dict[str, Any]], feeds: list[dict] | None) -> dict:
-    """Activation ranges as the true min/max over all calibration samples.
+def sidecar_path(model_path: Path) -> Path:
+    """Where the int8 details of a .tflite are written: `<model>.tflite.json`."""
+    return Path(model_path).with_name(Path(model_path).name + ".json")
 
-    `Quantizer.calibrate` smooths per-sample ranges with a moving average (factor 0.95), so the
-    range follows the last ~20 samples and clips larger activations: on the digits test CNN that
-    put the worst sample's logit cosine at 0.95 (max error 10.6 on logits of norm ~28); with
-    min/max it is 0.9996. The validator's gates judge the worst case, so mobex keeps the full range.
-    """
-    from ai_edge_quantizer import calibrator, recipe_manager
-    from ai_edge_quantizer.utils import qsv_utils
 
-    manager = recipe_manager.RecipeManager()
-    manager.load_quantization_recipe(recipe)
-    calib = calibrator.Calibrator(
-        path.read_bytes(), num_threads=max(1, os.cpu_count() or 1), qsv_update_func=qsv_utils.min_max_update
-    )
-    calib.calibrate({load_tflite_io(path).signature: feeds or []}, manager)
-    return calib.get_model_qsvs()
+def _int8_notes(made: Int8Result) -> list[str]:
+    """One line per thing the report reader should know about how the int8 model was made."""
+    notes = [made.calibration.summary()]
+    if made.equalization is not None:
+        notes.append(made.equalization.summary())
+    if made.corrections:
+        notes.append(f"bias correction on {made.corrections} weighted ops")
+    cal = made.metrics
+    shown = ", ".join(f"{k} {cal[k]:.4g}" for k in ("top1_agreement", "cosine_min", "snr_db") if k in cal)
+    if made.search is None:
+        if made.passed is not None:
+            notes.append(f"on calibration data: {shown} ({'meets' if made.passed else 'misses'} the int8 gate)")
+        return notes
+    if made.fallback:
+        names = "; ".join(op.label for op in made.fallback)
+        growth = len(made.model) / max(1, made.plain_size)
+        latency = ""
+        if made.p50_ms is not None and made.plain_p50_ms:
+            latency = f", p50 {made.plain_p50_ms:.3g} -> {made.p50_ms:.3g} ms"
+        verdict = "passes" if made.passed else "still misses"
+        notes.append(
+            f"float fallback of {len(made.fallback)} op(s) ({names}) {verdict} the int8 gate on calibration data "
+            f"({shown}); cost: size x{growth:.3f}{latency}; {len(made.search.trials)} candidates measured "
+            f"in {made.search.seconds:.0f} s"
+        )
+    else:
+        notes.append(f"no float fallback within max_fallback_layers passes the int8 gate on calibration data ({shown})")
+    return notes
 
 
 def _calibration_feeds(base: ExportedVariant, calibration: list[dict[str, np.ndarray]] | None) -> list[dict]:

@@ -172,3 +172,100 @@ def test_threshold_above_every_weight_is_an_error(coreml_base16, tmp_path: Path)
             coreml_base16, "int8-weights", tmp_path / "x.mlpackage", deployment_target="iOS16",
             weight_threshold=1_000_000,
         )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- w8a8
+
+
+class SmallCNN(nn.Module):
+    """Conv, residual add, pooling and a linear head: the ops coremltools puts activation quantization around."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1)
+        self.body = nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(image))
+        x = x + torch.relu(self.body(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+@pytest.fixture(scope="module")
+def cnn17(tmp_path_factory: pytest.TempPathFactory):
+    """A small CNN trained for a moment on scikit-learn's digits, converted for iOS17, and its data."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = (data.images.astype(np.float32) / 16.0)[:, None]
+    torch.manual_seed(0)
+    model = SmallCNN()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    xt, yt = torch.from_numpy(x[:1000]), torch.from_numpy(data.target[:1000])
+    for _ in range(40):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(xt), yt).backward()
+        opt.step()
+    model.eval()
+    base = convert_coreml(
+        model, {"image": torch.from_numpy(x[:1])}, tmp_path_factory.mktemp("cnn17") / "cnn.mlpackage",
+        precision="fp16", deployment_target="iOS17", metadata=CoreMLMetadata(name="cnn", version="1.0.0"),
+    )  # fmt: skip
+    calib = [{"image": x[i : i + 1]} for i in range(1000, 1064)]
+    val = [{"image": x[i : i + 1]} for i in range(1100, 1200)]
+    return base, calib, val
+
+
+def test_w8a8_inserts_activation_quantization_and_runs_close_to_fp16(cnn17, tmp_path: Path) -> None:
+    from mobex.quantize.coreml import program_op_counts
+    from mobex.validate.mil.interpreter import MilReferenceRunner
+
+    base, calib, val = cnn17
+    out = compress_coreml(base, "w8a8", tmp_path / "w8a8.mlpackage", deployment_target="iOS17", calibration=calib)
+    ops = program_op_counts(out.path)
+    assert ops.get("quantize", 0) >= 3 and ops.get("dequantize", 0) >= 3, ops  # around convs, add and linear
+    assert (
+        constexpr_op_counts(out.path).get("constexpr_affine_dequantize", 0)
+        + constexpr_op_counts(out.path).get("constexpr_blockwise_shift_scale", 0)
+        >= 1
+    )  # int8 weights as well
+    assert any("MIL reference interpreter" in note for note in out.notes)
+    assert [(t.name, t.shape) for t in out.inputs] == [("image", (1, 1, 8, 8))]
+
+    # The quantize ops carry int8 scales that cover what calibration saw.
+    from coremltools.converters.mil.frontend.milproto.load import load as milproto_load
+
+    spec = ct.utils.load_spec(str(out.path))
+    program = milproto_load(spec, spec.specificationVersion, str(out.path / "Data/com.apple.CoreML/weights"))
+    quantize_ops = program.functions["main"].find_ops(op_type="quantize")
+    assert all(str(op.output_dtype.val) == "int8" for op in quantize_ops)
+    assert all(float(np.max(op.scale.val)) > 0 for op in quantize_ops)
+
+    fp16, w8a8 = MilReferenceRunner(base.path), MilReferenceRunner(out.path)
+    a = np.concatenate([fp16.run(f)[0] for f in val])
+    b = np.concatenate([w8a8.run(f)[0] for f in val])
+    cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cosine.min() > 0.98, cosine.min()
+    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.93  # a quick fit: some digits are close calls
+    assert not np.allclose(a, b, atol=1e-3)  # activations really are quantized
+
+
+@pytest.mark.parametrize(
+    ("calibration", "target", "error", "message"),
+    [
+        (None, "iOS17", "DataError", "needs calibration data"),
+        ([], "iOS17", "DataError", "needs calibration data"),
+        ([{"pixels": np.zeros((1, 1, 8, 8), np.float32)}], "iOS17", "DataError", "the model takes"),
+        ([{"image": np.zeros((2, 1, 8, 8), np.float32)}], "iOS17", "DataError", r"shape \[2, 1, 8, 8\]"),
+        ([{"image": np.full((1, 1, 8, 8), np.nan, np.float32)}], "iOS17", "DataError", "NaN"),
+        ([{"image": np.zeros((1, 1, 8, 8), np.float32)}], "iOS16", "UsageError", "w8a8 needs iOS17"),
+    ],
+)
+def test_w8a8_bad_requests_fail_before_any_work(cnn17, tmp_path: Path, calibration, target, error, message) -> None:
+    from mobex import errors
+
+    base, _, _ = cnn17
+    with pytest.raises(getattr(errors, error), match=message):
+        compress_coreml(base, "w8a8", tmp_path / "x.mlpackage", deployment_target=target, calibration=calibration)
+    assert list(tmp_path.iterdir()) == []

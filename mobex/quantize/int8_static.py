@@ -1,0 +1,351 @@
+"""Static int8 (int8 weights and activations) that keeps accuracy: calibrate once, build, check, fall back.
+
+`StaticInt8` holds what every int8 candidate of one float model shares: the calibration statistics
+(`calibration.py`), the float model's outputs on the calibration data (the reference the candidates
+are measured against) and the gate limits. `build` makes one candidate with ai-edge-quantizer's
+`static_wi8_ai8` recipe (per-channel int8 weights, per-tensor int8 activations), keeping a chosen
+set of ops in float (recipe entries scoped to exactly those ops, `NO_QUANTIZE`), then applies bias
+correction. `quantize` checks the full-int8 model against the gate limits on the calibration data and,
+when it fails and fallback is on, runs the search of `int8_search.py`.
+
+Why each piece (measured on the real EfficientNet-Lite0, see docs/quantization.md): the default recipe
+keeps 81 % top-1 agreement; bias correction lifts it to 87 %; the fallback of the few layers that
+remain most sensitive (the stem and first inverted-residual block) brings it past the gate.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mobex.quantize.bias_correction import bias_correction_inputs, correct_biases
+from mobex.quantize.calibration import RANGE_METHODS, Calibration, calibrate
+from mobex.quantize.equalize import Equalization, equalize
+from mobex.quantize.int8_search import SearchResult, search_fallback
+from mobex.quantize.tflite_graph import OpInfo, TfliteGraph
+
+# Metrics the search can measure on unlabelled calibration data, and how they pass.
+_SEARCH_METRICS = {
+    "top1_agreement": "min",
+    "cosine_min": "min",
+    "snr_db": "min",
+    "max_abs_error": "max",
+    "mean_abs_error": "max",
+}
+
+
+@dataclass(frozen=True)
+class Int8Options:
+    """How to make the static `int8` variant (the recipe's [quantization] table, plus the gate limits)."""
+
+    calibration_samples: int = 256
+    fallback: bool = True
+    max_fallback_layers: int = 8
+    bias_correction: bool = True
+    range_estimation: str = "minmax"
+    equalize: bool = True
+    equalize_alpha: float = 1.0  # see equalize.py: measured best on EfficientNet-Lite0
+    equalize_weights: bool = False
+    task: str = "other"
+    limits: dict[str, float] = field(default_factory=dict)  # gate metric -> limit the variant must meet
+    sensitivity_samples: int = 32
+    num_threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.range_estimation not in RANGE_METHODS:
+            raise ValueError(f"range_estimation must be one of {', '.join(RANGE_METHODS)}")
+
+    @classmethod
+    def from_recipe(cls, recipe: Any) -> Int8Options:  # Recipe, kept import-light
+        from mobex.validate.gates import limits_for
+
+        q = recipe.quantization
+        limits = {m: v for m, (v, _) in limits_for("int8", recipe.model.task, recipe.gates).items()}
+        return cls(
+            calibration_samples=q.calibration_samples,
+            fallback=q.int8_fallback,
+            max_fallback_layers=q.max_fallback_layers,
+            bias_correction=q.bias_correction,
+            range_estimation=q.range_estimation,
+            equalize=q.equalize,
+            task=recipe.model.task,
+            limits=limits,
+        )
+
+
+def search_limits(limits: dict[str, float]) -> dict[str, tuple[float, str]]:
+    """The gate limits the search must meet on calibration data, with a safety margin.
+
+    Calibration and validation samples differ, so a candidate that only just passes on calibration
+    data may just fail on validation: the search asks for a little more (top-1 agreement +1 point,
+    a tenth of the cosine slack, +1 dB SNR, 90 % of an error bound).
+    """
+    out = {}
+    for metric, limit in limits.items():
+        direction = _SEARCH_METRICS.get(metric)
+        if direction is None:
+            continue
+        if metric == "top1_agreement":
+            limit = min(1.0, limit + 0.01)
+        elif metric == "cosine_min":
+            limit = limit + (1.0 - limit) * 0.1
+        elif metric == "snr_db":
+            limit = limit + 1.0
+        else:
+            limit = limit * 0.9
+        out[metric] = (limit, direction)
+    return out
+
+
+@dataclass
+class Int8Result:
+    model: bytes
+    metrics: dict[str, float]  # on the calibration data, against the float model
+    passed: bool | None  # None when there were no limits to check
+    calibration: Calibration
+    corrections: int
+    equalization: Equalization | None = None
+    fallback: list[OpInfo] = field(default_factory=list)
+    search: SearchResult | None = None
+    plain_size: int = 0  # the full-int8 model (no fallback)
+    plain_p50_ms: float | None = None
+    p50_ms: float | None = None
+
+    def sidecar(self) -> dict:
+        """The `<model>.tflite.json` written next to the model (read by the report)."""
+        out: dict[str, Any] = {
+            "fallback_layers": [
+                {"index": op.index, "op": op.kind, "name": op.label, "scope": op.scope} for op in self.fallback
+            ],
+            "calibration": {
+                "samples": self.calibration.samples,
+                "range_estimation": self.calibration.method,
+                "narrowed_ranges": len(self.calibration.narrowed),
+            },
+            "bias_corrected_ops": self.corrections,
+            "equalization": None if self.equalization is None else self.equalization.summary(),
+            "calibration_metrics": {k: round(v, 6) for k, v in self.metrics.items()},
+            "passed_on_calibration": self.passed,
+            "search": [],
+            "sensitivity": [],
+        }
+        if self.search is not None:
+            out["search"] = [t.to_dict() for t in self.search.trials]
+            out["sensitivity"] = [
+                {"name": op.label, "op": op.kind, "snr_db_alone": round(snr, 3)} for op, snr in self.search.sensitivity
+            ]
+            out["search_seconds"] = round(self.search.seconds, 2)
+        if self.fallback:
+            out["cost"] = {
+                "size_bytes": {"int8": self.plain_size, "with_fallback": len(self.model)},
+                "p50_ms": {"int8": self.plain_p50_ms, "with_fallback": self.p50_ms},
+            }
+        return out
+
+
+class StaticInt8:
+    """Calibrated int8 candidates of one float .tflite (see module docstring)."""
+
+    def __init__(
+        self,
+        float_path: Path,
+        feeds: list[dict[str, np.ndarray]],
+        options: Int8Options,
+        *,
+        int8_io: bool = False,
+    ) -> None:
+        from mobex.validate.runners import TfliteRunner, load_tflite_io
+
+        self.float_path = Path(float_path)
+        self.options = options
+        self.int8_io = int8_io
+        self.feeds = _subset(feeds, options.calibration_samples)
+        self.float_bytes = self.float_path.read_bytes()
+        self.signature = load_tflite_io(self.float_path).signature
+        self.equalization: Equalization | None = None
+        if options.equalize:
+            self.float_bytes, self.equalization = equalize(
+                self.float_bytes,
+                self.feeds,
+                signature=self.signature,
+                alpha=options.equalize_alpha,
+                use_weights=options.equalize_weights,
+                num_threads=options.num_threads,
+            )
+        self.graph = TfliteGraph(self.float_bytes)
+        self.calibration = calibrate(
+            self.float_bytes,
+            _recipe(frozenset(), None, int8_io),
+            self.feeds,
+            signature=self.signature,
+            method=options.range_estimation,
+            mean_of=bias_correction_inputs(self.graph) if options.bias_correction else (),
+            num_threads=options.num_threads,
+        )
+        runner = TfliteRunner(self.float_path, num_threads=options.num_threads)
+        self.output_names = [s.name for s in runner.outputs]
+        self.reference = _run_all(runner, self.feeds)
+        self.limits = search_limits(options.limits)
+        self._tmp = Path(tempfile.mkdtemp(prefix="mobex-int8-"))
+        self._corrections = 0
+
+    def close(self) -> None:
+        import shutil
+
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> StaticInt8:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- candidates --------------------------------------------------------------------------
+
+    def build(self, float_ops: frozenset[str] = frozenset(), only: str | None = None) -> bytes:
+        """One int8 candidate: `float_ops` (scopes) kept in float, or only the op `only` quantized."""
+        import contextlib
+        import io
+
+        from ai_edge_quantizer import quantizer
+
+        recipe = _recipe(float_ops, only, self.int8_io and only is None)
+        qt = quantizer.Quantizer(self.float_bytes, recipe)
+        with contextlib.redirect_stderr(io.StringIO()):
+            result = qt.quantize(self.calibration.qsvs, enable_progress_bar=False, enable_progress_report=False)
+        model = bytearray(result.quantized_model)
+        if self.options.bias_correction:
+            corrections = correct_biases(model, self.graph, self.calibration.means)
+            if only is None and not float_ops:
+                self._corrections = len(corrections)
+        return bytes(model)
+
+    def evaluate(self, model: bytes, samples: int | None = None) -> dict[str, float]:
+        """Parity metrics of `model` against the float model on the calibration feeds."""
+        from mobex.validate.parity import parity_summary
+        from mobex.validate.runners import TfliteRunner
+
+        path = self._tmp / "candidate.tflite"
+        path.write_bytes(model)
+        feeds = self.feeds if samples is None else self.feeds[:samples]
+        outputs = _run_all(TfliteRunner(path, num_threads=self.options.num_threads), feeds)
+        reference = [r[: len(feeds) * _batch(feeds)] for r in self.reference]
+        summary = parity_summary(
+            self.output_names, reference, outputs, task=self.options.task, labels=None, num_classes=None
+        )
+        return {k: float(summary[k]) for k in _SEARCH_METRICS if isinstance(summary.get(k), (int, float))}
+
+    def passes(self, metrics: dict[str, float]) -> bool:
+        for metric, (limit, direction) in self.limits.items():
+            value = metrics.get(metric)
+            if value is None:
+                continue
+            if (direction == "min" and value < limit) or (direction == "max" and value > limit):
+                return False
+        return True
+
+    def p50_ms(self, model: bytes, runs: int = 15) -> float:
+        """Median single-thread latency of `model` on the first feed (for the cost of a fallback)."""
+        from mobex.validate.runners import TfliteRunner
+
+        path = self._tmp / "timed.tflite"
+        path.write_bytes(model)
+        runner = TfliteRunner(path, num_threads=1)
+        feed = self.feeds[0]
+        for _ in range(3):
+            runner.run(feed)
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            runner.run(feed)
+            times.append((time.perf_counter() - start) * 1000)
+        return round(float(np.median(times)), 4)
+
+    # -- the whole flow ----------------------------------------------------------------------
+
+    def quantize(self) -> Int8Result:
+        """Full int8; when it fails the limits on calibration data and fallback is on, search a fallback set."""
+        model = self.build()
+        metrics = self.evaluate(model)
+        passed = self.passes(metrics) if self.limits else None
+        result = Int8Result(
+            model, metrics, passed, self.calibration, self._corrections, self.equalization, plain_size=len(model)
+        )
+        if passed is False and self.options.fallback and self.options.max_fallback_layers > 0:
+            ops = self.graph.quantizable_ops()
+            search = search_fallback(
+                ops,
+                self.build,
+                self.evaluate,
+                self.passes,
+                max_layers=self.options.max_fallback_layers,
+                sensitivity_samples=min(self.options.sensitivity_samples, len(self.feeds)),
+            )
+            result.search = search
+            result.fallback = search.fallback
+            result.model, result.metrics, result.passed = search.model, search.metrics, search.passed
+            if search.fallback:
+                result.plain_p50_ms = self.p50_ms(model)
+                result.p50_ms = self.p50_ms(result.model)
+        return result
+
+
+def _recipe(float_ops: frozenset[str], only: str | None, int8_io: bool) -> list[dict[str, Any]]:
+    """ai-edge-quantizer recipe: static_wi8_ai8, optionally scoped to one op, with some ops kept in float."""
+    import re
+
+    from ai_edge_quantizer import qtyping, recipe, recipe_manager
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+    manager = recipe_manager.RecipeManager()
+    static = recipe.static_wi8_ai8()
+    if only is None:
+        manager.load_quantization_recipe(static)
+    else:
+        regex = "^" + re.escape(only) + "$"
+        for entry in static:
+            manager.add_quantization_config(
+                regex,
+                entry["operation"],
+                qtyping.OpQuantizationConfig.from_dict(entry["op_config"]),
+                entry["algorithm_key"],
+            )
+    if not int8_io:
+        for op in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):
+            manager.add_quantization_config(".*", op, algorithm_key=AlgorithmName.NO_QUANTIZE)
+    for scope in sorted(float_ops):
+        manager.add_quantization_config(
+            "^" + re.escape(scope) + "$",
+            qtyping.TFLOperationName.ALL_SUPPORTED,
+            algorithm_key=AlgorithmName.NO_QUANTIZE,
+        )
+    return manager.get_quantization_recipe()
+
+
+def _subset(feeds: list[dict[str, np.ndarray]], limit: int) -> list[dict[str, np.ndarray]]:
+    """At most `limit` feeds, evenly spread over the data (deterministic)."""
+    if len(feeds) <= limit:
+        return list(feeds)
+    picks = np.linspace(0, len(feeds) - 1, limit).round().astype(int)
+    return [feeds[i] for i in picks]
+
+
+def _batch(feeds: list[dict[str, np.ndarray]]) -> int:
+    first = next(iter(feeds[0].values()))
+    return int(first.shape[0]) if first.ndim else 1
+
+
+def _run_all(runner: Any, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+    per_output: list[list[np.ndarray]] = []
+    for feed in feeds:
+        outs = runner.run(feed)
+        if not per_output:
+            per_output = [[] for _ in outs]
+        for i, o in enumerate(outs):
+            per_output[i].append(np.asarray(o, dtype=np.float32) if np.asarray(o).dtype.kind == "f" else np.asarray(o))
+    return [np.concatenate(chunks, axis=0) for chunks in per_output]

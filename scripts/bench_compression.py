@@ -1,0 +1,197 @@
+"""Benchmark every variant a recipe lists: one table of size, zipped size, params, MACs, latency, agreement, gates.
+
+    python scripts/bench_compression.py sample_models/digits_cnn/recipe.toml
+    python scripts/bench_compression.py sample_models/efficientnet_lite0/recipe.toml --json bench.json
+
+Runs the same stages as `mobex build` (export per platform, then the validator on the whole validation
+split), in this process and without bundling, and keeps the exported files long enough to measure their
+deflate-zipped size (what an app download costs). Params and MACs are the torch model's (after
+[prune], which runs as in `mobex build`); quantization
+changes bytes and arithmetic, not their count. Latency is the host CPU (LiteRT, XNNPACK), so compare
+rows with each other; Core ML variants have no latency off macOS (validated in the MIL interpreter).
+For int8, the float fallback chosen by the search (if any) is listed under the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import shutil
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def zipped_size(path: Path) -> int:
+    """Bytes of `path` (a file or an .mlpackage folder) in a deflate zip, level 9."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        for file in files:
+            archive.write(file, file.relative_to(path.parent))
+    return len(buffer.getvalue())
+
+
+def params_and_macs(model, example: dict) -> tuple[int, int | None]:  # noqa: ANN001
+    """Parameters, and multiply-accumulates of one forward pass counted on the aten ops (FLOPs / 2)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    params = sum(p.numel() for p in model.parameters())
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(*example.values())
+        return params, int(counter.get_total_flops() // 2)
+    except Exception:  # noqa: BLE001 - counting is best effort (exotic ops)
+        return params, None
+
+
+def human(n: float | None, unit: str = "") -> str:
+    if n is None:
+        return "-"
+    for factor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= factor:
+            return f"{n / factor:.2f}{suffix}{unit}"
+    return f"{n:.0f}{unit}"
+
+
+def run(recipe_path: Path) -> dict:
+    import torch
+
+    from mobex.data import load_validation_and_calibration
+    from mobex.export import example_inputs, export_platform, output_names
+    from mobex.quantize.tflite import sidecar_path
+    from mobex.recipe import load_recipe
+    from mobex.sources import load_model
+    from mobex.validate.validator import failed_export_report, run_reference, validate_variant
+
+    torch.set_num_threads(1)
+    recipe = load_recipe(recipe_path)
+    validation, _ = load_validation_and_calibration(recipe)
+    model = load_model(recipe)
+    example = example_inputs(recipe, validation)
+    workdir = Path(tempfile.mkdtemp(prefix="mobex-bench-"))
+    pruned_path = None
+    if recipe.prune is not None:  # as `mobex build` does: prune once, export and compare with the pruned model
+        from mobex.quantize.prune import load_finetune_data, prune_model, save_pruned_model
+
+        pruning = prune_model(model, recipe, example, load_finetune_data(recipe), validation)
+        model = pruning.model
+        pruned_path = str(save_pruned_model(model, example, workdir / "pruned.pt2"))
+    params, macs = params_and_macs(model, example)
+    reference = run_reference(model, recipe, validation)
+    names = output_names(recipe, len(reference.outputs))
+    rows = []
+    try:
+        for platform in ("android", "ios"):
+            section = getattr(recipe, platform)
+            if section is None:
+                continue
+            started = time.perf_counter()
+            exported = export_platform(str(recipe.path), platform, str(workdir), model_path=pruned_path)
+            by_name = {v.quantization: v for v in exported.variants}
+            failures = {f.quantization: f.message for f in exported.failures}
+            target = "tflite" if platform == "android" else "coreml"
+            for variant in section.variants:
+                if variant not in by_name:
+                    report = failed_export_report(platform, target, variant, failures.get(variant, "?"), recipe)
+                    rows.append({"report": report.to_dict(), "zipped_bytes": None, "int8": None})
+                    continue
+                artifact = by_name[variant]
+                report = validate_variant(artifact, recipe, validation, reference, names)
+                side = sidecar_path(artifact.path)
+                rows.append(
+                    {
+                        "report": report.to_dict(),
+                        "zipped_bytes": zipped_size(artifact.path),
+                        "int8": json.loads(side.read_text()) if side.exists() else None,
+                    }
+                )
+            print(f"{platform}: exported and validated in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {
+        "recipe": str(recipe.path),
+        "params": params,
+        "macs": macs,
+        "reference": {"latency": reference.latency, "metrics": reference.metrics},
+        "validation_samples": validation.num_samples,
+        "variants": rows,
+    }
+
+
+def print_table(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{result['recipe']} ({result['validation_samples']} validation samples)")
+    for column in ("variant", "size", "x base", "zipped", "params", "MACs", "p50 ms", "x fp32", "top-1 agr.",
+                   "cosine min", "accuracy", "gates"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("variant", "gates") else "right")
+    ref_latency = (result["reference"]["latency"] or {}).get("p50_ms")
+    table.add_row(
+        "torch (reference)", "-", "-", "-", human(result["params"]), human(result["macs"]),
+        f"{ref_latency:.3f}" if ref_latency else "-", "-", "-", "-",
+        _pct(result["reference"]["metrics"].get("accuracy")), "",
+    )  # fmt: skip
+    base_size = {}
+    base_p50 = {}
+    for row in result["variants"]:
+        r = row["report"]
+        if r["quantization"] in ("fp32", "fp16") and r["size_bytes"]:
+            base_size.setdefault(r["platform"], {})[r["quantization"]] = r["size_bytes"]
+        if r["quantization"] == "fp32" and r["latency"]:
+            base_p50[r["platform"]] = r["latency"]["p50_ms"]
+    for row in result["variants"]:
+        r = row["report"]
+        parity = r["parity"] or {}
+        sizes = base_size.get(r["platform"], {})
+        ref = sizes.get("fp32" if r["platform"] == "android" else "fp16") or sizes.get("fp32")
+        ratio = f"{r['size_bytes'] / ref:.3f}" if ref and r["size_bytes"] else "-"
+        p50 = (r["latency"] or {}).get("p50_ms")
+        p50_ratio = f"{p50 / base_p50[r['platform']]:.2f}" if p50 and base_p50.get(r["platform"]) else "-"
+        failed = [g["metric"] for g in r["gates"] if not g["passed"]]
+        gates = "pass" if r["passed"] else "FAIL " + ",".join(failed)
+        if r["status"] != "validated":
+            gates = r["status"][:60]
+        table.add_row(
+            r["id"], human(r["size_bytes"], "B"), ratio, human(row["zipped_bytes"], "B"), human(result["params"]),
+            human(result["macs"]), f"{p50:.3f}" if p50 else "-", p50_ratio, _pct(parity.get("top1_agreement")),
+            f"{parity['cosine_min']:.4f}" if "cosine_min" in parity else "-", _pct(parity.get("accuracy")), gates,
+        )  # fmt: skip
+    console = Console(width=max(Console().width, 180))
+    console.print(table)
+    console.print(
+        "x base: size over the fp32 .tflite (android) or the fp16 package (ios); x fp32: p50 over fp32 TFLite"
+    )
+    for row in result["variants"]:
+        details = row["int8"]
+        if details and details.get("fallback_layers"):
+            names = ", ".join(layer["name"] for layer in details["fallback_layers"])
+            cost = details.get("cost", {})
+            console.print(f"{row['report']['id']}: float fallback of {names}; cost {json.dumps(cost)}")
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f} %"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipe", type=Path)
+    parser.add_argument("--json", type=Path, help="also write the numbers as JSON")
+    args = parser.parse_args()
+    result = run(args.recipe)
+    print_table(result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()

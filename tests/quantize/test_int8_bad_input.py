@@ -1,0 +1,77 @@
+"""Bad requests for quantized variants fail with a clear error before any conversion, and write nothing."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mobex.data import load_validation_and_calibration
+from mobex.errors import DataError, RecipeError
+from mobex.pipeline import BuildOptions, build
+from mobex.recipe import load_recipe
+
+
+def edit(recipe: Path, pattern: str, replacement: str) -> None:
+    text = recipe.read_text()
+    new = re.sub(pattern, replacement, text, count=1, flags=re.MULTILINE)
+    assert new != text, pattern
+    recipe.write_text(new)
+
+
+def test_unknown_variant(sample_copy) -> None:
+    folder = sample_copy("digits_cnn")
+    edit(
+        folder / "recipe.toml", r'^variants = \["fp32", "fp16", "dynamic-int8", "int8"\]', 'variants = ["fp32", "int7"]'
+    )
+    with pytest.raises(RecipeError, match=r"\[android\]\.variants: unknown TFLite variant 'int7'; valid: .*int8"):
+        load_recipe(folder / "recipe.toml")
+
+
+def test_w8a8_needs_ios17(sample_copy) -> None:
+    folder = sample_copy("digits_cnn")
+    edit(folder / "recipe.toml", r'^variants = \["fp32", "fp16", "int8-weights"\]', 'variants = ["fp16", "w8a8"]')
+    with pytest.raises(RecipeError, match=r"'w8a8' needs minimum_deployment_target = 'iOS17'.*'iOS16'"):
+        load_recipe(folder / "recipe.toml")
+    edit(folder / "recipe.toml", r'^minimum_deployment_target = "iOS16"', 'minimum_deployment_target = "iOS17"')
+    assert load_recipe(folder / "recipe.toml").ios.variants == ["fp16", "w8a8"]
+
+
+def test_quantization_options_are_checked(sample_copy) -> None:
+    folder = sample_copy("digits_cnn")
+    (folder / "recipe.toml").write_text(
+        (folder / "recipe.toml").read_text() + '\n[quantization]\nrange_estimation = "entropy"\n'
+    )
+    with pytest.raises(RecipeError, match=r"\[quantization\]\.range_estimation"):
+        load_recipe(folder / "recipe.toml")
+
+
+@pytest.mark.parametrize(("bad", "message"), [("nan", "NaN"), ("inf", "inf"), ("shape", r"shape \[200, 1, 8\]")])
+def test_broken_calibration_data(sample_copy, bad: str, message: str) -> None:
+    folder = sample_copy("digits_cnn")
+    path = folder / "data" / "calib.npz"
+    arrays = dict(np.load(path))
+    image = arrays["image"].astype(np.float32)
+    if bad == "nan":
+        image[3, 0, 2, 2] = np.nan
+    elif bad == "inf":
+        image[5, 0, 1, 1] = np.inf
+    else:
+        image = image[:, :, :, 0]
+    np.savez(path, **{**arrays, "image": image})
+    recipe = load_recipe(folder / "recipe.toml")
+    with pytest.raises(DataError, match=message):
+        load_validation_and_calibration(recipe)
+
+
+def test_too_little_calibration_data_stops_the_build_before_conversion(sample_copy, tmp_path: Path) -> None:
+    folder = sample_copy("digits_cnn")
+    path = folder / "data" / "calib.npz"
+    arrays = dict(np.load(path))
+    np.savez(path, **{k: v[:10] for k, v in arrays.items()})
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=r"int8 need at least 32 calibration samples; \[data\]\.calibration has 10"):
+        build(load_recipe(folder / "recipe.toml"), BuildOptions(out_dir=out))
+    assert not out.exists() or list(out.iterdir()) == []

@@ -1,0 +1,124 @@
+"""The measured float fallback of static int8: it finds the quantization-hostile ops and the gate then passes.
+
+The model is an MLP trained for a second on scikit-learn's digits, then reparametrised without changing
+its float function: channel 0 of the first hidden layer is multiplied by 1000 and the next layer's
+weights for that channel divided by 1000. One activation channel is then 1000x larger than the others,
+so per-tensor int8 of that tensor flattens the other 31 channels to a few levels: a classic outlier.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mobex.converters.tflite import convert_tflite
+from mobex.quantize.int8_static import Int8Options, StaticInt8, search_limits
+from mobex.quantize.tflite import quantize_tflite, sidecar_path
+from mobex.validate.parity import parity_summary
+from mobex.validate.runners import TfliteRunner
+
+torch.set_num_threads(1)
+
+GATE = {"top1_agreement": 0.97, "cosine_min": 0.95, "snr_db": 12.0}  # the default int8 gate for classifiers
+OPTIONS = Int8Options(
+    task="classification", limits=GATE, equalize=False, bias_correction=False, max_fallback_layers=4
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory: pytest.TempPathFactory):
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = (data.data / 16.0).astype(np.float32)
+    y = data.target
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    xt, yt = torch.from_numpy(x[:1200]), torch.from_numpy(y[:1200])
+    for _ in range(150):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(xt), yt).backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        before = model(torch.from_numpy(x[1200:]))
+        model[0].weight[0] *= 1000.0
+        model[0].bias[0] *= 1000.0
+        model[2].weight[:, 0] /= 1000.0
+        after = model(torch.from_numpy(x[1200:]))
+    assert torch.allclose(before, after, atol=1e-3)  # same float function
+    assert (after.argmax(1).numpy() == y[1200:]).mean() > 0.9  # a trained model
+    base = convert_tflite(model, {"features": torch.zeros(1, 64)}, tmp_path_factory.mktemp("hostile") / "mlp.tflite")
+    calib = [{"features": row[None]} for row in x[1200:1400]]
+    val = [{"features": row[None]} for row in x[1400:1700]]
+    return base, calib, val
+
+
+def validate(path: Path, base_path: Path, feeds: list[dict]) -> dict:
+    """Parity on held-out data (never seen by calibration or the search)."""
+    ref, got = TfliteRunner(base_path), TfliteRunner(path)
+    a = np.concatenate([ref.run(f)[0] for f in feeds])
+    b = np.concatenate([got.run(f)[0] for f in feeds])
+    return parity_summary(["logits"], [a], [b], task="classification", labels=None, num_classes=None)
+
+
+def test_the_hostile_layer_falls_back_and_the_gate_passes(hostile, tmp_path: Path) -> None:
+    base, calib, val = hostile
+    no_fallback = replace(OPTIONS, fallback=False)
+    plain = quantize_tflite(base, "int8", tmp_path / "plain.tflite", calibration=calib, int8=no_fallback)
+    broken = validate(plain.path, base.path, val)
+    assert broken["top1_agreement"] < 0.9, broken["top1_agreement"]  # the outlier really breaks plain int8
+
+    fixed = quantize_tflite(base, "int8", tmp_path / "fixed.tflite", calibration=calib, int8=OPTIONS)
+    details = json.loads(sidecar_path(fixed.path).read_text())
+    fallen = [(layer["op"], layer["name"]) for layer in details["fallback_layers"]]
+    # Exactly the two ops that touch the outlier tensor: the layer producing it and the one reading it.
+    assert fallen == [("FULLY_CONNECTED", "FULLY_CONNECTED Linear_0"),
+                      ("FULLY_CONNECTED", "FULLY_CONNECTED Linear_2")], fallen  # fmt: skip
+    assert details["passed_on_calibration"] is True
+    assert details["sensitivity"][0]["name"] in {name for _, name in fallen}  # ranked most damaging
+    assert details["search"][0]["fallback"] == [] and not details["search"][0]["passed"]
+    assert details["cost"]["size_bytes"]["with_fallback"] > details["cost"]["size_bytes"]["int8"]
+    assert any("float fallback of 2 op(s)" in note for note in fixed.notes)
+
+    good = validate(fixed.path, base.path, val)
+    for metric, limit in GATE.items():
+        assert good[metric] >= limit, (metric, good[metric])
+
+
+def test_equalization_fixes_the_same_outlier_without_any_fallback(hostile, tmp_path: Path) -> None:
+    base, calib, val = hostile
+    options = replace(OPTIONS, equalize=True)
+    q = quantize_tflite(base, "int8", tmp_path / "eq.tflite", calibration=calib, int8=options)
+    details = json.loads(sidecar_path(q.path).read_text())
+    assert details["fallback_layers"] == [] and details["search"] == []
+    assert "cross-layer equalization of 2 linear stream(s)" in details["equalization"]
+    good = validate(q.path, base.path, val)
+    for metric, limit in GATE.items():
+        assert good[metric] >= limit, (metric, good[metric])
+
+
+def test_search_gives_up_cleanly_when_the_budget_is_too_small(hostile) -> None:
+    base, calib, _ = hostile
+    with StaticInt8(base.path, calib, replace(OPTIONS, max_fallback_layers=1)) as maker:
+        made = maker.quantize()
+    assert made.passed is False
+    assert len(made.fallback) <= 1
+    assert made.search is not None and all(not t.passed for t in made.search.trials)
+
+
+def test_search_limits_ask_for_a_margin_over_the_gate() -> None:
+    limits = search_limits({"top1_agreement": 0.97, "cosine_min": 0.95, "snr_db": 12.0, "max_abs_error": 1.0,
+                            "accuracy_drop": 0.02, "p50_ms": 5.0})  # fmt: skip
+    assert limits["top1_agreement"] == (pytest.approx(0.98), "min")
+    assert limits["cosine_min"] == (pytest.approx(0.955), "min")
+    assert limits["snr_db"] == (13.0, "min")
+    assert limits["max_abs_error"] == (0.9, "max")
+    assert "accuracy_drop" not in limits and "p50_ms" not in limits  # not measurable on unlabelled calibration data
