@@ -43,7 +43,8 @@ from mobex.validate.validator import (
     validate_variant,
 )
 
-STATIC_VARIANTS = {"int8"}  # TFLite variants that need calibration data
+# Variants that calibrate activation ranges on the recipe's calibration data, per platform.
+STATIC_VARIANTS = {"android": {"int8"}, "ios": {"w8a8"}}
 
 
 @dataclass
@@ -176,7 +177,8 @@ def _add_pruning(report: dict, pruning, training: Dataset | None) -> None:  # no
 
 def _check_calibration(recipe: Recipe, calibration: Dataset) -> None:
     """Static quantization needs enough calibration samples: refuse before any conversion starts."""
-    wanted = sorted(STATIC_VARIANTS & set(recipe.android.variants if recipe.android else []))
+    wanted = sorted(STATIC_VARIANTS["android"] & set(recipe.android.variants if recipe.android else []))
+    wanted += sorted(STATIC_VARIANTS["ios"] & set(recipe.ios.variants if recipe.ios else []))
     if not wanted:
         return
     have = calibration.num_samples

@@ -42,13 +42,22 @@ class GateResult:
         return asdict(self)
 
 
-def limits_for(variant: str, task: str, gates: GatesSection) -> dict[str, tuple[float, str]]:
-    """metric -> (limit, source) for one variant, defaults first, then recipe overrides."""
+def limits_for(variant: str, task: str, gates: GatesSection, has_labels: bool = True) -> dict[str, tuple[float, str]]:
+    """metric -> (limit, source) for one variant, defaults first, then recipe overrides.
+
+    Without labels there is no accuracy to drop, so the default `accuracy_drop` limit does not
+    apply (agreement with the original still does); a limit the recipe sets explicitly always
+    applies, and fails when it cannot be measured.
+    """
     fam = family(variant)
     limits: dict[str, tuple[float, str]] = {m: (v, f"default ({fam})") for m, v in DEFAULT_GATES[fam].items()}
     if task == "classification":
         limits.update(
-            {m: (v, f"default ({fam}, classification)") for m, v in DEFAULT_CLASSIFICATION_GATES[fam].items()}
+            {
+                m: (v, f"default ({fam}, classification)")
+                for m, v in DEFAULT_CLASSIFICATION_GATES[fam].items()
+                if has_labels or m != "accuracy_drop"
+            }
         )
     limits.update({m: (v, "recipe [gates.all]") for m, v in gates.all.items()})
     limits.update({m: (v, f"recipe [gates.variants.{variant}]") for m, v in gates.variants.get(variant, {}).items()})
@@ -56,11 +65,16 @@ def limits_for(variant: str, task: str, gates: GatesSection) -> dict[str, tuple[
 
 
 def evaluate(
-    variant: str, task: str, metrics: dict[str, float | None], gates: GatesSection, not_run_reason: str | None = None
+    variant: str,
+    task: str,
+    metrics: dict[str, float | None],
+    gates: GatesSection,
+    not_run_reason: str | None = None,
+    has_labels: bool = True,
 ) -> list[GateResult]:
     """Check every limit that applies to `variant` against the measured `metrics`."""
     results = []
-    for metric, (limit, source) in sorted(limits_for(variant, task, gates).items()):
+    for metric, (limit, source) in sorted(limits_for(variant, task, gates, has_labels).items()):
         direction = GATE_METRICS[metric]
         value = metrics.get(metric)
         if value is None:

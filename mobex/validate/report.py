@@ -85,5 +85,8 @@ def bundled_report(report: dict) -> dict:
         for key in _VOLATILE_VARIANT_KEYS:
             variant.pop(key, None)
         variant["gates"] = [g for g in variant["gates"] if g["metric"] != "p50_ms"]
+        details = variant.get("quantization_details")
+        if isinstance(details, dict):  # keep what was decided, drop measured timings
+            variant["quantization_details"] = {k: v for k, v in details.items() if k not in ("cost", "search")}
     out["note"] = "latency and wall times vary between runs: see the build's report.json"
     return out

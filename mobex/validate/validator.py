@@ -9,6 +9,7 @@ A variant that could not be run says why in `status` and gets no invented number
 
 from __future__ import annotations
 
+import json
 import platform as host_platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,8 @@ class VariantReport:
     artifact: ExportedVariant | None = None
     # Drift reference statistics (validation inputs + this variant's outputs); goes into the bundle, not the report.
     reference_stats: dict | None = None
+    # How a quantized variant was made (int8: calibration, equalization, fallback layers and their cost).
+    quantization_details: dict | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -67,6 +70,7 @@ class VariantReport:
             "outputs": [t.to_dict() for t in self.artifact.outputs] if self.artifact else None,
             "export_seconds": self.export_seconds,
             "validate_seconds": self.validate_seconds,
+            "quantization_details": self.quantization_details,
         }
 
 
@@ -144,6 +148,17 @@ def _used(data: Dataset) -> dict[str, np.ndarray]:
     return {name: arr[:n] for name, arr in data.arrays.items()}
 
 
+def _quantization_details(variant: ExportedVariant) -> dict | None:
+    """The sidecar `<model>.tflite.json` that mobex.quantize writes for int8 models, if any."""
+    sidecar = variant.path.with_name(variant.path.name + ".json")
+    if variant.target != "tflite" or not sidecar.is_file():
+        return None
+    try:
+        return json.loads(sidecar.read_text())
+    except (OSError, ValueError) as exc:
+        return {"error": f"could not read {sidecar.name}: {exc}"}
+
+
 def _coreml_runner(variant: ExportedVariant, recipe: Recipe):  # noqa: ANN202
     """The best Core ML runner this host has: the real runtime on macOS, else the MIL reference interpreter."""
     if host_platform.system() == "Darwin":
@@ -169,6 +184,7 @@ def validate_variant(
         status="validated",
         size_bytes=variant.size_bytes,
         notes=list(variant.notes),
+        quantization_details=_quantization_details(variant),
         export_seconds=round(variant.seconds, 3),
         artifact=variant,
     )
@@ -209,7 +225,9 @@ def validate_variant(
     except Exception as exc:  # a runtime failure of the exported model is a result, not a crash
         not_run = f"{type(exc).__name__}: {exc}"
         report.status = f"failed to run: {not_run}"
-    results = gates_mod.evaluate(variant.quantization, recipe.model.task, metrics, recipe.gates, not_run)
+    results = gates_mod.evaluate(
+        variant.quantization, recipe.model.task, metrics, recipe.gates, not_run, has_labels=data.labels is not None
+    )
     report.gates = [g.to_dict() for g in results]
     report.passed = all(g.passed for g in results)
     report.validate_seconds = round(time.perf_counter() - start, 3)

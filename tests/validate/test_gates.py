@@ -38,3 +38,12 @@ def test_unmeasured_metric_fails_unless_allowed() -> None:
     assert "unsupported op foo" in results[0].message
     allowed = evaluate("fp16", "other", {}, GatesSection(allow_unvalidated=True), "unsupported op foo")
     assert all(r.passed for r in allowed)
+
+
+def test_accuracy_drop_needs_labels_unless_the_recipe_asks_for_it() -> None:
+    assert "accuracy_drop" not in limits_for("int8", "classification", GatesSection(), has_labels=False)
+    assert "top1_agreement" in limits_for("int8", "classification", GatesSection(), has_labels=False)
+    explicit = GatesSection(all={"accuracy_drop": 0.01})
+    results = evaluate("int8", "classification", {}, explicit, "no labels", has_labels=False)
+    drop = [r for r in results if r.metric == "accuracy_drop"]
+    assert drop and not drop[0].passed
