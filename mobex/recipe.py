@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
+from mobex.bundle.manifest import SEMVER_RE
 from mobex.errors import RecipeError
 from mobex.variants import (
     COREML_FIXED_VARIANTS,
@@ -27,12 +28,7 @@ from mobex.variants import (
     requires_ios,
 )
 
-# SemVer 2.0.0, from semver.org.
-SEMVER = re.compile(
-    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
-    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
-    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
-)
+SEMVER = SEMVER_RE  # one definition, in the manifest schema
 BUNDLE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 INPUT_DTYPES = ("float32", "float16", "int32", "int64", "uint8", "bool")
 SHIP_POLICIES = ("smallest-passing", "fastest-passing")
