@@ -97,6 +97,32 @@ def build(
         console.print(f"reports: {', '.join(str(p) for p in result.report_paths.values())}")
 
 
+@app.command()
+def export(
+    recipe: Annotated[Path, typer.Argument(help="The recipe TOML file.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the exported models.")] = Path("exported"),
+    jobs: Annotated[int, typer.Option("--jobs", min=1, help="Parallel export processes (android, ios).")] = 2,
+    as_json: JsonFlag = False,
+) -> None:
+    """Convert and quantize every variant, without validation or bundles (use `build` to ship)."""
+    from mobex.logs import quiet_third_party_logs
+
+    quiet_third_party_logs()
+    from mobex.pipeline import export_only
+    from mobex.recipe import load_recipe
+
+    with _console().status("exporting"):
+        written = export_only(load_recipe(recipe), out, jobs=jobs)
+    if as_json:
+        _print_json({"exported": [str(p) for p in written]})
+    else:
+        for path in written:
+            typer.echo(str(path))
+        typer.echo(
+            "not validated: run `mobex build` (or `mobex validate RECIPE MODEL`) before shipping these", err=True
+        )
+
+
 def _summary(report: dict) -> dict:
     return {
         "status": report["status"],

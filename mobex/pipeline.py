@@ -163,6 +163,39 @@ def build(recipe: Recipe, options: BuildOptions, on_stage: Callable[[str], None]
     return result
 
 
+def export_only(recipe: Recipe, out_dir: Path, jobs: int = 2) -> list[Path]:
+    """`mobex export`: convert and quantize every variant into out_dir, without validating or bundling.
+
+    For users who validate elsewhere; nothing here says a variant is fit to ship (only `build` does).
+    """
+    validation, calibration = load_validation_and_calibration(recipe)
+    _check_calibration(recipe, calibration)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=".mobex-export-", dir=out_dir))
+    written: list[Path] = []
+    try:
+        exports = _export(recipe, workdir, jobs)
+        problems = [f"{e.platform}/{f.quantization}: {f.message}" for e in exports for f in e.failures]
+        for exp in exports:
+            for variant in exp.variants:
+                target = (
+                    out_dir / f"{recipe.model.name}-{recipe.model.version}-{variant.quantization}{variant.path.suffix}"
+                )
+                if target.is_dir():
+                    shutil.rmtree(target)
+                if variant.path.is_file():
+                    os.chmod(variant.path, 0o644)  # converters write private temp files
+                os.replace(variant.path, target)
+                written.append(target)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if problems:
+        from mobex.errors import ConversionError
+
+        raise ConversionError("some variants could not be exported:\n  " + "\n  ".join(problems))
+    return written
+
+
 def _add_pruning(report: dict, pruning, training: Dataset | None) -> None:  # noqa: ANN001 - PruneResult
     """The report's `pruning` entry, and what pruning and quantization cost together per variant."""
     report["pruning"] = pruning.to_dict()

@@ -121,3 +121,24 @@ def test_bad_key_refused_before_work(sample_copy, tmp_path: Path, bad_key: str) 
     done = mobex("build", str(_android_only(folder)), "--out", str(tmp_path / "out"), "--key", str(tmp_path / bad_key))
     assert done.returncode == 2
     assert bad_key in done.stderr
+
+
+def test_export_then_validate_the_exported_model(sample_copy, tmp_path: Path) -> None:
+    folder = sample_copy("tabular_mlp")
+    recipe = _android_only(folder, '["fp32", "dynamic-int8"]')
+    out = tmp_path / "exported"
+    done = mobex("export", str(recipe), "--out", str(out), "--json")
+    assert done.returncode == 0, done.stderr
+    written = [Path(p) for p in json.loads(done.stdout)["exported"]]
+    assert sorted(p.name for p in written) == ["tabular-mlp-1.0.0-dynamic-int8.tflite", "tabular-mlp-1.0.0-fp32.tflite"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written)  # no temp folder left
+    assert oct(written[0].stat().st_mode & 0o777) == "0o644"
+    checked = mobex(
+        "validate",
+        str(recipe),
+        str(out / "tabular-mlp-1.0.0-dynamic-int8.tflite"),
+        "--variant",
+        "dynamic-int8",
+        "--json",
+    )
+    assert checked.returncode == 0, checked.stderr
