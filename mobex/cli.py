@@ -245,6 +245,34 @@ def verify(
 
 
 @app.command()
+def sign(
+    bundle: Annotated[Path, typer.Argument(help="A bundle .zip.")],
+    key: Annotated[Path, typer.Option("--key", help="The new signing key (ECDSA P-256 private key, PEM).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Where to write the re-signed bundle (default: in place).")
+    ] = None,
+    verify_with: Annotated[
+        Path | None, typer.Option("--verify-with", help="Public key the bundle is signed with now: checked first.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Re-sign a bundle with another key (e.g. a release key after a CI build); contents are unchanged."""
+    from mobex.bundle.resign import resign_bundle
+
+    target = out or bundle
+    manifest = resign_bundle(bundle, key, target, trusted_key=verify_with)
+    checked = (
+        "old signature verified"
+        if verify_with
+        else "old signature NOT verified (no --verify-with); files match the manifest"
+    )
+    if as_json:
+        _print_json({"bundle": str(target), "name": manifest.name, "version": manifest.version, "checked": checked})
+    else:
+        typer.echo(f"signed {target} ({manifest.name} {manifest.version}, {manifest.platform}); {checked}")
+
+
+@app.command()
 def inspect(
     bundle: Annotated[Path, typer.Argument(help="A bundle .zip.")],
     as_json: JsonFlag = False,
