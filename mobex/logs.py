@@ -13,7 +13,10 @@ import os
 
 
 def quiet_third_party_logs() -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(torch|coremltools|litert_torch).*")
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    for name in ("coremltools", "torchao", "absl", "torch._export", "torch.export"):
+    for name in ("coremltools", "torchao", "absl", "torch._export", "torch.export", "torch.utils._pytree"):
         logging.getLogger(name).setLevel(logging.ERROR)
