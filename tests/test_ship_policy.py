@@ -1,0 +1,75 @@
+"""Which variant ships: an explicit name, smallest-passing or fastest-passing; failures are reported."""
+
+from __future__ import annotations
+
+from mobex.pipeline import choose_shipped
+from mobex.recipe import load_recipe
+from mobex.validate.validator import VariantReport
+
+
+def _variant(platform: str, name: str, size: int, passed: bool, p50: float | None = None) -> VariantReport:
+    gates = [{"metric": "cosine_min", "passed": passed, "message": f"cosine_min {'ok' if passed else 'FAILED'}"}]
+    latency = {"p50_ms": p50} if p50 is not None else None
+    target = "tflite" if platform == "android" else "coreml"
+    return VariantReport(
+        platform, target, name, "validated", size_bytes=size, gates=gates, passed=passed, latency=latency
+    )
+
+
+def _recipe(sample_copy, android_ship: str, ios_ship: str = "smallest-passing"):
+    folder = sample_copy("digits_cnn")
+    path = folder / "recipe.toml"
+    text = path.read_text()
+    text = text.replace(
+        'variants = ["fp32", "fp16", "dynamic-int8", "int8"]',
+        f'variants = ["fp32", "fp16", "int8"]\nship = "{android_ship}"',
+    )
+    text = text.replace(
+        'minimum_deployment_target = "iOS16"', f'minimum_deployment_target = "iOS16"\nship = "{ios_ship}"'
+    )
+    path.write_text(text)
+    return load_recipe(path)
+
+
+VARIANTS = [
+    ("android", "fp32", 500, True, 1.0),
+    ("android", "fp16", 300, True, 2.0),
+    ("android", "int8", 100, False, 0.5),
+    ("ios", "fp32", 500, True, None),
+    ("ios", "fp16", 250, True, None),
+    ("ios", "int8-weights", 150, True, None),
+]
+
+
+def test_smallest_and_fastest_passing(sample_copy) -> None:
+    variants = [_variant(*v) for v in VARIANTS]
+    shipped, failures, rejected = choose_shipped(_recipe(sample_copy, "fastest-passing"), variants)
+    assert failures == []
+    assert shipped["android"].quantization == "fp32"  # int8 is faster but failed its gates
+    assert shipped["ios"].quantization == "int8-weights"
+    assert rejected == ["android/int8: cosine_min FAILED"]
+    assert [v.quantization for v in variants if v.shipped] == ["fp32", "int8-weights"]
+
+
+def test_fastest_passing_without_latency_falls_back_to_smallest(sample_copy) -> None:
+    variants = [_variant(*v) for v in VARIANTS]
+    shipped, _, _ = choose_shipped(_recipe(sample_copy, "smallest-passing", "fastest-passing"), variants)
+    assert shipped["ios"].quantization == "int8-weights"
+    assert any("fell back to smallest-passing" in n for n in shipped["ios"].notes)
+
+
+def test_named_variant_that_failed_blocks_the_platform(sample_copy) -> None:
+    variants = [_variant(*v) for v in VARIANTS]
+    shipped, failures, _ = choose_shipped(_recipe(sample_copy, "int8"), variants)
+    assert "android" not in shipped
+    assert failures == ["android: ship = 'int8' did not pass its gates"]
+
+
+def test_nothing_passing_fails_the_platform(sample_copy) -> None:
+    variants = [
+        _variant(p, n, s, False, t) if p == "android" else _variant(p, n, s, ok, t) for p, n, s, ok, t in VARIANTS
+    ]
+    shipped, failures, rejected = choose_shipped(_recipe(sample_copy, "smallest-passing"), variants)
+    assert set(shipped) == {"ios"}
+    assert failures == ["android: no variant passed its gates"]
+    assert len(rejected) == 3
