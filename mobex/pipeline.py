@@ -87,6 +87,7 @@ class StageClock:
 
 def build(recipe: Recipe, options: BuildOptions, on_stage: Callable[[str], None] | None = None) -> BuildResult:
     """Run the whole flow. Raises GateFailed (after writing the reports) when nothing may ship."""
+    _check_out_dir(options.out_dir)
     clock = StageClock(on_stage)
     total_start = time.perf_counter()
     with clock.stage("data checks"):
@@ -168,6 +169,7 @@ def export_only(recipe: Recipe, out_dir: Path, jobs: int = 2) -> list[Path]:
 
     For users who validate elsewhere; nothing here says a variant is fit to ship (only `build` does).
     """
+    _check_out_dir(out_dir)
     validation, calibration = load_validation_and_calibration(recipe)
     _check_calibration(recipe, calibration)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -206,6 +208,17 @@ def _add_pruning(report: dict, pruning, training: Dataset | None) -> None:  # no
     for v in report["variants"]:
         if pruning.metric == "accuracy" and (v["parity"] or {}).get("accuracy") is not None:
             v["parity"]["accuracy_drop_vs_original"] = pruning.original - v["parity"]["accuracy"]
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """Refuse an output path we cannot write into before any work starts."""
+    from mobex.errors import UsageError
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} exists and is not a folder", "pass a folder (it is created if missing)")
+    parent = next((p for p in [out_dir, *out_dir.parents] if p.exists()), None)
+    if parent is not None and not os.access(parent, os.W_OK):
+        raise UsageError(f"--out {out_dir}: {parent} is not writable")
 
 
 def _check_calibration(recipe: Recipe, calibration: Dataset) -> None:

@@ -142,3 +142,12 @@ def test_export_then_validate_the_exported_model(sample_copy, tmp_path: Path) ->
         "--json",
     )
     assert checked.returncode == 0, checked.stderr
+
+
+def test_out_that_is_a_file_is_refused_before_work(tmp_path: Path) -> None:
+    not_a_folder = tmp_path / "dist"
+    not_a_folder.write_text("I am a file")
+    done = mobex("build", str(ROOT / "sample_models" / "tabular_mlp" / "recipe.toml"), "--out", str(not_a_folder))
+    assert done.returncode == 2
+    assert "exists and is not a folder" in done.stderr
+    assert not_a_folder.read_text() == "I am a file"
