@@ -1,11 +1,13 @@
 """`mobex build`: the stages in order, as in DESIGN.md's diagram.
 
-    recipe -> data checks -> load model -> reference run -> export (android | ios, in parallel)
-           -> validate every variant -> gates + choose what ships -> bundle + sign -> reports
+    recipe -> data checks -> load model -> [prune] -> reference run -> export (android | ios, in
+           parallel worker processes) -> validate every variant -> gates + choose what ships
+           -> bundle + sign -> reports
 
 The pipeline knows the order, not the details: each stage is a function in its own module.
-Everything is built in a temporary folder next to `--out` and moved in at the end, so `--out` never
-holds a half-written file; when a gate fails, only the three reports are moved in.
+Everything is built in a hidden temporary folder inside `--out` (`.mobex-build-*`, removed at the
+end) and each finished file is moved into `--out` with an atomic rename, so `--out` never holds a
+half-written file; when a gate fails, only the three reports are moved in.
 """
 
 from __future__ import annotations
