@@ -9,7 +9,12 @@ deflate-zipped size (what an app download costs). Params and MACs are the torch 
 [prune], which runs as in `mobex build`); quantization
 changes bytes and arithmetic, not their count. Latency is the host CPU (LiteRT, XNNPACK), so compare
 rows with each other; Core ML variants have no latency off macOS (validated in the MIL interpreter).
-For int8, the float fallback chosen by the search (if any) is listed under the table.
+For int8, the float fallback chosen by the search (if any) is listed under the table. `--int8-steps`
+also rebuilds the int8 variant one step at a time (plain recipe, + bias correction, + equalization, + the
+recipe's range estimation, + GPTQ weight levels, + fallback) and prints each step's validation numbers;
+every step decides on calibration data only.
+
+    python scripts/bench_compression.py sample_models/efficientnet_lite0/recipe.toml --int8-steps
 """
 
 from __future__ import annotations
@@ -61,7 +66,42 @@ def human(n: float | None, unit: str = "") -> str:
     return f"{n:.0f}{unit}"
 
 
-def run(recipe_path: Path) -> dict:
+# Cumulative int8 steps for --int8-steps: (label, Int8Options overrides on top of the recipe's options).
+INT8_STEPS = [
+    ("plain recipe, min/max", {"bias_correction": False, "equalize": False, "weight_rounding": "nearest",
+                               "range_estimation": "minmax", "fallback": False}),
+    ("+ bias correction", {"equalize": False, "weight_rounding": "nearest", "range_estimation": "minmax",
+                           "fallback": False}),
+    ("+ equalization", {"weight_rounding": "nearest", "range_estimation": "minmax", "fallback": False}),
+    ("+ recipe's range estimation", {"weight_rounding": "nearest", "fallback": False}),
+    ("+ GPTQ weight levels", {"fallback": False}),
+]  # fmt: skip
+
+
+def int8_steps(recipe, base, validation, reference, names, workdir: Path) -> list[dict]:  # noqa: ANN001
+    """The int8 variant rebuilt step by step (INT8_STEPS), each validated like the real one."""
+    from dataclasses import replace
+
+    from mobex.data import load_validation_and_calibration
+    from mobex.quantize.int8_static import Int8Options
+    from mobex.quantize.tflite import quantize_tflite
+    from mobex.validate.validator import validate_variant
+
+    _, calibration = load_validation_and_calibration(recipe)
+    feeds = list(calibration.feeds())
+    options = Int8Options.from_recipe(recipe)
+    steps = []
+    for i, (label, overrides) in enumerate(INT8_STEPS):
+        variant = quantize_tflite(
+            base, "int8", workdir / f"step{i}.tflite", calibration=feeds, int8_io=recipe.android.int8_io,
+            int8=replace(options, **overrides),
+        )  # fmt: skip
+        report = validate_variant(variant, recipe, validation, reference, names).to_dict()
+        steps.append({"step": label, "size_bytes": variant.size_bytes, "parity": report["parity"]})
+    return steps
+
+
+def run(recipe_path: Path, with_int8_steps: bool = False) -> dict:
     import torch
 
     from mobex.data import load_validation_and_calibration
@@ -88,6 +128,7 @@ def run(recipe_path: Path) -> dict:
     reference = run_reference(model, recipe, validation)
     names = output_names(recipe, len(reference.outputs))
     rows = []
+    steps: list[dict] = []
     try:
         for platform in ("android", "ios"):
             section = getattr(recipe, platform)
@@ -113,6 +154,13 @@ def run(recipe_path: Path) -> dict:
                         "int8": json.loads(side.read_text()) if side.exists() else None,
                     }
                 )
+            if with_int8_steps and platform == "android" and "fp32" in by_name and "int8" in section.variants:
+                steps = int8_steps(recipe, by_name["fp32"], validation, reference, names, workdir)
+                int8_row = next(r for r in rows if r["report"]["quantization"] == "int8")
+                steps.append(
+                    {"step": "+ fallback search (the variant)", "size_bytes": int8_row["report"]["size_bytes"],
+                     "parity": int8_row["report"]["parity"]}
+                )  # fmt: skip
             print(f"{platform}: exported and validated in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -123,6 +171,7 @@ def run(recipe_path: Path) -> dict:
         "reference": {"latency": reference.latency, "metrics": reference.metrics},
         "validation_samples": validation.num_samples,
         "variants": rows,
+        "int8_steps": steps,
     }
 
 
@@ -178,6 +227,25 @@ def print_table(result: dict) -> None:
             console.print(f"{row['report']['id']}: float fallback of {names}; cost {json.dumps(cost)}")
 
 
+def print_steps(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    if not result.get("int8_steps"):
+        return
+    table = Table(title="int8 step by step (validation split; each step decided on calibration data)")
+    for column in ("step", "size", "top-1 agr.", "cosine min", "SNR dB"):
+        table.add_column(column, justify="left" if column == "step" else "right")
+    for step in result["int8_steps"]:
+        parity = step["parity"] or {}
+        snr = parity.get("snr_db")
+        table.add_row(
+            step["step"], human(step["size_bytes"], "B"), _pct(parity.get("top1_agreement")),
+            f"{parity['cosine_min']:.4f}" if "cosine_min" in parity else "-", f"{snr:.1f}" if snr is not None else "-",
+        )  # fmt: skip
+    Console(width=max(Console().width, 120)).print(table)
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f} %"
 
@@ -186,9 +254,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipe", type=Path)
     parser.add_argument("--json", type=Path, help="also write the numbers as JSON")
+    parser.add_argument("--int8-steps", action="store_true", help="also rebuild int8 step by step (slower)")
     args = parser.parse_args()
-    result = run(args.recipe)
+    result = run(args.recipe, with_int8_steps=args.int8_steps)
     print_table(result)
+    print_steps(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mobex.quantize.int8_weights import stored_weight
 from mobex.quantize.tflite_graph import WEIGHTED_OPS, OpInfo, TfliteGraph, writable_tensor
 
 _INT32 = np.iinfo(np.int32)
@@ -42,14 +43,27 @@ def bias_correction_inputs(float_graph: TfliteGraph) -> set[str]:
 
 
 def correct_biases(model: bytearray, float_graph: TfliteGraph, means: dict[str, np.ndarray]) -> list[Correction]:
-    """Correct, in place, the int32 biases of the int8 weighted ops of the quantized `model`."""
+    """Correct, in place, the biases of the int8-weight ops of the quantized `model`.
+
+    int32 biases (static int8) and float32 biases (weight-only and dynamic-range variants) alike."""
     graph = TfliteGraph(model)
+    users: dict[int, int] = {}
+    for tensor in graph.tensors:
+        users[tensor.buffer] = users.get(tensor.buffer, 0) + 1
     done = []
     for op in graph.ops:
         if op.kind not in WEIGHTED_OPS or len(op.inputs) < 3 or op.inputs[2] < 0:
             continue
-        weight, bias = graph.tensors[op.inputs[1]], graph.tensors[op.inputs[2]]
-        if not weight.is_int8 or bias.type != 2 or weight.scales is None or bias.scales is None:
+        weight, bias = graph.tensors[stored_weight(graph, op)], graph.tensors[op.inputs[2]]
+        if users.get(bias.buffer, 0) > 1:  # a bias buffer shared by several tensors: rewriting it would change all
+            continue
+        if (
+            not weight.is_int8
+            or weight.scales is None
+            or not (bias.type == 0 or (bias.type == 2 and bias.scales is not None))
+        ):
+            continue
+        if bias.type == 0 and graph.constant(bias.index) is None:
             continue
         float_op = float_graph.op_by_scope(op.scope)
         if float_op is None:
@@ -65,6 +79,11 @@ def correct_biases(model: bytearray, float_graph: TfliteGraph, means: dict[str, 
         delta = (q * scales - float_weight.astype(np.float64)).astype(np.float32)
         error = _mean_output_error(op, delta, mean_input)
         if error is None:
+            continue
+        if bias.type == 0:  # float bias: subtract the error itself
+            stored_f = writable_tensor(model, bias.index, np.float32)
+            stored_f[:] = (stored_f.astype(np.float64) - error.astype(np.float64)).astype(np.float32)
+            done.append(Correction(op.label, float(np.abs(error).max()), float(np.abs(error).mean())))
             continue
         stored = writable_tensor(model, bias.index, np.int32)
         bias_scales = bias.scales if bias.scales.size == stored.size else np.full(stored.size, bias.scales[0])

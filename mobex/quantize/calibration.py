@@ -6,7 +6,9 @@ collects, per activation tensor ai-edge-quantizer will quantize:
   last ~20 samples and clips larger activations; the validator's gates judge the worst sample);
 - a fixed-size random subsample of its values, from which `percentile` (99.99th) or `mse` (the clip
   range minimising the int8 rounding + clipping error) narrow ranges that a few outliers stretch;
-- for the inputs of weighted ops, the mean over samples at every position, which bias correction needs.
+- for the inputs of weighted ops, the mean over samples at every position, which bias correction needs;
+- for the inputs of weighted ops, on an evenly spread subset of the samples, the second moments of the
+  input patches that GPTQ weight rounding needs (`int8_weights.py`).
 
 ai-edge-quantizer is asked (on one sample) which tensors it wants statistics for and in what shape, so
 the result is exactly its QSV format and `Quantizer.quantize` takes it unchanged.
@@ -23,6 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from mobex.quantize.int8_rounding import ConvGeometry, InputMoments
+from mobex.quantize.int8_weights import to_nchw
+
 RANGE_METHODS = ("minmax", "percentile", "mse")
 PERCENTILE = 99.99
 _SUBSAMPLE = 65536  # values kept per tensor over the whole calibration set
@@ -38,6 +43,7 @@ class Calibration:
     samples: int
     method: str
     narrowed: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)  # name -> old/new range
+    moments: dict[str, InputMoments] = field(default_factory=dict)  # weighted op scope -> its input moments
 
     def summary(self) -> str:
         text = f"{self.method} activation ranges over {self.samples} calibration samples"
@@ -48,15 +54,20 @@ class Calibration:
 
 def calibrate(
     float_model: bytes,
-    recipe: list[dict[str, Any]],
+    recipe: list[dict[str, Any]] | None,
     feeds: list[dict[str, np.ndarray]],
     *,
     signature: str,
     method: str = "minmax",
     mean_of: Iterable[str] = (),
+    moments_of: dict[str, tuple[str, ConvGeometry]] | None = None,
+    moment_samples: int = 64,
     num_threads: int = 1,
 ) -> Calibration:
-    """Statistics of the float model `float_model` on `feeds` (see module docstring)."""
+    """Statistics of the float model `float_model` on `feeds` (see module docstring).
+
+    With `recipe=None` no activation ranges are collected (weight-only variants need only the means
+    and moments of the weighted ops' inputs)."""
     if method not in RANGE_METHODS:
         raise ValueError(f"unknown range estimation {method!r}; use one of {', '.join(RANGE_METHODS)}")
     if not feeds:
@@ -64,12 +75,14 @@ def calibrate(
     from ai_edge_quantizer import calibrator, recipe_manager
     from ai_edge_quantizer.utils import qsv_utils, tfl_interpreter_utils
 
-    manager = recipe_manager.RecipeManager()
-    manager.load_quantization_recipe(recipe)
-    probe = calibrator.Calibrator(float_model, num_threads=num_threads, qsv_update_func=qsv_utils.min_max_update)
-    with contextlib.redirect_stderr(io.StringIO()):  # its tqdm bar cannot be switched off
-        probe.calibrate({signature: feeds[:1]}, manager)
-    template = probe.get_model_qsvs()
+    template: dict[str, Any] = {}
+    if recipe is not None:
+        manager = recipe_manager.RecipeManager()
+        manager.load_quantization_recipe(recipe)
+        probe = calibrator.Calibrator(float_model, num_threads=num_threads, qsv_update_func=qsv_utils.min_max_update)
+        with contextlib.redirect_stderr(io.StringIO()):  # its tqdm bar cannot be switched off
+            probe.calibrate({signature: feeds[:1]}, manager)
+        template = probe.get_model_qsvs()
 
     with warnings.catch_warnings():  # "intended for debugging": keeping every tensor is the point here
         warnings.simplefilter("ignore", UserWarning)
@@ -84,7 +97,9 @@ def calibrate(
     sums: dict[str, np.ndarray] = {}
     per_sample = max(64, _SUBSAMPLE // len(feeds))
     rng = np.random.default_rng(0)
-    for feed in feeds:
+    moments = {scope: InputMoments(geometry) for scope, (_, geometry) in (moments_of or {}).items()}
+    moment_picks = set(np.linspace(0, len(feeds) - 1, min(moment_samples, len(feeds))).round().astype(int).tolist())
+    for index, feed in enumerate(feeds):
         tfl_interpreter_utils.invoke_interpreter_signature(interpreter, feed, signature)
         content = tfl_interpreter_utils.get_tensor_name_to_content_map(interpreter, subgraph)
         for name in template:
@@ -105,6 +120,11 @@ def calibrate(
             if value is not None:
                 value = np.asarray(value, dtype=np.float64)
                 sums[name] = value if name not in sums else sums[name] + value
+        if index in moment_picks:
+            for scope, (name, geometry) in (moments_of or {}).items():
+                value = content.get(name)
+                if value is not None:
+                    moments[scope].add(to_nchw(np.asarray(value, dtype=np.float32), geometry))
 
     qsvs: dict[str, dict[str, np.ndarray]] = {}
     narrowed: dict[str, tuple[float, float, float, float]] = {}
@@ -123,7 +143,8 @@ def calibrate(
             "max": np.full(shape, new_hi, dtype=np.float32),
         }
     means = {name: (total / len(feeds)).astype(np.float32) for name, total in sums.items()}
-    return Calibration(qsvs=qsvs, means=means, samples=len(feeds), method=method, narrowed=narrowed)
+    moments = {scope: m for scope, m in moments.items() if m.samples}
+    return Calibration(qsvs=qsvs, means=means, samples=len(feeds), method=method, narrowed=narrowed, moments=moments)
 
 
 def _estimate(values: np.ndarray, lo: float, hi: float, method: str) -> tuple[float, float]:

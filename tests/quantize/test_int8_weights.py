@@ -1,0 +1,106 @@
+"""Calibrated int8 weights in TFLite: GPTQ levels and bias correction for the float-activation variants
+(int8-weights, dynamic-int8) and the static int8 one, on a CNN with lossy-to-round depthwise kernels."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mobex.converters.tflite import convert_tflite
+from mobex.quantize.int8_static import Int8Options
+from mobex.quantize.tflite import quantize_tflite, sidecar_path
+from mobex.quantize.tflite_graph import TfliteGraph
+from mobex.validate.runners import TfliteRunner
+
+torch.set_num_threads(1)
+
+
+class EdgeNet(nn.Module):
+    """Stem conv + ReLU6, depthwise 3x3 edge filters (weights x5..x50, zero sum), 1x1 conv, pooled linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 32, 3, padding=1)
+        self.dw = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+        self.project = nn.Conv2d(32, 32, 1)
+        self.head = nn.Linear(32, 10)
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            w = torch.randn(32, 1, 3, 3, generator=g)
+            self.dw.weight.copy_(
+                (w - w.mean(dim=(2, 3), keepdim=True)) * torch.empty(32, 1, 1, 1).uniform_(5, 50, generator=g)
+            )
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = torch.clamp(self.stem(image), 0, 6)
+        x = torch.relu(self.project(self.dw(x)))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+@pytest.fixture(scope="module")
+def edgenet(tmp_path_factory: pytest.TempPathFactory):
+    from sklearn.datasets import load_digits
+
+    torch.manual_seed(0)
+    x = (load_digits().images.astype(np.float32) / 4.0)[:, None]
+    base = convert_tflite(
+        EdgeNet().eval(), {"image": torch.from_numpy(x[:1])}, tmp_path_factory.mktemp("e") / "e.tflite"
+    )
+    calib = [{"image": x[i : i + 1]} for i in range(0, 64)]
+    val = [{"image": x[i : i + 1]} for i in range(1000, 1100)]
+    runner = TfliteRunner(base.path)
+    reference = np.concatenate([runner.run(f)[0] for f in val])
+    return base, calib, val, reference
+
+
+def snr_db(path: Path, val: list[dict], reference: np.ndarray) -> float:
+    runner = TfliteRunner(path)
+    out = np.concatenate([runner.run(f)[0] for f in val])
+    return float(10 * np.log10((reference**2).sum() / ((out - reference) ** 2).sum()))
+
+
+def int8_weights(path: Path) -> dict[str, np.ndarray]:
+    graph = TfliteGraph(Path(path).read_bytes())
+    return {t.name: graph.constant(t.index) for t in graph.tensors if t.is_int8 and graph.constant(t.index) is not None}
+
+
+@pytest.mark.parametrize("variant", ["int8-weights", "dynamic-int8"])
+def test_calibration_data_rounds_and_bias_corrects_float_activation_variants(edgenet, tmp_path: Path, variant) -> None:
+    base, calib, val, reference = edgenet
+    plain = quantize_tflite(base, variant, tmp_path / "plain.tflite")
+    tuned = quantize_tflite(base, variant, tmp_path / "tuned.tflite", calibration=calib)
+
+    assert any("chosen by GPTQ" in n and "4 biases corrected" in n for n in tuned.notes), tuned.notes
+    assert not any("GPTQ" in n for n in plain.notes)
+    assert tuned.size_bytes == plain.size_bytes  # rewritten in place: same tensors, same bytes
+    before, after = int8_weights(plain.path), int8_weights(tuned.path)
+    assert before.keys() == after.keys()
+    assert all(np.abs(after[k].astype(int)).max() <= 127 for k in after)
+    gain = snr_db(tuned.path, val, reference) - snr_db(plain.path, val, reference)
+    assert gain > 3.0, gain
+
+
+def test_static_int8_records_the_gptq_rounding(edgenet, tmp_path: Path) -> None:
+    base, calib, val, reference = edgenet
+    options = Int8Options(fallback=False)
+    nearest = quantize_tflite(
+        base, "int8", tmp_path / "n.tflite", calibration=calib, int8=replace(options, weight_rounding="nearest")
+    )
+    gptq = quantize_tflite(base, "int8", tmp_path / "g.tflite", calibration=calib, int8=options)
+
+    details = json.loads(sidecar_path(gptq.path).read_text())
+    assert details["weight_rounding"]["gptq_ops"] >= 3
+    assert json.loads(sidecar_path(nearest.path).read_text())["weight_rounding"]["gptq_ops"] == 0
+    assert any("chosen by GPTQ" in n for n in gptq.notes)
+    assert snr_db(gptq.path, val, reference) > snr_db(nearest.path, val, reference)
+
+
+def test_weight_rounding_option_is_checked() -> None:
+    with pytest.raises(ValueError, match="weight_rounding"):
+        Int8Options(weight_rounding="stochastic")
