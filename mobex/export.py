@@ -165,6 +165,7 @@ def _export_ios(recipe, model, inputs, names, out_dir: Path, calibration=None) -
     )
     stem = recipe.model.name
     bases: dict[str, ExportedVariant] = {}
+    ios_feeds = list(calibration.feeds()) if calibration else None
 
     def base(precision: str) -> ExportedVariant:
         if precision not in bases:
@@ -190,7 +191,9 @@ def _export_ios(recipe, model, inputs, names, out_dir: Path, calibration=None) -
                         variant,
                         out_dir / f"{stem}-{variant}.mlpackage",
                         deployment_target=target,
-                        calibration=list(calibration.feeds()) if variant == "w8a8" and calibration else None,
+                        # Every compressed variant gets the calibration data: it chooses the weights'
+                        # rounding and corrects the biases (int8_mil.py), besides calibrating w8a8.
+                        calibration=ios_feeds,
                     )
                 )
         except Exception as exc:
