@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mobex.errors import UsageError
+
+if TYPE_CHECKING:
+    from mobex.registry.publish import PointerChange
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 RegistryOpt = Annotated[Path, typer.Option("--registry", help="The registry folder.")]
@@ -56,6 +59,14 @@ def _changes_text(changes) -> str:  # noqa: ANN001
         flag = " (downgrade, release-signed)" if c.downgrade else ""
         lines.append(f"{c.model} {c.channel}/{c.platform}: {arrow}, sequence {c.sequence}{flag}")
     return "\n".join(lines)
+
+
+def _print_changes(changes: list[PointerChange], as_json: bool) -> None:
+    """promote, rollback and refresh report their pointer changes the same way."""
+    if as_json:
+        _print_json([c.__dict__ for c in changes])
+    else:
+        typer.echo(_changes_text(changes))
 
 
 def publish(
@@ -115,10 +126,7 @@ def promote(
     changes = do_promote(
         name, registry, from_channel, to_channel, _signing_key(key), platform=platform, expires=_duration(expires)
     )
-    if as_json:
-        _print_json([c.__dict__ for c in changes])
-    else:
-        typer.echo(_changes_text(changes))
+    _print_changes(changes, as_json)
 
 
 def rollback(
@@ -140,10 +148,7 @@ def rollback(
     changes = do_rollback(
         name, registry, channel, to, key, channel_key=channel_key, platform=platform, expires=_duration(expires)
     )
-    if as_json:
-        _print_json([c.__dict__ for c in changes])
-    else:
-        typer.echo(_changes_text(changes))
+    _print_changes(changes, as_json)
 
 
 def refresh(
@@ -165,10 +170,7 @@ def refresh(
         name, registry, channel, _signing_key(key), release_key=release_key, platform=platform,
         expires=_duration(expires),
     )  # fmt: skip
-    if as_json:
-        _print_json([c.__dict__ for c in changes])
-    else:
-        typer.echo(_changes_text(changes))
+    _print_changes(changes, as_json)
 
 
 def serve(

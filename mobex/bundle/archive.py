@@ -252,6 +252,8 @@ def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, root: Path) -> N
             raise VerificationError(f"zip entry {name!r} holds {written} bytes, {info.file_size} declared")
     except VerificationError:
         raise
+    # zipfile raises NotImplementedError for an unknown compression method and RuntimeError for an
+    # encrypted entry: both are bundles mobex did not write, refused like a corrupt one.
     except (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError, RuntimeError) as exc:
         raise VerificationError(f"zip entry {name!r} is corrupt: {exc}") from exc
     except OSError as exc:

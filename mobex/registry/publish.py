@@ -23,9 +23,12 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -105,8 +108,7 @@ def publish(
         digest, size = _sha256_file(bundle_zip)
         with fsutil.locked(registry):
             txn.recover(registry)
-            t = txn.Transaction(registry)
-            try:
+            with _transaction(registry) as t:
                 root = _root_for_write(registry, signer, t)
                 trust.require_role(root, signer, "channel", key)
                 if root.roles["release"] != root_checked.roles["release"] or root.pems != root_checked.pems:
@@ -134,8 +136,7 @@ def publish(
                         now=now,
                         expires_in=expires,
                     )
-                    t.stage(_pointer_rel(ptr), _sign_pointer(ptr, [signer]), txn.REPLACE)
-                    idx = index.with_pointer(idx, ptr)
+                    idx = _stage_pointer(t, idx, ptr, [signer])
                     change = PointerChange(
                         ptr.model, channel, ptr.platform, ptr.version, ptr.sequence, True,
                         previous_version=current.version if current else None,
@@ -148,10 +149,6 @@ def publish(
                         "stays; use promote or rollback to point it at this version",
                     )  # fmt: skip
                 t.stage(layout.INDEX_FILE, index.sign(idx, signer), txn.REPLACE)
-                t.commit()
-            except BaseException:
-                t.abort()
-                raise
     return PublishResult(
         manifest.name, manifest.version, manifest.platform, rel, digest, size, change,
         encrypted=encryption_key is not None,
@@ -178,13 +175,10 @@ def promote(
     signer = load_private_key(key)
     now = now or datetime.now(UTC)
     changes = []
-    with fsutil.locked(registry):
-        txn.recover(registry)
-        root = _existing_root(registry)
+    with _locked_registry(registry) as root:
         trust.require_role(root, signer, "channel", key)
         platforms = _platforms(registry, model, from_channel, platform)
-        t = txn.Transaction(registry)
-        try:
+        with _transaction(registry) as t:
             idx = index.read_unverified(registry)
             for plat in platforms:
                 source = _verified_pointer(registry, root, model, from_channel, plat)
@@ -200,17 +194,12 @@ def promote(
                     sequence=(target.sequence + 1) if target else 1, version=source.version,
                     sha256=source.bundle.sha256, size=source.bundle.size, now=now, expires_in=expires,
                 )  # fmt: skip
-                t.stage(_pointer_rel(ptr), _sign_pointer(ptr, [signer]), txn.REPLACE)
-                idx = index.with_pointer(idx, ptr)
+                idx = _stage_pointer(t, idx, ptr, [signer])
                 changes.append(
                     PointerChange(model, to_channel, plat, ptr.version, ptr.sequence, True,
                                   previous_version=target.version if target else None)
                 )  # fmt: skip
             t.stage(layout.INDEX_FILE, index.sign(idx, signer), txn.REPLACE)
-            t.commit()
-        except BaseException:
-            t.abort()
-            raise
     return changes
 
 
@@ -237,14 +226,11 @@ def rollback(
     channel_signer = load_private_key(channel_key) if channel_key else release_signer
     now = now or datetime.now(UTC)
     changes = []
-    with tempfile.TemporaryDirectory(prefix="mobex-rollback-") as work, fsutil.locked(registry):
-        txn.recover(registry)
-        root = _existing_root(registry)
+    with tempfile.TemporaryDirectory(prefix="mobex-rollback-") as work, _locked_registry(registry) as root:
         trust.require_role(root, release_signer, "release", key)
         trust.require_role(root, channel_signer, "channel", channel_key or key)
         platforms = _platforms(registry, model, channel, platform)
-        t = txn.Transaction(registry)
-        try:
+        with _transaction(registry) as t:
             idx = index.read_unverified(registry)
             for plat in platforms:
                 current = _current_pointer(registry, model, channel, plat)
@@ -270,16 +256,11 @@ def rollback(
                     version=to_version, sha256=digest, size=size, now=now, expires_in=expires,
                     downgrade=downgrade,
                 )  # fmt: skip
-                t.stage(_pointer_rel(ptr), _sign_pointer(ptr, [channel_signer, release_signer]), txn.REPLACE)
-                idx = index.with_pointer(idx, ptr)
+                idx = _stage_pointer(t, idx, ptr, [channel_signer, release_signer])
                 changes.append(
                     PointerChange(model, channel, plat, to_version, ptr.sequence, True, downgrade, current.version)
                 )
             t.stage(layout.INDEX_FILE, index.sign(idx, channel_signer), txn.REPLACE)
-            t.commit()
-        except BaseException:
-            t.abort()
-            raise
     return changes
 
 
@@ -305,14 +286,11 @@ def refresh(
     release_signer = load_private_key(release_key) if release_key else None
     now = now or datetime.now(UTC)
     changes = []
-    with fsutil.locked(registry):
-        txn.recover(registry)
-        root = _existing_root(registry)
+    with _locked_registry(registry) as root:
         trust.require_role(root, signer, "channel", key)
         if release_signer is not None:
             trust.require_role(root, release_signer, "release", release_key or "")
-        t = txn.Transaction(registry)
-        try:
+        with _transaction(registry) as t:
             idx = index.read_unverified(registry)
             for plat in _platforms(registry, model, channel, platform):
                 current = _verified_pointer(registry, root, model, channel, plat, allow_expired=True)
@@ -329,14 +307,9 @@ def refresh(
                     version=current.version, sha256=current.bundle.sha256, size=current.bundle.size,
                     now=now, expires_in=expires, downgrade=current.downgrade,
                 )  # fmt: skip
-                t.stage(_pointer_rel(ptr), _sign_pointer(ptr, signers), txn.REPLACE)
-                idx = index.with_pointer(idx, ptr)
+                idx = _stage_pointer(t, idx, ptr, signers)
                 changes.append(PointerChange(model, channel, plat, ptr.version, ptr.sequence, True, ptr.downgrade))
             t.stage(layout.INDEX_FILE, index.sign(idx, signer), txn.REPLACE)
-            t.commit()
-        except BaseException:
-            t.abort()
-            raise
     return changes
 
 
@@ -346,6 +319,26 @@ def read_pointer(registry: Path, model: str, channel: str, platform: str) -> Poi
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+@contextmanager
+def _locked_registry(registry: Path) -> Iterator[trust.Root]:
+    """Every change but a first publish: under the lock, after finishing an interrupted writer, on an existing root."""
+    with fsutil.locked(registry):
+        txn.recover(registry)
+        yield _existing_root(registry)
+
+
+@contextmanager
+def _transaction(registry: Path) -> Iterator[txn.Transaction]:
+    """Commit what the block staged, or drop it all if the block (or the commit) raises: all or nothing."""
+    t = txn.Transaction(registry)
+    try:
+        yield t
+        t.commit()
+    except BaseException:
+        t.abort()
+        raise
 
 
 def _verify_before_lock(
@@ -389,6 +382,14 @@ def _pointer_rel(ptr: Pointer) -> str:
 
 def _sign_pointer(ptr: Pointer, signers: list[ec.EllipticCurvePrivateKey]) -> bytes:
     return dsse.sign(dsse.POINTER_TYPE, ptr.to_payload(), signers)
+
+
+def _stage_pointer(
+    t: txn.Transaction, idx: dict[str, Any], ptr: Pointer, signers: list[ec.EllipticCurvePrivateKey]
+) -> dict[str, Any]:
+    """Stage the signed pointer and return the index that lists it, so the two never disagree."""
+    t.stage(_pointer_rel(ptr), _sign_pointer(ptr, signers), txn.REPLACE)
+    return index.with_pointer(idx, ptr)
 
 
 def _current_pointer(registry: Path, model: str, channel: str, platform: str) -> Pointer | None:

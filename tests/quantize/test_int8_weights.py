@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from mobex.converters.tflite import convert_tflite
 from mobex.quantize.int8_static import Int8Options
@@ -18,42 +17,15 @@ from mobex.quantize.tflite import quantize_tflite, sidecar_path
 from mobex.quantize.tflite_graph import TfliteGraph
 from mobex.validate.runners import TfliteRunner
 
+from .conftest import edgenet_and_digits
+
 torch.set_num_threads(1)
-
-
-class EdgeNet(nn.Module):
-    """Stem conv + ReLU6, depthwise 3x3 edge filters (weights x5..x50, zero sum), 1x1 conv, pooled linear head."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(1, 32, 3, padding=1)
-        self.dw = nn.Conv2d(32, 32, 3, padding=1, groups=32)
-        self.project = nn.Conv2d(32, 32, 1)
-        self.head = nn.Linear(32, 10)
-        g = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            w = torch.randn(32, 1, 3, 3, generator=g)
-            self.dw.weight.copy_(
-                (w - w.mean(dim=(2, 3), keepdim=True)) * torch.empty(32, 1, 1, 1).uniform_(5, 50, generator=g)
-            )
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = torch.clamp(self.stem(image), 0, 6)
-        x = torch.relu(self.project(self.dw(x)))
-        return self.head(x.mean(dim=(2, 3)))
 
 
 @pytest.fixture(scope="module")
 def edgenet(tmp_path_factory: pytest.TempPathFactory):
-    from sklearn.datasets import load_digits
-
-    torch.manual_seed(0)
-    x = (load_digits().images.astype(np.float32) / 4.0)[:, None]
-    base = convert_tflite(
-        EdgeNet().eval(), {"image": torch.from_numpy(x[:1])}, tmp_path_factory.mktemp("e") / "e.tflite"
-    )
-    calib = [{"image": x[i : i + 1]} for i in range(0, 64)]
-    val = [{"image": x[i : i + 1]} for i in range(1000, 1100)]
+    model, x, calib, val = edgenet_and_digits()
+    base = convert_tflite(model, {"image": torch.from_numpy(x[:1])}, tmp_path_factory.mktemp("e") / "e.tflite")
     runner = TfliteRunner(base.path)
     reference = np.concatenate([runner.run(f)[0] for f in val])
     return base, calib, val, reference
