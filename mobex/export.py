@@ -194,6 +194,7 @@ def _export_ios(recipe, model, inputs, names, out_dir: Path, calibration=None) -
                         # Every compressed variant gets the calibration data: it chooses the weights'
                         # rounding and corrects the biases (int8_mil.py), besides calibrating w8a8.
                         calibration=ios_feeds,
+                        weight_rounding=recipe.quantization.weight_rounding,
                     )
                 )
         except Exception as exc:

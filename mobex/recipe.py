@@ -267,6 +267,9 @@ class QuantizationSection(_Strict):
     equalize: bool = True  # cross-layer equalization of linear channels (on the float graph) before int8
     bias_correction: bool = True  # remove the mean output shift that int8 weight rounding causes
     range_estimation: Literal["minmax", "percentile", "mse"] = "minmax"  # int8 activation ranges
+    # How quantized weights are rounded: "gptq" chooses the integer levels that minimise each layer's output
+    # error on calibration data (then corrects the biases); "nearest" keeps the converter's round-to-nearest.
+    weight_rounding: Literal["gptq", "nearest"] = "gptq"
 
 
 class LatencySection(_Strict):

@@ -73,6 +73,7 @@ def compress_coreml(
     weight_threshold: int = DEFAULT_WEIGHT_THRESHOLD,
     calibration: list[dict[str, np.ndarray]] | None = None,
     max_calibration_samples: int = W8A8_MAX_SAMPLES,
+    weight_rounding: str = "gptq",
 ) -> ExportedVariant:
     """Compress the weights of `base` (an fp16 or fp32 .mlpackage) into a new package at `out_path`.
 
@@ -82,7 +83,8 @@ def compress_coreml(
     by input name, plus per-channel int8 weights; iOS17+). Metadata of the base is kept.
 
     `calibration` is required for `w8a8` and optional for the others: when given, at most
-    `max_calibration_samples` of it choose the weights' rounding and correct the biases (`int8_mil`).
+    `max_calibration_samples` of it choose the weights' rounding and correct the biases (`int8_mil`),
+    unless `weight_rounding` is "nearest" (coremltools' own rounding, as without calibration data).
     """
     import coremltools as ct
     import coremltools.optimize.coreml as cto
@@ -95,6 +97,8 @@ def compress_coreml(
         raise UsageError(f"Core ML output path must end in .mlpackage: {out_path}")
     if weight_threshold < 1:
         raise UsageError(f"weight_threshold must be positive, got {weight_threshold}")
+    if weight_rounding not in ("gptq", "nearest"):
+        raise UsageError(f"weight_rounding must be 'gptq' or 'nearest', got {weight_rounding!r}")
     target = int(resolve_target(deployment_target))
     if target < int(ct.target.iOS16):
         raise UsageError(
@@ -147,7 +151,7 @@ def compress_coreml(
     except Exception as exc:  # noqa: BLE001 - report coremltools' reason with the variant name
         raise ConversionError(f"coremltools could not apply {variant} to {base.path.name}: {exc}") from exc
     refinement = None
-    if feeds and family in CALIBRATED_FAMILIES:
+    if feeds and family in CALIBRATED_FAMILIES and weight_rounding == "gptq":
         from mobex.quantize.int8_mil import collect_moments, refine_weights
 
         compressed, refinement = refine_weights(compressed, collect_moments(base.path, feeds))
@@ -183,7 +187,8 @@ def compress_coreml(
     if refinement is not None:
         notes.append(refinement.summary())
     elif family in CALIBRATED_FAMILIES:
-        notes.append("weights rounded to nearest by coremltools (no calibration data given for this variant)")
+        why = 'weight_rounding = "nearest"' if feeds else "no calibration data given for this variant"
+        notes.append(f"weights rounded to nearest by coremltools ({why})")
     return ExportedVariant(
         target="coreml",
         platform="ios",

@@ -81,6 +81,7 @@ class Int8Options:
             max_fallback_layers=q.max_fallback_layers,
             bias_correction=q.bias_correction,
             range_estimation=q.range_estimation,
+            weight_rounding=q.weight_rounding,
             equalize=q.equalize,
             task=recipe.model.task,
             limits=limits,

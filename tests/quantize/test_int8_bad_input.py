@@ -11,6 +11,7 @@ import pytest
 from mobex.data import load_validation_and_calibration
 from mobex.errors import DataError, RecipeError
 from mobex.pipeline import BuildOptions, build
+from mobex.quantize.int8_static import Int8Options
 from mobex.recipe import load_recipe
 
 
@@ -39,13 +40,16 @@ def test_w8a8_needs_ios17(sample_copy) -> None:
     assert load_recipe(folder / "recipe.toml").ios.variants == ["fp16", "w8a8"]
 
 
-def test_quantization_options_are_checked(sample_copy) -> None:
+@pytest.mark.parametrize(("key", "value"), [("range_estimation", "entropy"), ("weight_rounding", "adaround")])
+def test_quantization_options_are_checked(sample_copy, key: str, value: str) -> None:
     folder = sample_copy("digits_cnn")
-    (folder / "recipe.toml").write_text(
-        (folder / "recipe.toml").read_text() + '\n[quantization]\nrange_estimation = "entropy"\n'
-    )
-    with pytest.raises(RecipeError, match=r"\[quantization\]\.range_estimation"):
+    original = (folder / "recipe.toml").read_text()
+    (folder / "recipe.toml").write_text(original + f'\n[quantization]\n{key} = "{value}"\n')
+    with pytest.raises(RecipeError, match=rf"\[quantization\]\.{key}"):
         load_recipe(folder / "recipe.toml")
+    (folder / "recipe.toml").write_text(original + '\n[quantization]\nweight_rounding = "nearest"\n')
+    recipe = load_recipe(folder / "recipe.toml")
+    assert Int8Options.from_recipe(recipe).weight_rounding == "nearest"
 
 
 @pytest.mark.parametrize(("bad", "message"), [("nan", "NaN"), ("inf", "inf"), ("shape", r"shape \[200, 1, 8\]")])

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from mobex.converters.coreml import CoreMLMetadata, convert_coreml
+from mobex.errors import UsageError
 from mobex.quantize.coreml import compress_coreml, constexpr_op_counts
 from mobex.validate.mil.interpreter import MilReferenceRunner
 
@@ -147,3 +148,23 @@ def test_int4_weights_stay_int4(tmp_path: Path) -> None:
     assert len(data) == 2
     for var in data:
         assert var.dtype == types.int4 and -7 <= int(np.min(var.val)) and int(np.max(var.val)) <= 7
+
+
+def test_nearest_weight_rounding_keeps_coremltools_weights_even_with_calibration(edgenet, tmp_path: Path) -> None:
+    """`[quantization] weight_rounding = "nearest"`: the calibration data no longer changes the stored weights."""
+    from mobex.files import sha256_file
+
+    base, calib, _, _ = edgenet
+    plain = compress_coreml(base, "int8-weights", tmp_path / "plain.mlpackage", deployment_target="iOS17")
+    nearest = compress_coreml(
+        base, "int8-weights", tmp_path / "nearest.mlpackage", deployment_target="iOS17", calibration=calib,
+        weight_rounding="nearest",
+    )  # fmt: skip
+    blob = "Data/com.apple.CoreML/weights/weight.bin"
+    assert sha256_file(nearest.path / blob) == sha256_file(plain.path / blob)
+    assert any('weight_rounding = "nearest"' in n for n in nearest.notes), nearest.notes
+    with pytest.raises(UsageError, match="weight_rounding"):
+        compress_coreml(
+            base, "int8-weights", tmp_path / "bad.mlpackage", deployment_target="iOS17", weight_rounding="adaround"
+        )
+    assert not (tmp_path / "bad.mlpackage").exists()
