@@ -24,8 +24,17 @@ input channels, so their weights absorb the imbalance better than the activation
 Done on the converted float graph (not on the torch module), so it works for any model the converter
 lowers to these ops, and only what is provably linear is touched: a "stream" (a set of tensors linked
 by ADD/PAD/MEAN) is equalized only when every producer and every consumer of every tensor in it is one
-of the ops above and no weight buffer is shared. Ops with a fused ReLU6 are left alone (not positively
-homogeneous: scaling would move its clip point).
+of the ops above and no weight buffer is shared.
+
+Ops with a fused ReLU6 (the expand and depthwise convolutions of inverted-residual blocks, the stem) are
+not positively homogeneous, but they are on the data: relu6(t * z) = t * relu6(z) whenever t * z <= 6.
+So the output channels of such an op (through zero PADs, into depthwise convolutions only) are scaled *up*,
+t_c = R / r_c >= 1 with R the largest channel maximum r_c measured on the calibration data, never above
+6: channel c then fills the same range as the largest one, exactly as before on every calibration
+sample. A channel that reaches 6 keeps t_c = 1. On new data a channel's clip point moves from 6 to its
+calibrated maximum x 6 / R, which the tensor's int8 range (R) clips anyway. This is where per-tensor
+activations hurt most: the stem's output feeds the first depthwise convolution, whose BatchNorm-folded
+kernels nearly cancel and amplify the rounding noise of the small channels.
 """
 
 from __future__ import annotations
@@ -40,6 +49,8 @@ from mobex.quantize.tflite_graph import OpInfo, TfliteGraph, writable_tensor
 _SCALABLE_PRODUCERS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 _PASS_THROUGH = ("ADD", "PAD", "MEAN")
 _HOMOGENEOUS_ACTIVATIONS = (0, 1)  # ActivationFunctionType NONE, RELU
+_RELU6 = 3  # ActivationFunctionType RELU6: scaled only upwards, within the clip (module docstring)
+_CLIP = 6.0
 
 
 @dataclass
@@ -48,6 +59,7 @@ class Stream:
     producers: set[int] = field(default_factory=set)  # op indices (weighted ops whose output rows scale)
     consumers: set[int] = field(default_factory=set)  # op indices (weighted ops whose input columns scale)
     channels: int = 0
+    clip: float | None = None  # the producer's fused ReLU6 clip: channels may only be scaled up, within it
 
 
 @dataclass
@@ -56,16 +68,19 @@ class Equalization:
     tensors: int
     min_scale: float
     max_scale: float
+    clipped_streams: int = 0  # of `streams`, how many are ReLU6 outputs (scaled up within the clip)
 
     def summary(self) -> str:
         return (
-            f"cross-layer equalization of {self.streams} linear stream(s) ({self.tensors} tensors), "
+            f"cross-layer equalization of {self.streams - self.clipped_streams} linear stream(s) and "
+            f"{self.clipped_streams} ReLU6 output(s) ({self.tensors} tensors), "
             f"channel scales x{self.min_scale:.3g} to x{self.max_scale:.3g}"
         )
 
 
-def find_streams(graph: TfliteGraph) -> list[Stream]:
-    """The sets of tensors that can be rescaled per channel without changing the float function."""
+def find_streams(graph: TfliteGraph, clipped: bool = True) -> list[Stream]:
+    """The sets of tensors that can be rescaled per channel without changing the float function
+    (`clipped`: also ReLU6 outputs, which keep it on the calibration data; module docstring)."""
     producer_of: dict[int, OpInfo] = {}
     consumers_of: dict[int, list[OpInfo]] = {}
     for op in graph.ops:
@@ -81,12 +96,17 @@ def find_streams(graph: TfliteGraph) -> list[Stream]:
     seen: set[int] = set()
     streams = []
     for op in graph.ops:
-        if op.kind not in _SCALABLE_PRODUCERS or not _scalable_producer(graph, op, buffer_users):
+        if op.kind not in _SCALABLE_PRODUCERS:
             continue
         start = op.outputs[0]
         if start in seen:
             continue
-        stream = _grow(graph, start, producer_of, consumers_of, buffer_users)
+        if _scalable_producer(graph, op, buffer_users):
+            stream = _grow(graph, start, producer_of, consumers_of, buffer_users)
+        elif clipped and _scalable_producer(graph, op, buffer_users, activations=(_RELU6,)):
+            stream = _grow_clipped(graph, op, consumers_of, buffer_users)
+        else:
+            continue
         seen |= stream.tensors if stream else {start}
         if stream is not None:
             streams.append(stream)
@@ -101,16 +121,18 @@ def equalize(
     alpha: float = 0.5,
     max_scale: float = 1e4,
     use_weights: bool = True,
+    clipped: bool = True,
     num_threads: int = 1,
 ) -> tuple[bytes, Equalization]:
     """A copy of `float_model` with every equalizable stream rescaled (see module docstring)."""
     graph = TfliteGraph(float_model)
-    streams = find_streams(graph)
+    streams = find_streams(graph, clipped=clipped)
     if not streams:
         return float_model, Equalization(0, 0, 1.0, 1.0)
     absmax = _channel_absmax(float_model, graph, streams, feeds, signature, num_threads)
     model = bytearray(float_model)
     all_scales = []
+    clipped_applied = 0
     for stream in streams:
         r = np.max([absmax[t] for t in stream.tensors], axis=0).astype(np.float64)
         w = np.max([_column_absmax(graph, graph.ops[i]) for i in stream.consumers], axis=0).astype(np.float64)
@@ -119,33 +141,58 @@ def equalize(
         live = (r > 0) & (w > 0)
         if not live.any():
             continue
-        # Balance channel c's activation range r_c against its consumers' weight range w_c (DFQ):
-        # after scaling, r_c * t_c and w_c / t_c are both sqrt(r_c * w_c) (alpha = 0.5).
-        scale = np.ones_like(r)
-        scale[live] = (w[live] / r[live]) ** alpha
-        scale /= np.exp(np.mean(np.log(scale[live])))  # only ratios matter; keep the geometric mean at 1
-        scale = np.clip(scale, 1.0 / max_scale, max_scale)
+        if stream.clip is not None:
+            scale = _clipped_scales(r, live, stream.clip, max_scale)
+        else:
+            scale = _linear_scales(r, w, live, alpha, max_scale)
         for index in stream.producers:
             _scale_rows(model, graph, graph.ops[index], scale)
         for index in stream.consumers:
             _scale_columns(model, graph, graph.ops[index], stream, 1.0 / scale)
         all_scales.append(scale)
+        clipped_applied += stream.clip is not None
     flat = np.concatenate(all_scales) if all_scales else np.ones(1)
     report = Equalization(
         streams=len(all_scales),
         tensors=sum(len(s.tensors) for s in streams),
         min_scale=float(flat.min()),
         max_scale=float(flat.max()),
+        clipped_streams=clipped_applied,
     )
     return bytes(model), report
+
+
+def _linear_scales(r: np.ndarray, w: np.ndarray, live: np.ndarray, alpha: float, max_scale: float) -> np.ndarray:
+    """Balance channel c's activation range r_c against its consumers' weight range w_c (DFQ): after
+    scaling, r_c * t_c and w_c / t_c are both sqrt(r_c * w_c) (alpha = 0.5)."""
+    scale = np.ones_like(r)
+    scale[live] = (w[live] / r[live]) ** alpha
+    scale /= np.exp(np.mean(np.log(scale[live])))  # only ratios matter; keep the geometric mean at 1
+    return np.clip(scale, 1.0 / max_scale, max_scale)
+
+
+def _clipped_scales(r: np.ndarray, live: np.ndarray, clip: float, max_scale: float) -> np.ndarray:
+    """t_c = R / r_c >= 1 for the channels below the clip (R = the largest r_c, at most `clip`); 1 for the
+    channels that reach it and the dead ones. t_c * r_c <= R <= clip keeps relu6(t z) = t relu6(z)."""
+    saturated = r >= clip * (1 - 1e-6)
+    target = min(float(r.max()), clip)
+    scale = np.ones_like(r)
+    scalable = live & ~saturated
+    scale[scalable] = np.clip(target / r[scalable], 1.0, max_scale)
+    return scale
 
 
 # --------------------------------------------------------------------------- graph analysis
 
 
-def _scalable_producer(graph: TfliteGraph, op: OpInfo, buffer_users: dict[int, int]) -> bool:
+def _scalable_producer(
+    graph: TfliteGraph,
+    op: OpInfo,
+    buffer_users: dict[int, int],
+    activations: tuple[int, ...] = _HOMOGENEOUS_ACTIVATIONS,
+) -> bool:
     activation = getattr(op.options, "fusedActivationFunction", 0)
-    if activation not in _HOMOGENEOUS_ACTIVATIONS or len(op.inputs) < 2:
+    if activation not in activations or len(op.inputs) < 2:
         return False
     weight = graph.tensors[op.inputs[1]]
     if graph.constant(weight.index) is None or weight.type != 0 or buffer_users.get(weight.buffer, 0) != 1:
@@ -206,6 +253,45 @@ def _grow(graph, start, producer_of, consumers_of, buffer_users) -> Stream | Non
             else:
                 return None
     return stream
+
+
+def _grow_clipped(graph, producer: OpInfo, consumers_of, buffer_users) -> Stream | None:  # noqa: ANN001
+    """The output of a ReLU6 op, through zero PADs, when every consumer is a depthwise convolution (else None).
+
+    Depthwise weights are quantized per channel, so dividing channel c by t_c costs them nothing. A 1x1
+    convolution's weights are quantized per output channel: shrinking one input column makes it round
+    coarser. Measured on EfficientNet-Lite0 (int8, no fallback): scaling the depthwise outputs into the
+    project convolutions too gave 21.7 dB output SNR, cosine_min 0.968; depthwise consumers only 21.9 dB,
+    0.979 (linear streams alone: 21.4 dB, 0.928)."""
+    start = producer.outputs[0]
+    channels = graph.tensors[start].shape[-1] if graph.tensors[start].shape else 0
+    stream = Stream(channels=channels, producers={producer.index}, clip=_CLIP)
+    todo = [start]
+    outputs = set(graph.output_tensors) | set(graph.input_tensors)
+    while todo:
+        t = todo.pop()
+        info = graph.tensors[t]
+        if t in outputs or not info.shape or info.shape[-1] != channels:
+            return None
+        stream.tensors.add(t)
+        users = consumers_of.get(t, [])
+        if not users:
+            return None
+        for consumer in users:
+            if consumer.kind == "PAD" and _passes_through(graph, consumer) and _zero_pad(graph, consumer):
+                todo.append(consumer.outputs[0])
+            elif consumer.kind == "DEPTHWISE_CONV_2D" and _scalable_consumer(
+                graph, consumer, t, channels, buffer_users
+            ):
+                stream.consumers.add(consumer.index)
+            else:
+                return None
+    return stream
+
+
+def _zero_pad(graph: TfliteGraph, op: OpInfo) -> bool:
+    """PAD (two inputs) pads with zeros; PADV2 would have a constant value, and is not a PAD here."""
+    return op.kind == "PAD" and len(op.inputs) == 2
 
 
 def _passes_through(graph: TfliteGraph, op: OpInfo) -> bool:

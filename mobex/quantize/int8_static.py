@@ -58,6 +58,7 @@ class Int8Options:
     equalize: bool = True
     equalize_alpha: float = 1.0  # see equalize.py: measured best on EfficientNet-Lite0
     equalize_weights: bool = False
+    equalize_relu6: bool = True  # also scale up the small channels of ReLU6 outputs (equalize.py)
     task: str = "other"
     limits: dict[str, float] = field(default_factory=dict)  # gate metric -> limit the variant must meet
     sensitivity_samples: int = 32
@@ -200,6 +201,7 @@ class StaticInt8:
                 signature=self.signature,
                 alpha=options.equalize_alpha,
                 use_weights=options.equalize_weights,
+                clipped=options.equalize_relu6,
                 num_threads=options.num_threads,
             )
         self.graph = TfliteGraph(self.float_bytes)
