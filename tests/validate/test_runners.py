@@ -139,3 +139,18 @@ def test_multi_signature_file_uses_serving_default_in_torch_order(tmp_path: Path
     second, first = runner.run({"x": np.ones((1, 2), np.float32), "z": np.full((1, 2), 3.0, np.float32)})
     np.testing.assert_array_equal(second, [[4.0, 4.0]])
     np.testing.assert_array_equal(first, [[-2.0, -2.0]])
+
+
+def test_delegate_partitions_show_ops_outside_xnnpack(tmp_path: Path) -> None:
+    """int8 HARD_SWISH has no XNNPACK kernel: the int8 graph splits around it; fp32 stays one partition."""
+    from mobex.quantize.int8_static import Int8Options
+    from mobex.quantize.tflite import quantize_tflite
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.Hardswish(), nn.Conv2d(8, 8, 3, padding=1)).eval()
+    rng = np.random.default_rng(0)
+    feeds = [{"x": rng.uniform(0, 1, (1, 1, 8, 8)).astype(np.float32)} for _ in range(32)]
+    base = convert_tflite(model, {"x": torch.from_numpy(feeds[0]["x"])}, tmp_path / "hs.tflite")
+    q = quantize_tflite(base, "int8", tmp_path / "hs-int8.tflite", calibration=feeds, int8=Int8Options(fallback=False))
+    assert TfliteRunner(base.path).delegate_partitions() == 1
+    assert TfliteRunner(q.path).delegate_partitions() == 2  # conv | HARD_SWISH outside | conv
