@@ -136,7 +136,10 @@ def quantize_tflite(
             ) from e
         data, notes_extra, sidecar = bytes(result.quantized_model), [], None
         if calibration and variant in _CALIBRATED_WEIGHT_VARIANTS:
-            data, notes_extra = _calibrated_weights(base, data, _calibration_feeds(base, calibration))
+            if int8 is None or int8.weight_rounding == "gptq":
+                data, notes_extra = _calibrated_weights(base, data, _calibration_feeds(base, calibration))
+            else:
+                notes_extra = ['weights rounded to nearest by ai-edge-quantizer (weight_rounding = "nearest")']
     written = _write_atomic(out_path, data, check=lambda p: _same_io(base, p, variant))
     if sidecar is not None:
         _write_atomic(sidecar_path(out_path), (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())

@@ -198,7 +198,9 @@ def validate_variant(
             runner = TfliteRunner(variant.path, num_threads=recipe.latency.threads[0])
             report.backend = "litert"
             partitions = runner.delegate_partitions()
-            if partitions is not None and partitions != 1:
+            if partitions == 0:
+                report.notes.append("no op runs in XNNPACK: the whole graph uses LiteRT's reference kernels")
+            elif partitions is not None and partitions > 1:
                 report.notes.append(
                     f"runs as {partitions} XNNPACK partitions: ops XNNPACK has no kernel for in this precision run "
                     "on LiteRT's reference kernels in between, which costs latency on CPU"

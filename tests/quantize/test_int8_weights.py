@@ -76,3 +76,13 @@ def test_static_int8_records_the_gptq_rounding(edgenet, tmp_path: Path) -> None:
 def test_weight_rounding_option_is_checked() -> None:
     with pytest.raises(ValueError, match="weight_rounding"):
         Int8Options(weight_rounding="stochastic")
+
+
+def test_nearest_weight_rounding_ignores_the_calibration_data(edgenet, tmp_path: Path) -> None:
+    """`[quantization] weight_rounding = "nearest"`: the same bytes as without calibration data."""
+    base, calib, _, _ = edgenet
+    plain = quantize_tflite(base, "int8-weights", tmp_path / "plain.tflite")
+    options = Int8Options(weight_rounding="nearest")
+    nearest = quantize_tflite(base, "int8-weights", tmp_path / "nearest.tflite", calibration=calib, int8=options)
+    assert nearest.path.read_bytes() == plain.path.read_bytes()
+    assert any('weight_rounding = "nearest"' in n for n in nearest.notes), nearest.notes
