@@ -264,6 +264,11 @@ def _int8_notes(made: Int8Result) -> list[str]:
         )
     else:
         notes.append(f"no float fallback within max_fallback_layers passes the int8 gate on calibration data ({shown})")
+    if not made.passed:
+        notes.append(
+            "a larger [quantization] max_fallback_layers lets the search keep more ops in float (each costs "
+            "latency); the gate decides whether this variant ships"
+        )
     return notes
 
 

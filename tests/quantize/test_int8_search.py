@@ -122,3 +122,12 @@ def test_search_limits_ask_for_a_margin_over_the_gate() -> None:
     assert limits["snr_db"] == (13.0, "min")
     assert limits["max_abs_error"] == (0.9, "max")
     assert "accuracy_drop" not in limits and "p50_ms" not in limits  # not measurable on unlabelled calibration data
+
+
+def test_a_failed_search_tells_how_to_give_it_more_room(hostile, tmp_path: Path) -> None:
+    base, calib, _ = hostile
+    q = quantize_tflite(
+        base, "int8", tmp_path / "tight.tflite", calibration=calib, int8=replace(OPTIONS, max_fallback_layers=1)
+    )
+    assert not json.loads(sidecar_path(q.path).read_text())["passed_on_calibration"]
+    assert any("max_fallback_layers" in n and "more ops in float" in n for n in q.notes), q.notes
