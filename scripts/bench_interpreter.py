@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     from zoo import randomise
 
     from mobex.converters.coreml import CoreMLMetadata, convert_coreml
+    from mobex.validate.latency import cpu_name
     from mobex.validate.mil import MilReferenceRunner
 
     torch.set_num_threads(1)
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         "macs": macs,
         "threads": 1,
         "torch_version": torch.__version__,
-        "cpu": _cpu_name(),
+        "cpu": cpu_name() or "unknown CPU",
         "rows": rows,
     }
     if args.json:
@@ -126,18 +127,6 @@ def main(argv: list[str] | None = None) -> int:
         err = "—" if r["max_abs_error"] is None else f"{r['max_abs_error']:.2e}"
         print(f"| {r['backend']} | {r['precision']} | {r['median_ms']:.0f} | {r['min_ms']:.0f} | {err} |")
     return 0
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

@@ -47,9 +47,7 @@ def correct_biases(model: bytearray, float_graph: TfliteGraph, means: dict[str, 
 
     int32 biases (static int8) and float32 biases (weight-only and dynamic-range variants) alike."""
     graph = TfliteGraph(model)
-    users: dict[int, int] = {}
-    for tensor in graph.tensors:
-        users[tensor.buffer] = users.get(tensor.buffer, 0) + 1
+    users = graph.buffer_users
     done = []
     for op in graph.ops:
         if op.kind not in WEIGHTED_OPS or len(op.inputs) < 3 or op.inputs[2] < 0:

@@ -39,7 +39,8 @@ import numpy as np
 
 from mobex.artifacts import ExportedVariant, path_size
 from mobex.converters.coreml import read_io, resolve_target, save_package
-from mobex.errors import ConversionError, DataError, UsageError
+from mobex.errors import ConversionError, UsageError
+from mobex.quantize.feeds import checked_feeds
 
 DEFAULT_WEIGHT_THRESHOLD = 256
 _COREML_DEFAULT_WEIGHT_THRESHOLD = 2048
@@ -240,33 +241,11 @@ def _subset(feeds: list[dict[str, np.ndarray]], limit: int) -> list[dict[str, np
 def _check_calibration(
     base: ExportedVariant, calibration: list[dict[str, np.ndarray]] | None, variant: str = "w8a8"
 ) -> list[dict]:
-    """Calibration feeds: present (w8a8), named after the inputs, the right shapes, finite."""
-    if not calibration:
-        raise DataError(
-            f"the {variant} variant needs calibration data, and none was given",
-            hint=f"set [data] calibration in the recipe (an .npz with one array per input), or drop '{variant}'",
-        )
-    specs = {s.name: s for s in base.inputs}
-    feeds = []
-    for i, feed in enumerate(calibration):
-        if set(feed) != set(specs):
-            raise DataError(
-                f"calibration sample {i} has arrays {sorted(feed)}, the model takes {sorted(specs)}",
-                hint="name the calibration arrays after the recipe's [[inputs]]",
-            )
-        cast = {}
-        for name, spec in specs.items():
-            x = np.asarray(feed[name])
-            if tuple(x.shape) != tuple(spec.shape):
-                raise DataError(
-                    f"calibration sample {i}: array {name!r} has shape {list(x.shape)}, "
-                    f"the model takes {list(spec.shape)}"
-                )
-            if x.dtype.kind == "f" and not np.isfinite(x).all():
-                raise DataError(f"calibration sample {i}: array {name!r} contains NaN or inf")
-            cast[name] = np.ascontiguousarray(x, dtype=np.float32 if spec.dtype.startswith("float") else spec.dtype)
-        feeds.append(cast)
-    return feeds
+    """Calibration feeds: present (w8a8), named after the inputs, the right shapes, finite, float32."""
+    return checked_feeds(
+        base.inputs, calibration, variant=variant, drop_hint=f"drop '{variant}'",
+        dtype_of=lambda spec: "float32" if spec.dtype.startswith("float") else spec.dtype,
+    )  # fmt: skip
 
 
 def activation_ranges(package: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str, dict[str, float]]:

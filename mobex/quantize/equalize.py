@@ -89,9 +89,7 @@ def find_streams(graph: TfliteGraph, clipped: bool = True) -> list[Stream]:
         for t in op.inputs:
             if t >= 0:
                 consumers_of.setdefault(t, []).append(op)
-    buffer_users: dict[int, int] = {}
-    for t in graph.tensors:
-        buffer_users[t.buffer] = buffer_users.get(t.buffer, 0) + 1
+    buffer_users = graph.buffer_users
 
     seen: set[int] = set()
     streams = []

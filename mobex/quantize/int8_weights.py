@@ -59,9 +59,7 @@ def stored_weight(graph: TfliteGraph, op: OpInfo) -> int:
 def round_weights(model: bytearray, float_graph: TfliteGraph, moments: dict[str, InputMoments]) -> list[RoundedOp]:
     """Rewrite, in place, the int8 weights of the quantized `model` with GPTQ levels (kept only when better)."""
     graph = TfliteGraph(model)
-    users: dict[int, int] = {}
-    for tensor in graph.tensors:
-        users[tensor.buffer] = users.get(tensor.buffer, 0) + 1
+    users = graph.buffer_users
     done = []
     for op in graph.ops:
         stats = moments.get(op.scope)

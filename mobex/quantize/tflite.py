@@ -44,8 +44,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from mobex.artifacts import ExportedVariant, TensorSpec, path_size
+from mobex.artifacts import ExportedVariant, path_size
 from mobex.errors import ConversionError, DataError, UsageError
+from mobex.quantize.feeds import checked_feeds
 from mobex.quantize.int8_static import Int8Options, Int8Result, StaticInt8
 from mobex.validate.runners import TfliteIO, load_tflite_io
 
@@ -274,32 +275,9 @@ def _int8_notes(made: Int8Result) -> list[str]:
 
 def _calibration_feeds(base: ExportedVariant, calibration: list[dict[str, np.ndarray]] | None) -> list[dict]:
     """Check calibration feeds against the model's inputs and cast them to its dtypes."""
-    if not calibration:
-        raise DataError(
-            "the static 'int8' variant needs calibration data, and none was given",
-            hint="set [data] calibration in the recipe (an .npz with one array per input), "
-            "or drop 'int8' from [android] variants",
-        )
-    specs: dict[str, TensorSpec] = {s.name: s for s in base.inputs}
-    feeds = []
-    for i, feed in enumerate(calibration):
-        if set(feed) != set(specs):
-            raise DataError(
-                f"calibration sample {i} has arrays {sorted(feed)}, the model takes {sorted(specs)}",
-                hint="name the calibration arrays after the recipe's [[inputs]]",
-            )
-        cast = {}
-        for name, spec in specs.items():
-            x = np.asarray(feed[name])
-            if tuple(x.shape) != spec.shape:
-                raise DataError(
-                    f"calibration sample {i}: array {name!r} has shape {list(x.shape)}, "
-                    f"the model takes {list(spec.shape)}",
-                    hint="store one sample per feed, batch dimension included",
-                )
-            cast[name] = np.ascontiguousarray(x, dtype=spec.dtype)
-        feeds.append(cast)
-    return feeds
+    return checked_feeds(
+        base.inputs, calibration, variant="static 'int8'", drop_hint="drop 'int8' from [android] variants"
+    )
 
 
 def _same_io(base: ExportedVariant, path: Path, variant: str) -> TfliteIO:

@@ -122,6 +122,10 @@ class TfliteGraph:
         self.input_tensors = tuple(int(x) for x in graph.inputs)
         self.output_tensors = tuple(int(x) for x in graph.outputs)
         self._by_scope = {op.scope: op for op in self.ops}
+        # How many tensors read each buffer: a shared buffer must not be rewritten for one of them.
+        self.buffer_users: dict[int, int] = {}
+        for t in self.tensors:
+            self.buffer_users[t.buffer] = self.buffer_users.get(t.buffer, 0) + 1
 
     def op_by_scope(self, scope: str) -> OpInfo | None:
         return self._by_scope.get(scope)

@@ -13,6 +13,7 @@ bound (zero when an earlier step of the build already peaked higher). `memory_me
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import os
@@ -57,18 +58,19 @@ class LatencyStats:
         return asdict(self)
 
 
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else what `platform` knows."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or ""
+
+
 @functools.cache
 def host_description() -> str:
     """'Linux x86_64, AMD EPYC …, 2 logical CPUs': what the numbers were measured on."""
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    parts = [f"{platform.system()} {platform.machine()}", cpu, f"{os.cpu_count()} logical CPUs"]
+    parts = [f"{platform.system()} {platform.machine()}", cpu_name(), f"{os.cpu_count()} logical CPUs"]
     return ", ".join(p for p in parts if p)
 
 

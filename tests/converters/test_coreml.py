@@ -9,6 +9,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import coremltools as ct
 import numpy as np
 import pytest
 import torch
@@ -17,8 +18,6 @@ from torch import nn
 from mobex.converters import coreml_shims
 from mobex.converters.coreml import LABELS_KEY, CoreMLMetadata, convert_coreml, make_reproducible
 from mobex.errors import ConversionError, UsageError
-
-ct = pytest.importorskip("coremltools")
 
 torch.set_num_threads(1)
 
@@ -80,7 +79,7 @@ class BertLastHidden(nn.Module):
 
 
 def tiny_bert() -> tuple[nn.Module, dict[str, torch.Tensor]]:
-    transformers = pytest.importorskip("transformers")
+    import transformers
     torch.manual_seed(0)
     config = transformers.BertConfig(
         vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

@@ -7,6 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import coremltools as ct
 import numpy as np
 import pytest
 import torch
@@ -15,8 +16,6 @@ from torch import nn
 from mobex.converters.coreml import LABELS_KEY, CoreMLMetadata, convert_coreml
 from mobex.errors import ConversionError, UsageError
 from mobex.quantize.coreml import EXPECTED_OPS, compress_coreml, constexpr_op_counts
-
-ct = pytest.importorskip("coremltools")
 
 torch.set_num_threads(1)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import coremltools as ct
 import numpy as np
 import pytest
 import torch
@@ -18,7 +19,6 @@ from mobex.validate.mil.interpreter import MilReferenceRunner
 
 from .conftest import edgenet_and_digits
 
-ct = pytest.importorskip("coremltools")
 torch.set_num_threads(1)
 
 

@@ -20,8 +20,6 @@ ZOO_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "zoo.py"
 SLOW = {"mobilevit", "mobilenet_v2", "convnext", "efficientnet"}
 FP32_REL_TOL = 1e-4
 
-pytest.importorskip("transformers")
-pytest.importorskip("coremltools")
 
 
 def _zoo():  # noqa: ANN202

@@ -9,11 +9,10 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import coremltools as ct
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
-ct = pytest.importorskip("coremltools")
+import torch
 
 logging.getLogger("coremltools").setLevel(logging.ERROR)
 

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import copy
 
+import coremltools as ct
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
-ct = pytest.importorskip("coremltools")
-
+import torch
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
