@@ -70,13 +70,13 @@ def test_pruned_model_is_what_both_platforms_ship(built) -> None:
         assert parity["max_abs_error"] < 1e-4, vid
         expected = pruning["quality"]["original"] - parity["accuracy"]
         assert parity["accuracy_drop_vs_original"] == pytest.approx(expected)
-    # the converted graph really is narrower: the TFLite file is well under the unpruned model's 9,034 floats
-    assert by_id["android/fp32"]["size_bytes"] < 9034 * 4 * 0.6
+    # the converted graph really is narrower: the TFLite file is well under the unpruned model's float32 weights
+    assert by_id["android/fp32"]["size_bytes"] < pruning["params_before"] * 4 * 0.6
 
 
 def test_unknown_layer_exits_2_before_anything_is_written(sample_copy, tmp_path: Path) -> None:
     folder = sample_copy("digits_cnn")
-    recipe = _recipe(folder, '[prune]\nmethod = "structured"\nsparsity = 0.5\nignore = ["head"]\n')
+    recipe = _recipe(folder, '[prune]\nmethod = "structured"\nsparsity = 0.5\nignore = ["neck"]\n')
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
@@ -87,7 +87,7 @@ def test_unknown_layer_exits_2_before_anything_is_written(sample_copy, tmp_path:
         env=env,
     )
     assert done.returncode == 2, done.stderr
-    assert "[prune].ignore: the model has no layer named 'head'" in done.stderr
+    assert "[prune].ignore: the model has no layer named 'neck'" in done.stderr
     assert "classifier" in done.stderr  # the valid names are listed
     assert "Traceback" not in done.stderr
     assert not out.exists()

@@ -357,9 +357,11 @@ def _check_layer_names(settings: PruneSection, model: torch.nn.Module) -> None:
                 )
 
 
-def _sample(names: list[str], limit: int = 8) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f", … ({len(names)} in all)" if len(names) > limit else "")
+def _sample(names: list[str], limit: int = 12) -> str:
+    """The names, or when there are more than `limit` the first and the last few (the classifier is last)."""
+    if len(names) <= limit:
+        return ", ".join(names)
+    return ", ".join(names[: limit - 3]) + ", …, " + ", ".join(names[-3:]) + f" ({len(names)} in all)"
 
 
 # ---------------------------------------------------------------------------------------------- magnitude

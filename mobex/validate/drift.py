@@ -174,7 +174,7 @@ def compare(
 
 def _compare_feature(ref: dict, plan: dict, name: str, kind: str, column: np.ndarray) -> FeatureDrift:
     values = np.asarray(column, np.float64)
-    values = values[np.isfinite(values)]
+    values = stats_mod.rounded(values[np.isfinite(values)])
     row = FeatureDrift(name, plan["tensor"], plan["role"], kind, samples=int(values.size), psi=None)
     if values.size == 0 or not ref.get("count"):
         row.reasons.append("no values to compare")

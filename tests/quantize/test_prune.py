@@ -132,11 +132,14 @@ def test_structured_removes_channels_and_keeps_the_classes(cnn: Sample, tmp_path
     assert result.after.macs <= 0.55 * result.before.macs
     assert result.after.params < 0.5 * result.before.params
     assert model.classifier.out_features == 10
-    for block in model.blocks:  # depthwise convs stay depthwise, coupled with their BatchNorm and the next layer
+    original = cnn.model.blocks
+    for block, before in zip(model.blocks, original, strict=True):
+        # depthwise convs stay depthwise, lose channels, and stay coupled with their BatchNorm and the next layer
         dw = block.depthwise[0]
-        assert dw.groups == dw.in_channels == dw.out_channels == dw.weight.shape[0] < 64
+        assert dw.groups == dw.in_channels == dw.out_channels == dw.weight.shape[0] < before.depthwise[0].out_channels
         assert block.depthwise[1].num_features == dw.out_channels == block.pointwise[0].in_channels
-    assert model.stem[0].out_channels == 8
+    assert model.stem[0].out_channels == 16  # 32 * (1 - 0.5)
+    assert model.head[0].out_channels == 640  # 1280 * (1 - 0.5)
     out = model(*cnn.inputs.values())
     assert out.shape == (1, 10)
     assert result.to_dict()["macs_ratio"] <= 0.55
@@ -154,10 +157,10 @@ def test_structured_layer_override_and_ignore(cnn: Sample) -> None:
         method="structured", sparsity=0.5, scope="per-layer", layers={"blocks.2.pointwise.0": 0.75}, ignore=["stem"]
     )
     model = result.model
-    assert model.blocks[2].pointwise[0].out_channels == 16  # 64 * (1 - 0.75)
-    assert model.blocks[1].pointwise[0].out_channels == 32  # 64 * (1 - 0.5)
-    assert model.stem[0].out_channels == 16  # ignored: its group (stem + first depthwise) keeps every channel
-    assert model.blocks[0].depthwise[0].out_channels == 16
+    assert model.blocks[2].pointwise[0].out_channels == 64  # 256 * (1 - 0.75)
+    assert model.blocks[1].pointwise[0].out_channels == 64  # 128 * (1 - 0.5)
+    assert model.stem[0].out_channels == 32  # ignored: its group (stem + first depthwise) keeps every channel
+    assert model.blocks[0].depthwise[0].out_channels == 32
 
 
 def test_structured_global_scope_differs_per_layer(cnn: Sample) -> None:
@@ -187,7 +190,7 @@ def test_structured_vit_prunes_mlp_and_leaves_attention_heads_alone() -> None:
 def test_finetune_recovers_accuracy_and_is_deterministic(cnn: Sample) -> None:
     ft = FinetuneSection(epochs=3, learning_rate=3e-3)
     first = cnn.prune(method="structured", sparsity=0.3, scope="per-layer", finetune=ft)
-    assert first.metric == "accuracy" and first.original == pytest.approx(0.986, abs=1e-3)
+    assert first.metric == "accuracy" and first.original == pytest.approx(0.989, abs=1e-3)
     assert len(first.history) == 3 and all(np.isfinite(h.loss) for h in first.history)
     assert first.history[-1].loss < first.history[0].loss
     assert first.finetuned > first.pruned + 0.2
@@ -276,8 +279,8 @@ def test_bad_training_data_is_refused(sample_copy, change, message: str) -> None
 
 
 def test_unknown_layer_names_are_named_with_valid_ones(cnn: Sample) -> None:
-    with pytest.raises(UsageError, match=r"\[prune\]\.layers: the model has no layer named 'blocks.3'") as err:
-        cnn.prune(method="magnitude", sparsity=0.5, layers={"blocks.3": 0.5})
+    with pytest.raises(UsageError, match=r"\[prune\]\.layers: the model has no layer named 'blocks.4'") as err:
+        cnn.prune(method="magnitude", sparsity=0.5, layers={"blocks.4": 0.5})
     assert "stem.0" in str(err.value) and "classifier" in str(err.value)
     with pytest.raises(UsageError, match=r"did you mean 'classifier'"):
         cnn.prune(method="structured", sparsity=0.5, ignore=["clasifier"])

@@ -64,6 +64,20 @@ def test_compare_flags_a_shift_and_not_a_resample() -> None:
     assert flagged.psi > 0.2 and flagged.ks_p < 1e-6 and len(flagged.reasons) == 2
 
 
+def test_values_near_the_rounding_grid_compare_on_the_same_grid() -> None:
+    """A confident classifier's top-1 scores sit within 1e-7 of 1.0; the asset stores them rounded to 6
+    digits (1.0). The same scores as new data must tie with them, not all fall just below and drift."""
+    rng = np.random.default_rng(2)
+    confident = 1 - 10 ** rng.uniform(-9, -2, size=(360, 1))  # half of them round to exactly 1.0
+    reference = _asset(confident)
+    assert np.mean(np.asarray(reference["features"][0]["sample"]) == 1.0) > 0.3
+    rows, _ = drift.compare(reference, {"x": confident[rng.choice(360, 240, replace=False)]}, None)
+    assert not any(f.drifted for f in rows), [(f.name, f.reasons) for f in rows]
+    assert rows[0].ks_statistic < 0.1
+    lowered = drift.compare(reference, {"x": confident - 0.01}, None)[0]  # a real shift still shows
+    assert lowered[0].drifted
+
+
 def _val_images(built) -> np.ndarray:  # noqa: ANN001
     with np.load(built.folder / "data" / "val.npz") as npz:
         return npz["image"]
