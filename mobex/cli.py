@@ -304,7 +304,8 @@ _register_command_groups()
 def main() -> None:
     """Console-script entry: run the app, turning MobexError into a message and an exit code."""
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click does not exit on `typer.Exit(code)`: it returns the code.
+        code = app(standalone_mode=False)
     except MobexError as exc:
         # Plain text, never wrapped: CI logs and scripts grep these lines.
         sys.stderr.write(f"error: {exc.message}\n")
@@ -322,3 +323,5 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    if isinstance(code, int) and code:
+        sys.exit(code)

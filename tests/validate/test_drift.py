@@ -106,6 +106,29 @@ def test_no_drift_on_validation_data_and_drift_on_shifted_data(built_digits, app
     assert result["exit_code"] == 6
 
 
+
+def test_the_console_command_exits_6_on_drift_and_0_without(built_digits, tmp_path: Path) -> None:
+    """As CI runs it (a real process, not CliRunner): the exit code is what scripts branch on."""
+    import os
+    import subprocess
+    import sys
+
+    images = _val_images(built_digits)
+    same, shifted = tmp_path / "same.npz", tmp_path / "shifted.npz"
+    np.savez(same, image=images)
+    np.savez(shifted, image=np.clip(images * 0.6 + 0.3, 0, 1).astype(np.float32))
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    codes = {}
+    for name, data in (("same", same), ("shifted", shifted)):
+        done = subprocess.run(
+            [sys.executable, "-m", "mobex", "drift", str(built_digits.bundle("android")), str(data), "--inputs-only"],
+            capture_output=True, text=True, timeout=300, env=env,
+        )  # fmt: skip
+        codes[name] = done.returncode
+        assert "Traceback" not in done.stderr, done.stderr
+    assert codes == {"same": 0, "shifted": DRIFT_EXIT_CODE}
+
 def test_the_asset_is_in_the_signed_manifest(built_digits) -> None:
     with zipfile.ZipFile(built_digits.bundle("android")) as zf:
         manifest = json.loads(zf.read("manifest.json"))
