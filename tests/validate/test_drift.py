@@ -106,7 +106,6 @@ def test_no_drift_on_validation_data_and_drift_on_shifted_data(built_digits, app
     assert result["exit_code"] == 6
 
 
-
 def test_the_console_command_exits_6_on_drift_and_0_without(built_digits, tmp_path: Path) -> None:
     """As CI runs it (a real process, not CliRunner): the exit code is what scripts branch on."""
     import os
@@ -128,6 +127,7 @@ def test_the_console_command_exits_6_on_drift_and_0_without(built_digits, tmp_pa
         codes[name] = done.returncode
         assert "Traceback" not in done.stderr, done.stderr
     assert codes == {"same": 0, "shifted": DRIFT_EXIT_CODE}
+
 
 def test_the_asset_is_in_the_signed_manifest(built_digits) -> None:
     with zipfile.ZipFile(built_digits.bundle("android")) as zf:
