@@ -113,6 +113,16 @@ def _failure(quantization: str, exc: BaseException) -> ExportFailure:
     return ExportFailure(quantization, detail)
 
 
+def _int8_training_feeds(recipe) -> list[dict] | None:  # noqa: ANN001 - Recipe
+    """The training data [quantization.finetune] trains the int8 model on (None when it is not set)."""
+    finetune = recipe.quantization.finetune
+    if finetune is None:
+        return None
+    from mobex.data import load_dataset
+
+    return list(load_dataset(recipe, "training", finetune.data or recipe.data.training).feeds())
+
+
 def _export_android(recipe, model, inputs, names, calibration, out_dir: Path) -> PlatformExport:  # noqa: ANN001
     from mobex.converters.tflite import convert_tflite
     from mobex.quantize.int8_static import Int8Options
@@ -126,6 +136,7 @@ def _export_android(recipe, model, inputs, names, calibration, out_dir: Path) ->
         result.failures = [_failure(v, exc) for v in recipe.android.variants]
         return result
     calib_feeds = list(calibration.feeds())
+    training = _int8_training_feeds(recipe) if "int8" in recipe.android.variants else None
     for variant in recipe.android.variants:
         if variant == "fp32":
             result.variants.append(base)
@@ -139,6 +150,7 @@ def _export_android(recipe, model, inputs, names, calibration, out_dir: Path) ->
                     calibration=calib_feeds,
                     int8_io=recipe.android.int8_io,
                     int8=Int8Options.from_recipe(recipe),
+                    training=training if variant == "int8" else None,
                 )
             )
         except Exception as exc:

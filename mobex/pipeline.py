@@ -87,6 +87,16 @@ class StageClock:
             self.timings[name] = round(time.perf_counter() - start, 3)
 
 
+def _check_int8_training(recipe: Recipe) -> None:
+    """Load (and so check: shapes, dtypes, NaN/inf) the data [quantization.finetune] will train on."""
+    finetune = recipe.quantization.finetune
+    if finetune is None or recipe.android is None or "int8" not in recipe.android.variants:
+        return
+    from mobex.data import load_dataset
+
+    load_dataset(recipe, "training", finetune.data or recipe.data.training)
+
+
 def build(recipe: Recipe, options: BuildOptions, on_stage: Callable[[str], None] | None = None) -> BuildResult:
     """Run the whole flow. Raises GateFailed (after writing the reports) when nothing may ship."""
     _check_out_dir(options.out_dir)
@@ -98,6 +108,7 @@ def build(recipe: Recipe, options: BuildOptions, on_stage: Callable[[str], None]
         from mobex.quantize.prune import load_finetune_data, prune_model, save_pruned_model
 
         training = load_finetune_data(recipe)  # None unless [prune.finetune]
+        _check_int8_training(recipe)  # bad [quantization.finetune] data fails here, before any conversion
     with clock.stage("load model"):
         from mobex.sources import load_model
 

@@ -258,6 +258,23 @@ class PruneSection(_Strict):
         return self
 
 
+class Int8FinetuneSection(_Strict):
+    """Quantization-aware fine-tuning of the static int8 variant (mobex.quantize.int8_finetune): distils the
+    float model's outputs on training data (labels not needed) into the built int8 model's weights."""
+
+    epochs: int = Field(default=2, ge=1, le=100)
+    learning_rate: float = Field(default=0.02, gt=0)  # Adam step for the weights, in int8 levels
+    bias_learning_rate: float = Field(default=1e-4, gt=0)  # Adam step for the biases, in the model's units
+    batch_size: int = Field(default=16, ge=1)
+    max_samples: int = Field(default=2048, ge=1)  # at most this many training samples, evenly spread
+    # Besides the full-int8 model, how many smaller float-fallback sets (2, 4, ... of the most sensitive ops,
+    # fewer than the plain search needed) to fine-tune and try; each costs a training run.
+    fallback_trials: int = Field(default=2, ge=0, le=8)
+    seed: int = 0
+    threads: int = Field(default=2, ge=1)
+    data: Path | None = None  # defaults to [data].training
+
+
 class QuantizationSection(_Strict):
     """Options for quantized variants. Owned by mobex.quantize (int8 accuracy work, docs/quantization.md)."""
 
@@ -270,6 +287,8 @@ class QuantizationSection(_Strict):
     # How quantized weights are rounded: "gptq" chooses the integer levels that minimise each layer's output
     # error on calibration data (then corrects the biases); "nearest" keeps the converter's round-to-nearest.
     weight_rounding: Literal["gptq", "nearest"] = "gptq"
+    # When int8 fails its gate on calibration data: fine-tune the int8 model itself (off unless the table is given).
+    finetune: Int8FinetuneSection | None = None
 
 
 class LatencySection(_Strict):
@@ -396,6 +415,16 @@ def _check_files(recipe: Recipe) -> None:
                 "set [data].training (an .npz like the validation data, with labels) or drop [prune.finetune]",
             )
         wanted.append(("[prune.finetune].data", finetune.data))
+    qat = recipe.quantization.finetune
+    if qat is not None:
+        if qat.data is None and recipe.data.training is None:
+            raise RecipeError(
+                f"{recipe.path}: [quantization.finetune]: int8 fine-tuning needs training data, and neither "
+                "[quantization.finetune].data nor [data].training names a file",
+                "set [data].training (an .npz like the calibration data; labels are not needed) "
+                "or drop [quantization.finetune]",
+            )
+        wanted.append(("[quantization.finetune].data", qat.data))
     source = recipe.model.source
     if source.endswith((".pt", ".pt2")):
         wanted.append(("[model].source", Path(source)))

@@ -21,32 +21,33 @@ def checked_feeds(
     variant: str,
     drop_hint: str,
     dtype_of: Callable[[TensorSpec], str] = lambda spec: spec.dtype,
+    role: str = "calibration",
 ) -> list[dict[str, np.ndarray]]:
-    """The feeds, each named after `inputs`, of their shapes and finite, cast to `dtype_of(spec)`."""
+    """The feeds, each named after `inputs`, of their shapes and finite, cast to `dtype_of(spec)`.
+    `role` names the data in messages ("calibration", or "training" for int8 fine-tuning)."""
     if not calibration:
         raise DataError(
-            f"the {variant} variant needs calibration data, and none was given",
-            hint=f"set [data] calibration in the recipe (an .npz with one array per input), or {drop_hint}",
+            f"the {variant} variant needs {role} data, and none was given",
+            hint=f"set [data] {role} in the recipe (an .npz with one array per input), or {drop_hint}",
         )
     specs = {s.name: s for s in inputs}
     feeds = []
     for i, feed in enumerate(calibration):
         if set(feed) != set(specs):
             raise DataError(
-                f"calibration sample {i} has arrays {sorted(feed)}, the model takes {sorted(specs)}",
-                hint="name the calibration arrays after the recipe's [[inputs]]",
+                f"{role} sample {i} has arrays {sorted(feed)}, the model takes {sorted(specs)}",
+                hint=f"name the {role} arrays after the recipe's [[inputs]]",
             )
         cast = {}
         for name, spec in specs.items():
             x = np.asarray(feed[name])
             if tuple(x.shape) != tuple(spec.shape):
                 raise DataError(
-                    f"calibration sample {i}: array {name!r} has shape {list(x.shape)}, "
-                    f"the model takes {list(spec.shape)}",
+                    f"{role} sample {i}: array {name!r} has shape {list(x.shape)}, the model takes {list(spec.shape)}",
                     hint="store one sample per feed, batch dimension included",
                 )
             if x.dtype.kind == "f" and not np.isfinite(x).all():
-                raise DataError(f"calibration sample {i}: array {name!r} contains NaN or inf")
+                raise DataError(f"{role} sample {i}: array {name!r} contains NaN or inf")
             cast[name] = np.ascontiguousarray(x, dtype=dtype_of(spec))
         feeds.append(cast)
     return feeds

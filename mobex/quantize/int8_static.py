@@ -30,7 +30,8 @@ import numpy as np
 from mobex.quantize.bias_correction import bias_correction_inputs, correct_biases
 from mobex.quantize.calibration import RANGE_METHODS, Calibration, calibrate
 from mobex.quantize.equalize import Equalization, equalize
-from mobex.quantize.int8_search import SearchResult, search_fallback
+from mobex.quantize.int8_finetune import FinetuneReport, FinetuneSettings, UnsupportedGraph, finetune_int8
+from mobex.quantize.int8_search import DAMAGE_FLOOR_DB, SearchResult, search_fallback
 from mobex.quantize.int8_weights import RoundedOp, int8_safe_weights, round_weights, weight_inputs
 from mobex.quantize.tflite_graph import OpInfo, TfliteGraph
 
@@ -63,6 +64,8 @@ class Int8Options:
     limits: dict[str, float] = field(default_factory=dict)  # gate metric -> limit the variant must meet
     sensitivity_samples: int = 32
     num_threads: int = 1
+    finetune: FinetuneSettings | None = None  # quantization-aware fine-tuning (needs training feeds)
+    finetune_fallback_trials: int = 2
 
     def __post_init__(self) -> None:
         if self.range_estimation not in RANGE_METHODS:
@@ -86,6 +89,18 @@ class Int8Options:
             equalize=q.equalize,
             task=recipe.model.task,
             limits=limits,
+            finetune=None
+            if q.finetune is None
+            else FinetuneSettings(
+                epochs=q.finetune.epochs,
+                learning_rate=q.finetune.learning_rate,
+                bias_learning_rate=q.finetune.bias_learning_rate,
+                batch_size=q.finetune.batch_size,
+                max_samples=q.finetune.max_samples,
+                seed=q.finetune.seed,
+                threads=q.finetune.threads,
+            ),
+            finetune_fallback_trials=0 if q.finetune is None else q.finetune.fallback_trials,
         )
 
 
@@ -114,6 +129,26 @@ def search_limits(limits: dict[str, float]) -> dict[str, tuple[float, str]]:
 
 
 @dataclass
+class FinetuneTrial:
+    """One fine-tuned candidate: the ops it keeps in float, its calibration metrics before and after."""
+
+    fallback: list[str]  # op labels kept in float
+    before: dict[str, float]
+    after: dict[str, float]
+    passed: bool
+    report: FinetuneReport
+
+    def to_dict(self) -> dict:
+        return {
+            "fallback": self.fallback,
+            "before": {k: round(v, 6) for k, v in self.before.items()},
+            "after": {k: round(v, 6) for k, v in self.after.items()},
+            "passed": self.passed,
+            **self.report.to_dict(),
+        }
+
+
+@dataclass
 class Int8Result:
     model: bytes
     metrics: dict[str, float]  # on the calibration data, against the float model
@@ -128,6 +163,8 @@ class Int8Result:
     plain_size: int = 0  # the full-int8 model (no fallback)
     plain_p50_ms: float | None = None
     p50_ms: float | None = None
+    finetune: list[FinetuneTrial] = field(default_factory=list)  # quantization-aware fine-tuning runs
+    finetune_skipped: str | None = None  # why fine-tuning was configured but not run
 
     def sidecar(self) -> dict:
         """The `<model>.tflite.json` written next to the model (read by the report)."""
@@ -160,6 +197,8 @@ class Int8Result:
             "search": [],
             "sensitivity": [],
         }
+        if self.finetune or self.finetune_skipped:
+            out["finetune"] = {"trials": [t.to_dict() for t in self.finetune], "skipped": self.finetune_skipped}
         if self.search is not None:
             out["search"] = [t.to_dict() for t in self.search.trials]
             out["sensitivity"] = [
@@ -184,10 +223,13 @@ class StaticInt8:
         options: Int8Options,
         *,
         int8_io: bool = False,
+        training: list[dict[str, np.ndarray]] | None = None,
     ) -> None:
         from mobex.validate.runners import TfliteRunner, load_tflite_io
 
         self.float_path = Path(float_path)
+        self.training = list(training or [])
+        self._teacher: list[np.ndarray] | None = None
         self.options = options
         self.int8_io = int8_io
         self.feeds = _subset(feeds, options.calibration_samples)
@@ -302,6 +344,67 @@ class StaticInt8:
             times.append((time.perf_counter() - start) * 1000)
         return round(float(np.median(times)), 4)
 
+    # -- quantization-aware fine-tuning (int8_finetune.py) ---------------------------------------
+
+    def _finetuned(self, model: bytes, fallback: list[OpInfo]) -> tuple[FinetuneTrial, bytes]:
+        """Fine-tune one candidate on the training feeds; measure it before and after with LiteRT."""
+        before = self.evaluate(model)
+        tuned, report = finetune_int8(
+            model,
+            self.signature_inputs,
+            self.training,
+            self.teacher(),
+            self.options.finetune,
+            self.run_model,
+        )
+        after = self.evaluate(tuned)
+        trial = FinetuneTrial([op.label for op in fallback], before, after, self.passes(after), report)
+        return trial, tuned
+
+    def _finetune_smaller_fallbacks(self, result: Int8Result, search: SearchResult) -> None:
+        """Fine-tune the 2, 4, ... most sensitive ops' fallback sets that are smaller than the plain search's;
+        the first that passes replaces it (fewer float ops: faster)."""
+        ranked = [op for op, snr in search.sensitivity if snr < DAMAGE_FLOOR_DB]
+        sizes = [k for k in (2, 4, 8, 16, 32) if k < len(search.fallback)][: self.options.finetune_fallback_trials]
+        for k in sizes:
+            chosen = sorted(ranked[:k], key=lambda o: o.index)
+            trial, tuned = self._finetuned(self.build(frozenset(op.scope for op in chosen)), chosen)
+            result.finetune.append(trial)
+            if trial.passed:
+                result.model, result.metrics, result.passed, result.fallback = tuned, trial.after, True, chosen
+                return
+
+    @property
+    def signature_inputs(self) -> list[str]:
+        """The signature's input names in the order of the graph's input tensors (the twin's call order)."""
+        from mobex.validate.runners import load_tflite_io
+
+        io = load_tflite_io(self.float_path)
+        by_tensor = dict(zip(io.input_indices, [s.name for s in io.inputs], strict=True))
+        return [by_tensor[t] for t in self.graph.input_tensors]
+
+    def teacher(self) -> list[np.ndarray]:
+        """The float model's outputs on the training feeds (graph output order), computed once."""
+        if self._teacher is None:
+            from mobex.validate.runners import TfliteRunner, load_tflite_io
+
+            io = load_tflite_io(self.float_path)
+            outs = _run_all(TfliteRunner(self.float_path, num_threads=self.options.num_threads), self.training)
+            position = {t: i for i, t in enumerate(io.output_indices)}
+            self._teacher = [outs[position[t]] for t in self.graph.output_tensors]
+        return self._teacher
+
+    def run_model(self, model: bytes, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+        """A model's outputs on `feeds` in LiteRT, in graph output order (to compare with the twin)."""
+        from mobex.validate.runners import TfliteRunner, load_tflite_io
+
+        path = self._tmp / "twin-check.tflite"
+        path.write_bytes(model)
+        io = load_tflite_io(path)
+        outs = _run_all(TfliteRunner(path, num_threads=self.options.num_threads), feeds)
+        position = {t: i for i, t in enumerate(io.output_indices)}
+        return [outs[position[t]] for t in TfliteGraph(model).output_tensors]
+
     # -- the whole flow ----------------------------------------------------------------------
 
     def quantize(self) -> Int8Result:
@@ -320,7 +423,23 @@ class StaticInt8:
             int8_weight_ops=self.int8_weight_ops,
             plain_size=len(model),
         )
-        if passed is False and self.options.fallback and self.options.max_fallback_layers > 0:
+        tune = self.options.finetune is not None and passed is False
+        if tune and not self.training:
+            result.finetune_skipped = "no training data given"
+            tune = False
+        if tune:
+            try:
+                trial = self._finetuned(model, [])
+            except UnsupportedGraph as exc:
+                result.finetune_skipped = f"the int8 twin cannot run this graph: {exc}"
+                tune = False
+            else:
+                result.finetune.append(trial[0])
+                if _better(trial[0].after, metrics):
+                    result.model, result.metrics, result.passed = trial[1], trial[0].after, trial[0].passed
+                if trial[0].passed:
+                    return result
+        if result.passed is False and self.options.fallback and self.options.max_fallback_layers > 0:
             ops = self.graph.quantizable_ops()
             search = search_fallback(
                 ops,
@@ -333,7 +452,9 @@ class StaticInt8:
             result.search = search
             result.fallback = search.fallback
             result.model, result.metrics, result.passed = search.model, search.metrics, search.passed
-            if search.fallback:
+            if tune and search.passed and len(search.fallback) > 1:
+                self._finetune_smaller_fallbacks(result, search)
+            if result.fallback:
                 result.plain_p50_ms = self.p50_ms(model)
                 result.p50_ms = self.p50_ms(result.model)
         return result
@@ -375,6 +496,15 @@ def _recipe(
             for kind in (ops.FULLY_CONNECTED, ops.CONV_2D, ops.DEPTHWISE_CONV_2D):
                 manager.add_weight_only_config(regex, kind, num_bits=8)
     return manager.get_quantization_recipe()
+
+
+def _better(after: dict[str, float], before: dict[str, float]) -> bool:
+    """Fine-tuning is kept when it raises top-1 agreement (classifiers), or keeps it and raises output SNR."""
+
+    def rank(m: dict[str, float]) -> tuple[float, float]:
+        return m.get("top1_agreement", 0.0), m.get("snr_db", float("-inf"))
+
+    return rank(after) > rank(before)
 
 
 def _subset(feeds: list[dict[str, np.ndarray]], limit: int) -> list[dict[str, np.ndarray]]:

@@ -69,6 +69,7 @@ def quantize_tflite(
     calibration: list[dict[str, np.ndarray]] | None = None,
     int8_io: bool = False,
     int8: Int8Options | None = None,
+    training: list[dict[str, np.ndarray]] | None = None,
 ) -> ExportedVariant:
     """Write the `variant` of the float model `base` to `out_path` (atomically) and describe it.
 
@@ -78,6 +79,7 @@ def quantize_tflite(
     `int8` sets how the static variant is made (calibration size, range estimation, bias correction,
     float fallback and the gate limits it must meet); the defaults correct biases and, having no
     limits, never fall back. For `int8`, `<out_path>.json` records calibration, fallback and search.
+    `training` (feeds like `calibration`) is what `int8.finetune` trains on, when that is set.
     """
     if variant not in TFLITE_VARIANTS:
         raise UsageError(
@@ -113,7 +115,8 @@ def quantize_tflite(
         feeds = _calibration_feeds(base, calibration)
         _, description = _recipe(variant, int8_io)
         try:
-            with StaticInt8(Path(base.path), feeds, int8 or Int8Options(), int8_io=int8_io) as maker:
+            train = _training_feeds(base, training) if training else None
+            with StaticInt8(Path(base.path), feeds, int8 or Int8Options(), int8_io=int8_io, training=train) as maker:
                 made = maker.quantize()
         except (DataError, UsageError):
             raise
@@ -245,6 +248,7 @@ def _int8_notes(made: Int8Result) -> list[str]:
         notes.append(f"bias correction on {made.corrections} weighted ops")
     cal = made.metrics
     shown = ", ".join(f"{k} {cal[k]:.4g}" for k in ("top1_agreement", "cosine_min", "snr_db") if k in cal)
+    notes.extend(_finetune_notes(made))
     if made.search is None:
         if made.passed is not None:
             notes.append(f"on calibration data: {shown} ({'meets' if made.passed else 'misses'} the int8 gate)")
@@ -273,10 +277,38 @@ def _int8_notes(made: Int8Result) -> list[str]:
     return notes
 
 
+def _finetune_notes(made: Int8Result) -> list[str]:
+    """What quantization-aware fine-tuning did: one line per fine-tuned candidate, measured in LiteRT."""
+    if made.finetune_skipped:
+        return [f"int8 fine-tuning not run: {made.finetune_skipped}"]
+    notes = []
+    for trial in made.finetune:
+        key = "top1_agreement" if "top1_agreement" in trial.after else "snr_db"
+        where = f"{len(trial.fallback)} op(s) in float" if trial.fallback else "full int8"
+        notes.append(
+            f"int8 fine-tuning ({where}; {trial.report.epochs} epochs on {trial.report.samples} training samples, "
+            f"{trial.report.seconds:.0f} s, twin fidelity {trial.report.fidelity_db:.1f} dB): calibration {key} "
+            f"{trial.before.get(key, float('nan')):.4g} -> {trial.after.get(key, float('nan')):.4g} "
+            f"({'passes' if trial.passed else 'misses'} the int8 gate)"
+        )
+    return notes
+
+
 def _calibration_feeds(base: ExportedVariant, calibration: list[dict[str, np.ndarray]] | None) -> list[dict]:
     """Check calibration feeds against the model's inputs and cast them to its dtypes."""
     return checked_feeds(
         base.inputs, calibration, variant="static 'int8'", drop_hint="drop 'int8' from [android] variants"
+    )
+
+
+def _training_feeds(base: ExportedVariant, training: list[dict[str, np.ndarray]]) -> list[dict]:
+    """Check int8 fine-tuning's training feeds like calibration feeds (names, shapes, NaN/inf)."""
+    return checked_feeds(
+        base.inputs,
+        training,
+        variant="static 'int8' fine-tuning",
+        drop_hint="drop [quantization.finetune]",
+        role="training",
     )
 
 
