@@ -265,6 +265,7 @@ class Int8FinetuneSection(_Strict):
     epochs: int = Field(default=2, ge=1, le=100)
     learning_rate: float = Field(default=0.02, gt=0)  # Adam step for the weights, in int8 levels
     bias_learning_rate: float = Field(default=1e-4, gt=0)  # Adam step for the biases, in the model's units
+    scale_learning_rate: float = Field(default=1e-3, ge=0)  # Adam step for activation log-scales; 0: keep them
     batch_size: int = Field(default=16, ge=1)
     max_samples: int = Field(default=2048, ge=1)  # at most this many training samples, evenly spread
     # Besides the full-int8 model, how many smaller float-fallback sets (2, 4, ... of the most sensitive ops,

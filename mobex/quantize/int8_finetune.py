@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from mobex.quantize.tflite_graph import WEIGHTED_OPS, TfliteGraph, writable_tensor
+from mobex.quantize.tflite_graph import DATA_MOVEMENT_OPS, WEIGHTED_OPS, TfliteGraph, writable_tensor
 
 # Ops the twin can run; a graph with any other op is not fine-tuned (the report says which op).
 SUPPORTED_OPS = frozenset(
@@ -42,6 +42,7 @@ class FinetuneSettings:
     epochs: int = 2
     learning_rate: float = 0.02  # Adam step for the weights, in int8 levels (a weight moves a level in ~50 steps)
     bias_learning_rate: float = 1e-4  # Adam step for the biases, in the model's own units
+    scale_learning_rate: float = 1e-3  # Adam step for the activation log-scales (0 keeps the calibrated scales)
     batch_size: int = 16
     max_samples: int = 2048  # at most this many training samples (evenly spread)
     seed: int = 0
@@ -74,20 +75,18 @@ def unsupported_ops(graph: TfliteGraph) -> list[str]:
     return sorted({op.kind for op in graph.ops if op.kind not in SUPPORTED_OPS})
 
 
-def _torch_twin(data: bytes):  # noqa: ANN202 - torch imported lazily (the CLI must start fast)
+def _torch_twin(data: bytes, learn_scales: bool = False):  # noqa: ANN202 - torch imported lazily (fast CLI start)
     import torch
     import torch.nn.functional as F  # noqa: N812
     from torch import nn
 
-    def fake_quant(x, scale: float, zero_point: float):  # noqa: ANN001, ANN202
-        """int8 rounding with a straight-through gradient, zero outside the representable range."""
-        level = x / scale + zero_point
-        q = torch.clamp(torch.round(level), -128, 127)
-        inside = ((level >= -128.5) & (level <= 127.5)).to(x.dtype)
-        return x * inside + ((q - zero_point) * scale - x * inside).detach()
-
     def round_ste(x):  # noqa: ANN001, ANN202
         return x + (torch.round(x) - x).detach()
+
+    def fake_quant(x, scale, zero_point: float):  # noqa: ANN001, ANN202
+        """int8 rounding, straight-through inside the range (zero gradient where it clips); a tensor `scale`
+        gets the LSQ gradient (Esser et al. 2020), so the step size itself can train."""
+        return (torch.clamp(round_ste(x / scale) + zero_point, -128, 127) - zero_point) * scale
 
     def activation(x, code: int):  # noqa: ANN001, ANN202
         if code == 0:
@@ -108,7 +107,7 @@ def _torch_twin(data: bytes):  # noqa: ANN202 - torch imported lazily (the CLI m
     class Int8Twin(nn.Module):
         """The int8 graph in torch (see module docstring). Trainable: `levels` and `biases`."""
 
-        def __init__(self, data: bytes) -> None:
+        def __init__(self, data: bytes, learn_scales: bool = False) -> None:
             super().__init__()
             graph = TfliteGraph(data)
             missing = unsupported_ops(graph)
@@ -122,6 +121,20 @@ def _torch_twin(data: bytes):  # noqa: ANN202 - torch imported lazily (the CLI m
             self.weight_scale: dict[str, torch.Tensor] = {}
             self.weight_tensor: dict[str, int] = {}
             self.fixed_weight: dict[str, torch.Tensor] = {}
+            # Activation step sizes: one trainable log-scale per int8 activation, shared along data-movement
+            # ops (TFLite gives their output the input's scale); the model input's own scale stays.
+            self.log_scales = nn.ParameterDict()
+            self.scale_key: dict[int, str] = {}
+            for op in graph.ops if learn_scales else []:
+                out = op.outputs[0]
+                info = graph.tensors[out]
+                if info.type != _INT8 or info.scales is None or len(info.scales) != 1:
+                    continue
+                if op.kind in DATA_MOVEMENT_OPS and op.inputs[0] in self.scale_key:
+                    self.scale_key[out] = self.scale_key[op.inputs[0]]
+                elif not (op.kind == "QUANTIZE" and op.inputs[0] in graph.input_tensors):
+                    self.log_scales[str(out)] = nn.Parameter(torch.tensor(float(np.log(info.scales[0]))))
+                    self.scale_key[out] = str(out)
             for op in graph.ops:
                 if op.kind not in WEIGHTED_OPS:
                     continue
@@ -157,7 +170,15 @@ def _torch_twin(data: bytes):  # noqa: ANN202 - torch imported lazily (the CLI m
             info = self.graph.tensors[tensor]
             if info.type != _INT8 or info.scales is None:
                 return x
-            return fake_quant(x, float(info.scales[0]), float(self.zero_points[tensor][0]))
+            key = self.scale_key.get(tensor)
+            scale = torch.exp(self.log_scales[key]) if key is not None else float(info.scales[0])
+            return fake_quant(x, scale, float(self.zero_points[tensor][0]))
+
+        def activation_scale(self, tensor: int) -> float:
+            key = self.scale_key.get(tensor)
+            if key is not None:
+                return float(torch.exp(self.log_scales[key].detach()))
+            return float(self.graph.tensors[tensor].scales[0])
 
         def _constant(self, tensor: int):  # noqa: ANN202
             info = self.graph.tensors[tensor]
@@ -214,8 +235,14 @@ def _torch_twin(data: bytes):  # noqa: ANN202 - torch imported lazily (the CLI m
             return [env[t] for t in self.graph.output_tensors]
 
         def write_back(self, data: bytes) -> bytes:
-            """`data` with this twin's int8 weight levels and biases written in place (nothing else changes)."""
+            """`data` with this twin's int8 weight levels, biases and (when trained) activation scales written in
+            place; an int32 bias takes the scale TFLite requires, input scale x weight scale."""
+            from ai_edge_litert import schema_py_generated as schema
+
             model = bytearray(data)
+            tensors = schema.Model.GetRootAs(model, 0).Subgraphs(0)
+            for tensor in self.scale_key:
+                tensors.Tensors(tensor).Quantization().ScaleAsNumpy()[:] = self.activation_scale(tensor)
             for op in self.graph.ops:
                 key = str(op.index)
                 if key in self.levels:
@@ -225,13 +252,18 @@ def _torch_twin(data: bytes):  # noqa: ANN202 - torch imported lazily (the CLI m
                     bias = self.graph.tensors[op.inputs[2]]
                     value = self.biases[key].detach().numpy().astype(np.float64).reshape(-1)
                     if bias.type == _INT32 and bias.scales is not None:
-                        stored = np.clip(np.round(value / bias.scales), -(2**31), 2**31 - 1).astype(np.int32)
+                        scales = bias.scales
+                        if op.inputs[0] in self.scale_key:
+                            weight_scales = self.graph.tensors[self.weight_tensor[key]].scales
+                            scales = (self.activation_scale(op.inputs[0]) * weight_scales).astype(np.float32)
+                            tensors.Tensors(op.inputs[2]).Quantization().ScaleAsNumpy()[:] = scales
+                        stored = np.clip(np.round(value / scales), -(2**31), 2**31 - 1).astype(np.int32)
                         writable_tensor(model, op.inputs[2], np.int32)[:] = stored
                     else:
                         writable_tensor(model, op.inputs[2], np.float32)[:] = value.astype(np.float32)
             return bytes(model)
 
-    return Int8Twin(data)
+    return Int8Twin(data, learn_scales)
 
 
 def _zero_points(data: bytes) -> dict[int, np.ndarray]:
@@ -267,19 +299,19 @@ def finetune_int8(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
     try:
-        twin = _torch_twin(data)
+        twin = _torch_twin(data, learn_scales=settings.scale_learning_rate > 0)
         picks = np.linspace(0, len(train_feeds) - 1, min(settings.max_samples, len(train_feeds))).round().astype(int)
         x = [np.concatenate([train_feeds[i][name] for i in picks]).astype(np.float32) for name in inputs]
         teacher = [np.asarray(t)[picks] if len(t) == len(train_feeds) else np.asarray(t) for t in teacher_outputs]
         fidelity = _fidelity(
             twin, data, [{n: train_feeds[i][n] for n in inputs} for i in picks[:8]], inputs, runner_outputs
         )
-        opt = torch.optim.Adam(
-            [
-                {"params": list(twin.levels.values()), "lr": settings.learning_rate},
-                {"params": list(twin.biases.values()), "lr": settings.bias_learning_rate},
-            ]
-        )
+        groups = [
+            (list(twin.levels.values()), settings.learning_rate),
+            (list(twin.biases.values()), settings.bias_learning_rate),
+            (list(twin.log_scales.values()), settings.scale_learning_rate),
+        ]
+        opt = torch.optim.Adam([{"params": params, "lr": lr} for params, lr in groups if params])
         steps = settings.epochs * -(-len(picks) // settings.batch_size)
         schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + np.cos(np.pi * min(i, steps) / steps)))
         rng = np.random.default_rng(settings.seed)

@@ -95,6 +95,7 @@ class Int8Options:
                 epochs=q.finetune.epochs,
                 learning_rate=q.finetune.learning_rate,
                 bias_learning_rate=q.finetune.bias_learning_rate,
+                scale_learning_rate=q.finetune.scale_learning_rate,
                 batch_size=q.finetune.batch_size,
                 max_samples=q.finetune.max_samples,
                 seed=q.finetune.seed,
@@ -454,6 +455,11 @@ class StaticInt8:
             result.model, result.metrics, result.passed = search.model, search.metrics, search.passed
             if tune and search.passed and len(search.fallback) > 1:
                 self._finetune_smaller_fallbacks(result, search)
+            elif tune and not search.passed and search.fallback:  # the closest candidate, fine-tuned
+                trial, tuned = self._finetuned(search.model, search.fallback)
+                result.finetune.append(trial)
+                if _better(trial.after, search.metrics):
+                    result.model, result.metrics, result.passed = tuned, trial.after, trial.passed
             if result.fallback:
                 result.plain_p50_ms = self.p50_ms(model)
                 result.p50_ms = self.p50_ms(result.model)

