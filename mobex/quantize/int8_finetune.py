@@ -188,7 +188,8 @@ def _torch_twin(data: bytes, learn_scales: bool = False):  # noqa: ANN202 - torc
             return torch.tensor(value)
 
         def forward(self, *inputs):  # noqa: ANN002, ANN201
-            env = dict(zip(self.graph.input_tensors, inputs, strict=True))
+            # An int8 model input (int8_io) holds the quantized feed: the twin rounds it the same way.
+            env = {t: self._quantized(x, t) for t, x in zip(self.graph.input_tensors, inputs, strict=True)}
             for op in self.graph.ops:
                 ins, kind, options = op.inputs, op.kind, op.options
                 if kind in ("QUANTIZE", "DEQUANTIZE"):
@@ -302,7 +303,9 @@ def finetune_int8(
         twin = _torch_twin(data, learn_scales=settings.scale_learning_rate > 0)
         picks = np.linspace(0, len(train_feeds) - 1, min(settings.max_samples, len(train_feeds))).round().astype(int)
         x = [np.concatenate([train_feeds[i][name] for i in picks]).astype(np.float32) for name in inputs]
-        teacher = [np.asarray(t)[picks] if len(t) == len(train_feeds) else np.asarray(t) for t in teacher_outputs]
+        # The teacher's rows follow the feeds (each feed may hold a batch): keep the picked feeds' rows.
+        teacher = [_rows_of(np.asarray(t), len(train_feeds), picks) for t in teacher_outputs]
+        rows = x[0].shape[0]
         fidelity = _fidelity(
             twin, data, [{n: train_feeds[i][n] for n in inputs} for i in picks[:8]], inputs, runner_outputs
         )
@@ -312,12 +315,12 @@ def finetune_int8(
             (list(twin.log_scales.values()), settings.scale_learning_rate),
         ]
         opt = torch.optim.Adam([{"params": params, "lr": lr} for params, lr in groups if params])
-        steps = settings.epochs * -(-len(picks) // settings.batch_size)
+        steps = settings.epochs * -(-rows // settings.batch_size)
         schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + np.cos(np.pi * min(i, steps) / steps)))
         rng = np.random.default_rng(settings.seed)
         losses = []
         for _ in range(settings.epochs):
-            order = rng.permutation(len(picks))
+            order = rng.permutation(rows)
             total = 0.0
             for begin in range(0, len(order), settings.batch_size):
                 batch = order[begin : begin + settings.batch_size]
@@ -335,6 +338,11 @@ def finetune_int8(
     finally:
         torch.set_num_threads(previous_threads)
     return tuned, FinetuneReport(settings.epochs, len(picks), time.perf_counter() - start, float(fidelity), losses)
+
+
+def _rows_of(outputs: np.ndarray, feeds: int, picks: np.ndarray) -> np.ndarray:
+    per_feed = outputs.reshape(feeds, -1, *outputs.shape[1:])
+    return per_feed[picks].reshape(-1, *outputs.shape[1:])
 
 
 def _fidelity(twin: Any, data: bytes, feeds: list[dict[str, np.ndarray]], inputs: list[str], run: Any) -> float:

@@ -129,6 +129,9 @@ def search_limits(limits: dict[str, float]) -> dict[str, tuple[float, str]]:
     return out
 
 
+HOLDOUT_EVERY = 10  # every 10th training sample is held out of fine-tuning, to judge it on
+
+
 @dataclass
 class FinetuneTrial:
     """One fine-tuned candidate: the ops it keeps in float, its calibration metrics before and after."""
@@ -136,14 +139,16 @@ class FinetuneTrial:
     fallback: list[str]  # op labels kept in float
     before: dict[str, float]
     after: dict[str, float]
-    passed: bool
+    passed: bool  # on the calibration data and on the held-out training samples
     report: FinetuneReport
+    held_out: dict[str, float] = field(default_factory=dict)  # after, on held-out training samples
 
     def to_dict(self) -> dict:
         return {
             "fallback": self.fallback,
             "before": {k: round(v, 6) for k, v in self.before.items()},
             "after": {k: round(v, 6) for k, v in self.after.items()},
+            "after_held_out": {k: round(v, 6) for k, v in self.held_out.items()},
             "passed": self.passed,
             **self.report.to_dict(),
         }
@@ -231,6 +236,7 @@ class StaticInt8:
         self.float_path = Path(float_path)
         self.training = list(training or [])
         self._teacher: list[np.ndarray] | None = None
+        self._holdout: list[np.ndarray] | None = None
         self.options = options
         self.int8_io = int8_io
         self.feeds = _subset(feeds, options.calibration_samples)
@@ -306,14 +312,16 @@ class StaticInt8:
 
     def evaluate(self, model: bytes, samples: int | None = None) -> dict[str, float]:
         """Parity metrics of `model` against the float model on the calibration feeds."""
+        feeds = self.feeds if samples is None else self.feeds[:samples]
+        return self._metrics(model, feeds, [r[: len(feeds) * _batch(feeds)] for r in self.reference])
+
+    def _metrics(self, model: bytes, feeds: list[dict[str, np.ndarray]], reference: list[np.ndarray]) -> dict:
         from mobex.validate.parity import parity_summary
         from mobex.validate.runners import TfliteRunner
 
         path = self._tmp / "candidate.tflite"
         path.write_bytes(model)
-        feeds = self.feeds if samples is None else self.feeds[:samples]
         outputs = _run_all(TfliteRunner(path, num_threads=self.options.num_threads), feeds)
-        reference = [r[: len(feeds) * _batch(feeds)] for r in self.reference]
         summary = parity_summary(
             self.output_names, reference, outputs, task=self.options.task, labels=None, num_classes=None
         )
@@ -348,18 +356,24 @@ class StaticInt8:
     # -- quantization-aware fine-tuning (int8_finetune.py) ---------------------------------------
 
     def _finetuned(self, model: bytes, fallback: list[OpInfo]) -> tuple[FinetuneTrial, bytes]:
-        """Fine-tune one candidate on the training feeds; measure it before and after with LiteRT."""
+        """Fine-tune one candidate on the training feeds (all but every HOLDOUT_EVERY-th); measure it before and
+        after with LiteRT. It passes only when it meets the gate on the calibration data *and* on the held-out
+        training samples: 256 calibration samples alone are too few to trust a candidate trained for them."""
+        train = [f for i, f in enumerate(self.training) if i % HOLDOUT_EVERY]
+        holdout = self.training[::HOLDOUT_EVERY]
         before = self.evaluate(model)
         tuned, report = finetune_int8(
             model,
             self.signature_inputs,
-            self.training,
-            self.teacher(),
+            train,
+            self.teacher(train),
             self.options.finetune,
             self.run_model,
         )
         after = self.evaluate(tuned)
-        trial = FinetuneTrial([op.label for op in fallback], before, after, self.passes(after), report)
+        held_out = self._metrics(tuned, holdout, self.holdout_reference(holdout))
+        passed = self.passes(after) and self.passes(held_out)
+        trial = FinetuneTrial([op.label for op in fallback], before, after, passed, report, held_out)
         return trial, tuned
 
     def _finetune_smaller_fallbacks(self, result: Int8Result, search: SearchResult) -> None:
@@ -384,16 +398,24 @@ class StaticInt8:
         by_tensor = dict(zip(io.input_indices, [s.name for s in io.inputs], strict=True))
         return [by_tensor[t] for t in self.graph.input_tensors]
 
-    def teacher(self) -> list[np.ndarray]:
-        """The float model's outputs on the training feeds (graph output order), computed once."""
+    def teacher(self, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+        """The float model's outputs on `feeds` (graph output order), computed once."""
         if self._teacher is None:
             from mobex.validate.runners import TfliteRunner, load_tflite_io
 
             io = load_tflite_io(self.float_path)
-            outs = _run_all(TfliteRunner(self.float_path, num_threads=self.options.num_threads), self.training)
+            outs = _run_all(TfliteRunner(self.float_path, num_threads=self.options.num_threads), feeds)
             position = {t: i for i, t in enumerate(io.output_indices)}
             self._teacher = [outs[position[t]] for t in self.graph.output_tensors]
         return self._teacher
+
+    def holdout_reference(self, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+        """The float model's outputs on the held-out training feeds (signature order, like `reference`)."""
+        if self._holdout is None:
+            from mobex.validate.runners import TfliteRunner
+
+            self._holdout = _run_all(TfliteRunner(self.float_path, num_threads=self.options.num_threads), feeds)
+        return self._holdout
 
     def run_model(self, model: bytes, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
         """A model's outputs on `feeds` in LiteRT, in graph output order (to compare with the twin)."""
@@ -428,17 +450,19 @@ class StaticInt8:
         if tune and not self.training:
             result.finetune_skipped = "no training data given"
             tune = False
+        full_int8: tuple[FinetuneTrial, bytes] | None = None
         if tune:
             try:
-                trial = self._finetuned(model, [])
+                full_int8 = self._finetuned(model, [])
             except UnsupportedGraph as exc:
                 result.finetune_skipped = f"the int8 twin cannot run this graph: {exc}"
                 tune = False
             else:
-                result.finetune.append(trial[0])
-                if _better(trial[0].after, metrics):
-                    result.model, result.metrics, result.passed = trial[1], trial[0].after, trial[0].passed
-                if trial[0].passed:
+                trial, tuned = full_int8
+                result.finetune.append(trial)
+                if _better(trial.after, metrics):
+                    result.model, result.metrics, result.passed = tuned, trial.after, trial.passed
+                if trial.passed:
                     return result
         if result.passed is False and self.options.fallback and self.options.max_fallback_layers > 0:
             ops = self.graph.quantizable_ops()
@@ -460,6 +484,9 @@ class StaticInt8:
                 result.finetune.append(trial)
                 if _better(trial.after, search.metrics):
                     result.model, result.metrics, result.passed = tuned, trial.after, trial.passed
+            if not result.passed and full_int8 is not None and _better(full_int8[0].after, result.metrics):
+                # nothing passed: the fine-tuned full-int8 model is the closest, and the fastest
+                result.model, result.metrics, result.fallback = full_int8[1], full_int8[0].after, []
             if result.fallback:
                 result.plain_p50_ms = self.p50_ms(model)
                 result.p50_ms = self.p50_ms(result.model)

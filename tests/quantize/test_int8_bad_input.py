@@ -79,3 +79,20 @@ def test_too_little_calibration_data_stops_the_build_before_conversion(sample_co
     with pytest.raises(DataError, match=r"int8 need at least 32 calibration samples; \[data\]\.calibration has 10"):
         build(load_recipe(folder / "recipe.toml"), BuildOptions(out_dir=out))
     assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_broken_finetune_training_data_stops_the_build_before_conversion(sample_copy, tmp_path: Path) -> None:
+    """[quantization.finetune] trains on [data].training: NaN in it is refused while the data is checked."""
+    folder = sample_copy("digits_cnn")
+    (folder / "recipe.toml").write_text(
+        (folder / "recipe.toml").read_text() + "\n[quantization.finetune]\nepochs = 1\n"
+    )
+    path = folder / "data" / "train.npz"
+    arrays = dict(np.load(path))
+    image = arrays["image"].astype(np.float32)
+    image[7, 0, 3, 3] = np.nan
+    np.savez(path, **{**arrays, "image": image})
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=r"\[data\]\.training.*NaN"):
+        build(load_recipe(folder / "recipe.toml"), BuildOptions(out_dir=out))
+    assert not out.exists() or list(out.iterdir()) == []

@@ -122,6 +122,7 @@ def test_the_flow_fine_tunes_only_a_failing_model_and_keeps_only_a_better_one(di
     assert len(made.finetune) == 1 and made.finetune_skipped is None
     trial = made.finetune[0]
     assert trial.fallback == [] and trial.passed is False
+    assert set(trial.held_out) == set(trial.after)  # judged on held-out training samples too (every 10th)
     kept = made.metrics == trial.after
     better = (trial.after["top1_agreement"], trial.after["snr_db"]) > (
         trial.before["top1_agreement"],
@@ -158,3 +159,34 @@ def test_finetune_without_training_data_is_a_recipe_error(sample_copy) -> None:
     recipe.write_text(text + "\n[quantization.finetune]\nepochs = 1\n")
     with pytest.raises(RecipeError, match=r"\[quantization.finetune\]: int8 fine-tuning needs training data"):
         load_recipe(recipe)
+
+
+def test_smaller_fallback_sets_are_tried_most_sensitive_first(digits) -> None:
+    """After a plain search that needed 6 float ops, fine-tuning tries the 2 and then the 4 most sensitive ones
+    (`fallback_trials` = 2); one that passes replaces the search's answer, one that fails leaves it alone."""
+    from mobex.quantize.int8_search import SearchResult
+
+    base, calib, training, _ = digits
+    settings = FinetuneSettings(epochs=1, max_samples=64, threads=1)
+    strict = Int8Options(fallback=False, task="classification", limits={"snr_db": 80.0}, finetune=settings)
+    with StaticInt8(base.path, calib, strict, training=training) as maker:
+        ops = [op for op in maker.graph.quantizable_ops() if op.kind in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+        ranked = [(op, 20.0 + i) for i, op in enumerate(reversed(ops))]  # the last conv "most sensitive"
+        six = sorted((op for op, _ in ranked[:6]), key=lambda o: o.index)
+        plain = maker.build(frozenset(op.scope for op in six))
+        search = SearchResult(six, True, plain, maker.evaluate(plain), ranked)
+        made = maker.quantize()  # a result to hang the trials on (fails, fine-tunes the full int8 once)
+        made.model, made.fallback, made.finetune = plain, six, []
+        maker._finetune_smaller_fallbacks(made, search)
+        assert [t.fallback for t in made.finetune] == [
+            [op.label for op in sorted((o for o, _ in ranked[:k]), key=lambda o: o.index)] for k in (2, 4)
+        ]
+        assert made.model == plain and made.fallback == six  # nothing passed: the search's answer stands
+
+        maker.options = replace(strict, limits={"top1_agreement": 0.5})
+        maker.limits = {"top1_agreement": (0.5, "min")}
+        made.finetune = []
+        maker._finetune_smaller_fallbacks(made, search)
+    assert len(made.finetune) == 1 and made.finetune[0].passed
+    assert [op.label for op in made.fallback] == made.finetune[0].fallback and len(made.fallback) == 2
+    assert made.model != plain
