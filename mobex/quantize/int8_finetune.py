@@ -10,8 +10,9 @@ session 2). So this module trains the *built* int8 model itself. `Int8Twin` read
 the same graph in torch: every int8 activation is fake-quantized with the scale and zero point stored in
 the file, every int8 weight is its per-channel scale times a trainable level rounded straight-through,
 float ops (a fallback) stay float. Training distils the float model's outputs on the recipe's training
-data (no labels needed). Afterwards only the int8 weight levels and the biases are written back into the
-flatbuffer, in place: scales, ops and layout are untouched, so the LiteRT model is the twin.
+data (no labels needed) into the weight levels, the biases and (LSQ) the activation step sizes. They are
+written back into the flatbuffer in place, each int32 bias with the scale TFLite requires (input step x
+weight scale); ops, layout and weight scales are untouched, so the LiteRT model is the twin.
 
 The twin is checked against LiteRT before training (`fidelity_db`) and every result is measured with
 LiteRT, never with the twin.
@@ -288,7 +289,8 @@ def finetune_int8(
     runner_outputs: Any,
 ) -> tuple[bytes, FinetuneReport]:
     """Distil `teacher_outputs` (the float model on `train_feeds`, one array per output, samples first) into
-    the int8 model `data`; return the model with the trained levels and biases, and what happened.
+    the int8 model `data`; return the model with the trained levels, biases and activation step sizes, and
+    what happened.
 
     `runner_outputs(model_bytes, feeds)` runs a model in LiteRT (for the twin's fidelity check).
     Raises UnsupportedGraph when the twin cannot represent the graph.
@@ -332,7 +334,7 @@ def finetune_int8(
                 loss.backward()
                 opt.step()
                 schedule.step()
-                total += float(loss) * len(batch)
+                total += loss.item() * len(batch)
             losses.append(total / len(order))
         tuned = twin.write_back(data)
     finally:
