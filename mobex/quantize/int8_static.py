@@ -234,7 +234,9 @@ class StaticInt8:
         from mobex.validate.runners import TfliteRunner, load_tflite_io
 
         self.float_path = Path(float_path)
-        self.training = list(training or [])
+        # Fine-tuning trains on all training feeds but every HOLDOUT_EVERY-th, and is judged on those too.
+        self.training = [f for i, f in enumerate(training or []) if i % HOLDOUT_EVERY]
+        self.holdout = list(training or [])[::HOLDOUT_EVERY]
         self._teacher: list[np.ndarray] | None = None
         self._holdout: list[np.ndarray] | None = None
         self.options = options
@@ -359,19 +361,12 @@ class StaticInt8:
         """Fine-tune one candidate on the training feeds (all but every HOLDOUT_EVERY-th); measure it before and
         after with LiteRT. It passes only when it meets the gate on the calibration data *and* on the held-out
         training samples: 256 calibration samples alone are too few to trust a candidate trained for them."""
-        train = [f for i, f in enumerate(self.training) if i % HOLDOUT_EVERY]
-        holdout = self.training[::HOLDOUT_EVERY]
         before = self.evaluate(model)
         tuned, report = finetune_int8(
-            model,
-            self.signature_inputs,
-            train,
-            self.teacher(train),
-            self.options.finetune,
-            self.run_model,
+            model, self.signature_inputs, self.training, self.teacher(), self.options.finetune, self.run_model
         )
         after = self.evaluate(tuned)
-        held_out = self._metrics(tuned, holdout, self.holdout_reference(holdout))
+        held_out = self._metrics(tuned, self.holdout, self.holdout_reference())
         passed = self.passes(after) and self.passes(held_out)
         trial = FinetuneTrial([op.label for op in fallback], before, after, passed, report, held_out)
         return trial, tuned
@@ -398,23 +393,24 @@ class StaticInt8:
         by_tensor = dict(zip(io.input_indices, [s.name for s in io.inputs], strict=True))
         return [by_tensor[t] for t in self.graph.input_tensors]
 
-    def teacher(self, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
-        """The float model's outputs on `feeds` (graph output order), computed once."""
+    def teacher(self) -> list[np.ndarray]:
+        """The float model's outputs on the training feeds (graph output order), computed once."""
         if self._teacher is None:
             from mobex.validate.runners import TfliteRunner, load_tflite_io
 
             io = load_tflite_io(self.float_path)
-            outs = _run_all(TfliteRunner(self.float_path, num_threads=self.options.num_threads), feeds)
+            outs = _run_all(TfliteRunner(self.float_path, num_threads=self.options.num_threads), self.training)
             position = {t: i for i, t in enumerate(io.output_indices)}
             self._teacher = [outs[position[t]] for t in self.graph.output_tensors]
         return self._teacher
 
-    def holdout_reference(self, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+    def holdout_reference(self) -> list[np.ndarray]:
         """The float model's outputs on the held-out training feeds (signature order, like `reference`)."""
         if self._holdout is None:
             from mobex.validate.runners import TfliteRunner
 
-            self._holdout = _run_all(TfliteRunner(self.float_path, num_threads=self.options.num_threads), feeds)
+            runner = TfliteRunner(self.float_path, num_threads=self.options.num_threads)
+            self._holdout = _run_all(runner, self.holdout)
         return self._holdout
 
     def run_model(self, model: bytes, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
@@ -448,7 +444,7 @@ class StaticInt8:
         )
         tune = self.options.finetune is not None and passed is False
         if tune and not self.training:
-            result.finetune_skipped = "no training data given"
+            result.finetune_skipped = "no training data given (it needs at least 2 samples: every 10th is held out)"
             tune = False
         full_int8: tuple[FinetuneTrial, bytes] | None = None
         if tune:

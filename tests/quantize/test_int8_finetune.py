@@ -136,7 +136,7 @@ def test_the_flow_fine_tunes_only_a_failing_model_and_keeps_only_a_better_one(di
         assert maker.quantize().finetune == []
 
     with StaticInt8(base.path, calib, strict, training=None) as maker:
-        assert maker.quantize().finetune_skipped == "no training data given"
+        assert maker.quantize().finetune_skipped.startswith("no training data given")
 
 
 def test_a_graph_the_twin_cannot_run_is_named() -> None:
