@@ -290,7 +290,7 @@ def _finetune_notes(made: Int8Result) -> list[str]:
             f"{trial.report.seconds:.0f} s, twin fidelity {trial.report.fidelity_db:.1f} dB): calibration {key} "
             f"{trial.before.get(key, float('nan')):.4g} -> {trial.after.get(key, float('nan')):.4g}, held-out "
             f"training samples {trial.held_out.get(key, float('nan')):.4g} "
-            f"({'passes' if trial.passed else 'misses'} the int8 gate on both)"
+            f"({'passes the int8 gate on both' if trial.passed else 'misses the int8 gate'})"
         )
     return notes
 
