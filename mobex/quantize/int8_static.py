@@ -398,10 +398,8 @@ class StaticInt8:
         if self._teacher is None:
             from mobex.validate.runners import TfliteRunner, load_tflite_io
 
-            io = load_tflite_io(self.float_path)
             outs = _run_all(TfliteRunner(self.float_path, num_threads=self.options.num_threads), self.training)
-            position = {t: i for i, t in enumerate(io.output_indices)}
-            self._teacher = [outs[position[t]] for t in self.graph.output_tensors]
+            self._teacher = _in_graph_order(outs, load_tflite_io(self.float_path), self.graph)
         return self._teacher
 
     def holdout_reference(self) -> list[np.ndarray]:
@@ -419,10 +417,8 @@ class StaticInt8:
 
         path = self._tmp / "twin-check.tflite"
         path.write_bytes(model)
-        io = load_tflite_io(path)
         outs = _run_all(TfliteRunner(path, num_threads=self.options.num_threads), feeds)
-        position = {t: i for i, t in enumerate(io.output_indices)}
-        return [outs[position[t]] for t in TfliteGraph(model).output_tensors]
+        return _in_graph_order(outs, load_tflite_io(path), TfliteGraph(model))
 
     # -- the whole flow ----------------------------------------------------------------------
 
@@ -525,6 +521,12 @@ def _recipe(
             for kind in (ops.FULLY_CONNECTED, ops.CONV_2D, ops.DEPTHWISE_CONV_2D):
                 manager.add_weight_only_config(regex, kind, num_bits=8)
     return manager.get_quantization_recipe()
+
+
+def _in_graph_order(outputs: list[np.ndarray], io: Any, graph: TfliteGraph) -> list[np.ndarray]:
+    """Runner outputs (signature order) rearranged into the graph's output-tensor order (the twin's)."""
+    position = {t: i for i, t in enumerate(io.output_indices)}
+    return [outputs[position[t]] for t in graph.output_tensors]
 
 
 def _better(after: dict[str, float], before: dict[str, float]) -> bool:
