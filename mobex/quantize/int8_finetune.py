@@ -115,7 +115,6 @@ def _torch_twin(data: bytes, learn_scales: bool = False):  # noqa: ANN202 - torc
             if missing:
                 raise UnsupportedGraph(", ".join(missing))
             self.graph = graph
-            self.zero_points = _zero_points(data)
             producer = {out: op for op in graph.ops for out in op.outputs}
             self.levels = nn.ParameterDict()
             self.biases = nn.ParameterDict()
@@ -173,7 +172,7 @@ def _torch_twin(data: bytes, learn_scales: bool = False):  # noqa: ANN202 - torc
                 return x
             key = self.scale_key.get(tensor)
             scale = torch.exp(self.log_scales[key]) if key is not None else float(info.scales[0])
-            return fake_quant(x, scale, float(self.zero_points[tensor][0]))
+            return fake_quant(x, scale, 0.0 if info.zero_points is None else float(info.zero_points[0]))
 
         def activation_scale(self, tensor: int) -> float:
             key = self.scale_key.get(tensor)
@@ -185,7 +184,8 @@ def _torch_twin(data: bytes, learn_scales: bool = False):  # noqa: ANN202 - torc
             info = self.graph.tensors[tensor]
             value = self.graph.constant(tensor).astype(np.float32)
             if info.type == _INT8 and info.scales is not None:
-                value = (value - self.zero_points[tensor].astype(np.float32)) * info.scales.astype(np.float32)
+                zero = 0 if info.zero_points is None else info.zero_points.reshape(-1).astype(np.float32)
+                value = (value - zero) * info.scales.astype(np.float32)
             return torch.tensor(value)
 
         def forward(self, *inputs):  # noqa: ANN002, ANN201
@@ -266,18 +266,6 @@ def _torch_twin(data: bytes, learn_scales: bool = False):  # noqa: ANN202 - torc
             return bytes(model)
 
     return Int8Twin(data, learn_scales)
-
-
-def _zero_points(data: bytes) -> dict[int, np.ndarray]:
-    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
-
-    graph = fu.read_model(data).subgraphs[0]
-    out = {}
-    for i, t in enumerate(graph.tensors):
-        q = t.quantization
-        if q is not None and q.zeroPoint is not None and len(q.zeroPoint):
-            out[i] = np.asarray(q.zeroPoint, dtype=np.int64)
-    return out
 
 
 def finetune_int8(

@@ -45,6 +45,7 @@ class TensorInfo:
     buffer: int
     scales: np.ndarray | None  # per-tensor (1 value) or per-channel quantization scales
     quantized_dimension: int
+    zero_points: np.ndarray | None = None  # int64, one per scale (None when the tensor is not quantized)
 
     @property
     def is_int8(self) -> bool:
@@ -96,13 +97,16 @@ class TfliteGraph:
         self.tensors: list[TensorInfo] = []
         for i, t in enumerate(graph.tensors):
             q = t.quantization
-            scales = None
+            scales = zero_points = None
             qdim = 0
             if q is not None and q.scale is not None and len(q.scale):
                 scales = np.asarray(q.scale, dtype=np.float64)
                 qdim = int(q.quantizedDimension)
+            if q is not None and q.zeroPoint is not None and len(q.zeroPoint):
+                zero_points = np.asarray(q.zeroPoint, dtype=np.int64)
             shape = tuple(int(d) for d in (t.shape if t.shape is not None else ()))
-            self.tensors.append(TensorInfo(i, fu.get_tensor_name(t), shape, int(t.type), int(t.buffer), scales, qdim))
+            name = fu.get_tensor_name(t)
+            self.tensors.append(TensorInfo(i, name, shape, int(t.type), int(t.buffer), scales, qdim, zero_points))
         self.ops: list[OpInfo] = []
         for i, op in enumerate(graph.operators):
             code = self._model.operatorCodes[op.opcodeIndex]
