@@ -239,4 +239,3 @@ def _relative_files(root: Path) -> list[str]:
         for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
             out.append(Path(dirpath, name).relative_to(root).as_posix())
     return sorted(out)
-

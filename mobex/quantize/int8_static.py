@@ -33,7 +33,7 @@ from mobex.quantize.equalize import Equalization, equalize
 from mobex.quantize.int8_finetune import FinetuneReport, FinetuneSettings, UnsupportedGraph, finetune_int8
 from mobex.quantize.int8_search import DAMAGE_FLOOR_DB, SearchResult, search_fallback
 from mobex.quantize.int8_weights import RoundedOp, int8_safe_weights, round_weights, weight_inputs
-from mobex.quantize.tflite_graph import OpInfo, TfliteGraph
+from mobex.quantize.tflite_graph import OpInfo, TfliteGraph, with_float_islands
 
 # Metrics the search can measure on unlabelled calibration data, and how they pass.
 _SEARCH_METRICS = {
@@ -164,7 +164,8 @@ class Int8Result:
     equalization: Equalization | None = None
     rounded: list[RoundedOp] = field(default_factory=list)  # weighted ops whose int8 levels GPTQ chose
     int8_weight_ops: frozenset[str] = frozenset()  # scopes that keep int8 weights when they fall back
-    fallback: list[OpInfo] = field(default_factory=list)
+    fallback: list[OpInfo] = field(default_factory=list)  # every op computing in float, in graph order
+    islands: frozenset[str] = frozenset()  # scopes in `fallback` not chosen but between float ops (cheap ops)
     search: SearchResult | None = None
     plain_size: int = 0  # the full-int8 model (no fallback)
     plain_p50_ms: float | None = None
@@ -182,6 +183,7 @@ class Int8Result:
                     "name": op.label,
                     "scope": op.scope,
                     "weights": "int8" if op.scope in self.int8_weight_ops else "float",
+                    "reason": "between float ops" if op.scope in self.islands else "sensitive",
                 }
                 for op in self.fallback
             ],
@@ -291,12 +293,16 @@ class StaticInt8:
     # -- candidates --------------------------------------------------------------------------
 
     def build(self, float_ops: frozenset[str] = frozenset(), only: str | None = None) -> bytes:
-        """One int8 candidate: `float_ops` (scopes) kept in float, or only the op `only` quantized."""
+        """One int8 candidate: `float_ops` (scopes) kept in float, or only the op `only` quantized.
+
+        Cheap ops that would be int8 islands between float ops stay float too (`with_float_islands`)."""
         import contextlib
         import io
 
         from ai_edge_quantizer import quantizer
 
+        if only is None:
+            float_ops = with_float_islands(self.graph, float_ops, float_io=not self.int8_io)
         recipe = _recipe(float_ops, only, self.int8_io and only is None, self.int8_weight_ops)
         qt = quantizer.Quantizer(self.float_bytes, recipe)
         with contextlib.redirect_stderr(io.StringIO()):
@@ -355,6 +361,12 @@ class StaticInt8:
             times.append((time.perf_counter() - start) * 1000)
         return round(float(np.median(times)), 4)
 
+    def _with_islands(self, chosen: list[OpInfo]) -> tuple[list[OpInfo], frozenset[str]]:
+        """The ops a build with `chosen` in float really computes in float, and which of them were added."""
+        scopes = frozenset(op.scope for op in chosen)
+        every = with_float_islands(self.graph, scopes, float_io=not self.int8_io)
+        return [op for op in self.graph.ops if op.scope in every], every - scopes
+
     # -- quantization-aware fine-tuning (int8_finetune.py) ---------------------------------------
 
     def _finetuned(self, model: bytes, fallback: list[OpInfo]) -> tuple[FinetuneTrial, bytes]:
@@ -368,7 +380,8 @@ class StaticInt8:
         after = self.evaluate(tuned)
         held_out = self._metrics(tuned, self.holdout, self.holdout_reference())
         passed = self.passes(after) and self.passes(held_out)
-        trial = FinetuneTrial([op.label for op in fallback], before, after, passed, report, held_out)
+        labels = [op.label for op in self._with_islands(fallback)[0]]
+        trial = FinetuneTrial(labels, before, after, passed, report, held_out)
         return trial, tuned
 
     def _finetune_smaller_fallbacks(self, result: Int8Result, search: SearchResult) -> None:
@@ -480,6 +493,7 @@ class StaticInt8:
                 # nothing passed: the fine-tuned full-int8 model is the closest, and the fastest
                 result.model, result.metrics, result.fallback = full_int8[1], full_int8[0].after, []
             if result.fallback:
+                result.fallback, result.islands = self._with_islands(result.fallback)
                 result.plain_p50_ms = self.p50_ms(model)
                 result.p50_ms = self.p50_ms(result.model)
         return result

@@ -262,6 +262,8 @@ def _int8_notes(made: Int8Result) -> list[str]:
         verdict = "passes" if made.passed else "still misses"
         kept = sum(op.scope in made.int8_weight_ops for op in made.fallback)
         weights = f", {kept} of them with int8 weights" if kept else ""
+        if made.islands:
+            weights += f", {len(made.islands)} cheap op(s) between float ops"
         notes.append(
             f"float fallback of {len(made.fallback)} op(s) ({names}{weights}) {verdict} the int8 gate on "
             f"calibration data ({shown}); cost: size x{growth:.3f}{latency}; "
