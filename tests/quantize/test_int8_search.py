@@ -82,6 +82,7 @@ def test_the_hostile_layer_falls_back_and_the_gate_passes(hostile, tmp_path: Pat
     # Exactly the two ops that touch the outlier tensor: the layer producing it and the one reading it.
     assert fallen == [("FULLY_CONNECTED", "FULLY_CONNECTED Linear_0"),
                       ("FULLY_CONNECTED", "FULLY_CONNECTED Linear_2")], fallen  # fmt: skip
+    assert [layer["reason"] for layer in details["fallback_layers"]] == ["sensitive", "sensitive"]  # no islands
     assert details["passed_on_calibration"] is True
     assert details["sensitivity"][0]["name"] in {name for _, name in fallen}  # ranked most damaging
     assert details["search"][0]["fallback"] == [] and not details["search"][0]["passed"]

@@ -88,6 +88,9 @@ def test_a_build_with_the_convolutions_in_float_has_no_int8_island(net, tmp_path
     with StaticInt8(Path(base.path), feeds, options) as maker:
         model = maker.build(frozenset({stem.scope, dw.scope}))
         full = TfliteGraph(maker.build())
+        reported, islands = maker._with_islands([stem, dw])  # what the sidecar lists, and marks as islands
+    assert [op.index for op in reported] == [op.index for op in graph.ops if op.index <= dw.index]
+    assert islands == {op.scope for op in graph.ops if op.index < stem.index}
     built = TfliteGraph(model)
     # Full int8 quantizes the input first; with the float stem, the first QUANTIZE comes after the depthwise
     # convolution, and no DEQUANTIZE turns an int8 activation back into float before the output.
