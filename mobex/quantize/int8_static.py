@@ -30,6 +30,7 @@ import numpy as np
 from mobex.quantize.bias_correction import bias_correction_inputs, correct_biases
 from mobex.quantize.calibration import RANGE_METHODS, Calibration, calibrate
 from mobex.quantize.equalize import Equalization, equalize
+from mobex.quantize.int8_bias_range import WidenedChannels, fit_int32_biases
 from mobex.quantize.int8_finetune import FinetuneReport, FinetuneSettings, UnsupportedGraph, finetune_int8
 from mobex.quantize.int8_search import DAMAGE_FLOOR_DB, SearchResult, search_fallback
 from mobex.quantize.int8_weights import RoundedOp, int8_safe_weights, round_weights, weight_inputs
@@ -163,6 +164,7 @@ class Int8Result:
     corrections: int
     equalization: Equalization | None = None
     rounded: list[RoundedOp] = field(default_factory=list)  # weighted ops whose int8 levels GPTQ chose
+    widened: list[WidenedChannels] = field(default_factory=list)  # channels whose weight scale the bias needed
     int8_weight_ops: frozenset[str] = frozenset()  # scopes that keep int8 weights when they fall back
     fallback: list[OpInfo] = field(default_factory=list)  # every op computing in float, in graph order
     islands: frozenset[str] = frozenset()  # scopes in `fallback` not chosen but between float ops (cheap ops)
@@ -193,6 +195,7 @@ class Int8Result:
                 "narrowed_ranges": len(self.calibration.narrowed),
             },
             "bias_corrected_ops": self.corrections,
+            "int32_bias_widened": [{"op": w.op, "channels": w.channels} for w in self.widened],
             "weight_rounding": {
                 "gptq_ops": len(self.rounded),
                 "median_error_ratio": round(float(np.median([r.error_ratio for r in self.rounded])), 4)
@@ -276,6 +279,7 @@ class StaticInt8:
         self._tmp = Path(tempfile.mkdtemp(prefix="mobex-int8-"))
         self._corrections = 0
         self._rounded: list[RoundedOp] = []
+        self._widened: list[WidenedChannels] = []
         # Ops that keep int8 weights when they fall back to float compute (needs the GPTQ input moments).
         self.int8_weight_ops = frozenset(int8_safe_weights(self.graph, self.calibration.moments))
 
@@ -308,6 +312,9 @@ class StaticInt8:
         with contextlib.redirect_stderr(io.StringIO()):
             result = qt.quantize(self.calibration.qsvs, enable_progress_bar=False, enable_progress_report=False)
         model = bytearray(result.quantized_model)
+        widened = fit_int32_biases(model, self.graph)  # before GPTQ: it rounds at the widened scales
+        if only is None and not float_ops:
+            self._widened = widened
         if self.calibration.moments:
             rounded = round_weights(model, self.graph, self.calibration.moments)
             if only is None and not float_ops:
@@ -448,6 +455,7 @@ class StaticInt8:
             self._corrections,
             self.equalization,
             rounded=list(self._rounded),
+            widened=list(self._widened),
             int8_weight_ops=self.int8_weight_ops,
             plain_size=len(model),
         )
