@@ -61,7 +61,8 @@ def fit_int32_biases(model: bytearray, float_graph: TfliteGraph) -> list[Widened
         ):
             continue
         float_weight = float_graph.constant(float_op.inputs[1])
-        float_bias = float_graph.constant(float_op.inputs[2]) if len(float_op.inputs) > 2 else None
+        has_bias = len(float_op.inputs) > 2 and float_op.inputs[2] >= 0
+        float_bias = float_graph.constant(float_op.inputs[2]) if has_bias else None
         if float_weight is None or float_bias is None or float_weight.shape != weight.shape:
             continue
         axis = weight.quantized_dimension
