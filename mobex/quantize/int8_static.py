@@ -130,7 +130,8 @@ def search_limits(limits: dict[str, float]) -> dict[str, tuple[float, str]]:
     return out
 
 
-HOLDOUT_EVERY = 10  # every 10th training sample is held out of fine-tuning, to judge it on
+HOLDOUT_EVERY = 10  # every 10th training sample is held out of fine-tuning and the search, to judge them on
+HELD_OUT = "held_out_"  # prefix of the held-out metrics in a search candidate's metrics
 
 
 @dataclass
@@ -351,6 +352,26 @@ class StaticInt8:
                 return False
         return True
 
+    def search_evaluate(self, model: bytes, samples: int | None = None) -> dict[str, float]:
+        """`evaluate`, plus (for a candidate that passes on the calibration data, when training data was given)
+        its metrics on the held-out training samples, as `held_out_<metric>`.
+
+        Why: the search measures ~40 candidates on the same 256 calibration samples and keeps the smallest
+        that passes, so the one it keeps tends to be one that passes there by luck. On EfficientNet-Lite0 its
+        final set passed calibration at 98.05 % and then met 96.88 % on validation (gate: 97 %)."""
+        metrics = self.evaluate(model, samples)
+        if samples is None and self.holdout and self.passes(metrics):
+            held_out = self._metrics(model, self.holdout, self.holdout_reference())
+            metrics.update({f"{HELD_OUT}{k}": v for k, v in held_out.items()})
+        return metrics
+
+    def search_passes(self, metrics: dict[str, float]) -> bool:
+        """Meets the limits on the calibration data and, when there are held-out training samples, on them too."""
+        if not self.passes(metrics):
+            return False
+        held_out = {k[len(HELD_OUT) :]: v for k, v in metrics.items() if k.startswith(HELD_OUT)}
+        return not self.holdout or (bool(held_out) and self.passes(held_out))
+
     def p50_ms(self, model: bytes, runs: int = 15) -> float:
         """Median single-thread latency of `model` on the first feed (for the cost of a fallback)."""
         from mobex.validate.runners import TfliteRunner
@@ -445,8 +466,8 @@ class StaticInt8:
     def quantize(self) -> Int8Result:
         """Full int8; when it fails the limits on calibration data and fallback is on, search a fallback set."""
         model = self.build()
-        metrics = self.evaluate(model)
-        passed = self.passes(metrics) if self.limits else None
+        metrics = self.search_evaluate(model)
+        passed = self.search_passes(metrics) if self.limits else None
         result = Int8Result(
             model,
             metrics,
@@ -482,8 +503,8 @@ class StaticInt8:
             search = search_fallback(
                 ops,
                 self.build,
-                self.evaluate,
-                self.passes,
+                self.search_evaluate,
+                self.search_passes,
                 max_layers=self.options.max_fallback_layers,
                 sensitivity_samples=min(self.options.sensitivity_samples, len(self.feeds)),
             )

@@ -132,3 +132,23 @@ def test_a_failed_search_tells_how_to_give_it_more_room(hostile, tmp_path: Path)
     )
     assert not json.loads(sidecar_path(q.path).read_text())["passed_on_calibration"]
     assert any("max_fallback_layers" in n and "more ops in float" in n for n in q.notes), q.notes
+
+
+def test_with_training_data_a_candidate_must_also_pass_on_held_out_samples(hostile) -> None:
+    """The search keeps the smallest set that passes on calibration data, so it favours sets that pass there by
+    luck; with training data, held-out training samples must agree as well (StaticInt8.search_passes)."""
+    base, calib, val = hostile
+    good = {"top1_agreement": 1.0, "cosine_min": 1.0, "snr_db": 40.0}
+    bad = {"top1_agreement": 0.5, "cosine_min": 0.5, "snr_db": 5.0}
+    with StaticInt8(Path(base.path), calib, OPTIONS, training=val) as maker:
+        assert len(maker.holdout) == 30  # every 10th of 300
+        assert maker.search_passes({**good, **{f"held_out_{k}": v for k, v in good.items()}})
+        assert not maker.search_passes({**good, **{f"held_out_{k}": v for k, v in bad.items()}})
+        assert not maker.search_passes(good)  # not measured on the held-out samples: not a pass
+        plain = maker.search_evaluate(maker.build())
+        assert "held_out_top1_agreement" not in plain  # fails on calibration: held-out not even run
+        result = maker.quantize()
+    assert result.passed
+    assert result.metrics["held_out_top1_agreement"] >= search_limits(GATE)["top1_agreement"][0]
+    with StaticInt8(Path(base.path), calib, OPTIONS) as maker:  # no training data: calibration alone decides
+        assert maker.search_passes(good)
