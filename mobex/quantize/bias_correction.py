@@ -42,11 +42,14 @@ def bias_correction_inputs(float_graph: TfliteGraph) -> set[str]:
     return names
 
 
-def correct_biases(model: bytearray, float_graph: TfliteGraph, means: dict[str, np.ndarray]) -> list[Correction]:
+def correct_biases(
+    model: bytearray, float_graph: TfliteGraph, means: dict[str, np.ndarray], graph: TfliteGraph | None = None
+) -> list[Correction]:
     """Correct, in place, the biases of the int8-weight ops of the quantized `model`.
 
-    int32 biases (static int8) and float32 biases (weight-only and dynamic-range variants) alike."""
-    graph = TfliteGraph(model)
+    int32 biases (static int8) and float32 biases (weight-only and dynamic-range variants) alike. `graph`:
+    `model` parsed, when the caller has it (weights and biases are read from `model` itself)."""
+    graph = graph if graph is not None else TfliteGraph(model)
     users = graph.buffer_users
     done = []
     for op in graph.ops:

@@ -18,7 +18,7 @@ accumulator, and round that channel's weights again at the new scale.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -34,13 +34,18 @@ class WidenedChannels:
     channels: list[int]
 
 
-def fit_int32_biases(model: bytearray, float_graph: TfliteGraph) -> list[WidenedChannels]:
+def fit_int32_biases(
+    model: bytearray, float_graph: TfliteGraph, graph: TfliteGraph | None = None
+) -> list[WidenedChannels]:
     """Rewrite, in place, the weight scale, weight levels and int32 bias of every channel whose bias would not
     fit in int32 next to the largest possible accumulator; the float weights and biases come from the float
-    graph the model was quantized from (the int8 model's own bias may already be clipped)."""
+    graph the model was quantized from (the int8 model's own bias may already be clipped).
+
+    `graph` is `model` parsed (parsed here when not given); the scales it holds are updated with the model's,
+    so the caller can pass it on to the next rewrite instead of parsing the model again."""
     from ai_edge_litert import schema_py_generated as schema
 
-    graph = TfliteGraph(model)
+    graph = graph if graph is not None else TfliteGraph(model)
     tensors = schema.Model.GetRootAs(model, 0).Subgraphs(0)
     done = []
     for op in graph.ops:
@@ -89,5 +94,7 @@ def fit_int32_biases(model: bytearray, float_graph: TfliteGraph) -> list[Widened
         stored_bias[widen] = np.round(float_bias[widen].astype(np.float64) / bias_scales[widen]).astype(np.int32)
         tensors.Tensors(weight.index).Quantization().ScaleAsNumpy()[:] = scales.astype(np.float32)
         tensors.Tensors(bias.index).Quantization().ScaleAsNumpy()[:] = bias_scales.astype(np.float32)
+        graph.tensors[weight.index] = replace(weight, scales=scales.astype(np.float32).astype(np.float64))
+        graph.tensors[bias.index] = replace(bias, scales=bias_scales.astype(np.float32).astype(np.float64))
         done.append(WidenedChannels(op.label, [int(c) for c in widen]))
     return done

@@ -56,9 +56,13 @@ def stored_weight(graph: TfliteGraph, op: OpInfo) -> int:
     return index
 
 
-def round_weights(model: bytearray, float_graph: TfliteGraph, moments: dict[str, InputMoments]) -> list[RoundedOp]:
-    """Rewrite, in place, the int8 weights of the quantized `model` with GPTQ levels (kept only when better)."""
-    graph = TfliteGraph(model)
+def round_weights(
+    model: bytearray, float_graph: TfliteGraph, moments: dict[str, InputMoments], graph: TfliteGraph | None = None
+) -> list[RoundedOp]:
+    """Rewrite, in place, the int8 weights of the quantized `model` with GPTQ levels (kept only when better).
+
+    `graph`: `model` parsed, when the caller has it (the levels are read from `model` itself)."""
+    graph = graph if graph is not None else TfliteGraph(model)
     users = graph.buffer_users
     done = []
     for op in graph.ops:

@@ -17,6 +17,7 @@ from ai_edge_litert.interpreter import Interpreter, OpResolverType
 from torch import nn
 
 from mobex.converters.tflite import convert_tflite
+from mobex.quantize.int8_bias_range import fit_int32_biases
 from mobex.quantize.int8_static import Int8Options, StaticInt8
 from mobex.quantize.tflite_graph import TfliteGraph
 
@@ -87,3 +88,26 @@ def test_int8_matches_the_float_model_on_both_kernel_paths(built, delegate: bool
     got = outputs(path, feeds, delegate=delegate)
     snr = 10 * np.log10(np.sum(want**2) / np.sum((want - got) ** 2))
     assert snr > 40, snr  # 47 dB; without the fix 23 dB on both paths
+
+
+
+def test_the_parsed_graph_passed_on_carries_the_widened_scales(built) -> None:
+    """`StaticInt8.build` parses the model once and hands the graph to GPTQ and bias correction after the
+    widening: the scales in it must be the ones now in the file, or they would round at the old scales."""
+    float_path, _, feeds, _ = built
+    options = Int8Options(task="other", equalize=False, fallback=False)
+    with StaticInt8(float_path, feeds, options) as maker:
+        model = maker.ai_edge_quantized()
+        graph = TfliteGraph(model)
+        before = TfliteGraph(model)
+        widened = fit_int32_biases(model, maker.graph, graph)
+    assert widened and widened[0].channels == [DEAD]
+    after = TfliteGraph(model)
+    for passed_on, parsed in zip(graph.tensors, after.tensors, strict=True):
+        if parsed.scales is None:
+            assert passed_on.scales is None
+        else:
+            np.testing.assert_array_equal(passed_on.scales, parsed.scales)
+    first = next(op for op in after.ops if op.kind == "FULLY_CONNECTED")
+    for tensor in first.inputs[1:3]:  # the weight and the bias scale of the dead channel did change
+        assert after.tensors[tensor].scales[DEAD] > before.tensors[tensor].scales[DEAD]
