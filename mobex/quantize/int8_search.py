@@ -26,6 +26,8 @@ Metrics = dict[str, float]
 Build = Callable[[frozenset[str], "str | None"], bytes]
 # Runs a quantized model on the calibration data (the first `samples`, or all) -> parity metrics.
 Evaluate = Callable[[bytes, "int | None"], Metrics]
+# The labels of the ops a build keeps in float besides the chosen ones (cheap ops between float ops).
+Islands = Callable[[frozenset[str]], list[str]]
 
 DAMAGE_FLOOR_DB = 60.0  # an op whose int8 version keeps the output above this SNR is not worth a trial
 
@@ -36,10 +38,12 @@ class Trial:
     metrics: Metrics
     passed: bool
     size_bytes: int
+    islands: list[str] = field(default_factory=list)  # op labels the build kept in float too (not chosen)
 
     def to_dict(self) -> dict:
         return {
             "fallback": self.fallback,
+            "islands": self.islands,
             "passed": self.passed,
             "size_bytes": self.size_bytes,
             "metrics": {k: round(v, 6) for k, v in self.metrics.items()},
@@ -79,6 +83,7 @@ def search_fallback(
     *,
     max_layers: int,
     sensitivity_samples: int | None = 32,
+    islands: Islands | None = None,
 ) -> SearchResult:
     """Find the smallest set of `ops` to keep in float so that `passes(evaluate(model))` holds."""
     start = time.perf_counter()
@@ -93,7 +98,8 @@ def search_fallback(
             ok = passes(metrics)
             cache[scopes] = (model, metrics, ok)
             labels = [by_scope[s].label for s in sorted(scopes, key=lambda s: by_scope[s].index)]
-            trials.append(Trial(labels, metrics, ok, len(model)))
+            extra = islands(scopes) if islands is not None and scopes else []
+            trials.append(Trial(labels, metrics, ok, len(model), extra))
         return cache[scopes]
 
     model, metrics, ok = measure(frozenset())

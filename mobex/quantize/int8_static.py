@@ -402,6 +402,11 @@ class StaticInt8:
         every = with_float_islands(self.graph, scopes, float_io=not self.int8_io)
         return [op for op in self.graph.ops if op.scope in every], every - scopes
 
+    def _island_labels(self, scopes: frozenset[str]) -> list[str]:
+        """The labels of the ops a build keeping `scopes` in float adds to them (for the search's trials)."""
+        every = with_float_islands(self.graph, scopes, float_io=not self.int8_io)
+        return [op.label for op in self.graph.ops if op.scope in every - scopes]
+
     # -- quantization-aware fine-tuning (int8_finetune.py) ---------------------------------------
 
     def _finetuned(self, model: bytes, fallback: list[OpInfo]) -> tuple[FinetuneTrial, bytes]:
@@ -514,6 +519,7 @@ class StaticInt8:
                 self.search_passes,
                 max_layers=self.options.max_fallback_layers,
                 sensitivity_samples=min(self.options.sensitivity_samples, len(self.feeds)),
+                islands=self._island_labels,
             )
             result.search = search
             result.fallback = search.fallback

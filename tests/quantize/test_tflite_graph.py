@@ -106,3 +106,14 @@ def test_a_build_with_the_convolutions_in_float_has_no_int8_island(net, tmp_path
     a = np.concatenate([ref.run(f)[0] for f in feeds])
     b = np.concatenate([got.run(f)[0] for f in feeds])
     assert 10 * np.log10(np.sum(a**2) / np.sum((a - b) ** 2)) > 20
+
+
+def test_the_search_trials_name_the_island_ops_their_builds_add(net) -> None:
+    base, feeds, graph = net
+    (stem,), (dw,) = ops_of(graph, "CONV_2D"), ops_of(graph, "DEPTHWISE_CONV_2D")
+    options = Int8Options(task="classification", equalize=False, fallback=False)
+    with StaticInt8(Path(base.path), feeds, options) as maker:
+        both = maker._island_labels(frozenset({stem.scope, dw.scope}))
+        alone = maker._island_labels(frozenset({dw.scope}))
+    assert both == [op.label for op in graph.ops if op.index < stem.index]
+    assert alone == []
