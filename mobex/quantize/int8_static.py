@@ -33,7 +33,7 @@ from mobex.quantize.equalize import Equalization, equalize
 from mobex.quantize.int8_bias_range import WidenedChannels, fit_int32_biases
 from mobex.quantize.int8_finetune import FinetuneReport, FinetuneSettings, UnsupportedGraph, finetune_int8
 from mobex.quantize.int8_search import DAMAGE_FLOOR_DB, SearchResult, search_fallback
-from mobex.quantize.int8_weights import RoundedOp, int8_safe_weights, round_weights, weight_inputs
+from mobex.quantize.int8_weights import GptqCache, RoundedOp, int8_safe_weights, round_weights, weight_inputs
 from mobex.quantize.tflite_graph import OpInfo, TfliteGraph, with_float_islands
 
 # Metrics the search can measure on unlabelled calibration data, and how they pass.
@@ -281,6 +281,7 @@ class StaticInt8:
         self._corrections = 0
         self._rounded: list[RoundedOp] = []
         self._widened: list[WidenedChannels] = []
+        self._gptq: GptqCache = {}  # GPTQ's levels per op, shared by every candidate build
         # Ops that keep int8 weights when they fall back to float compute (needs the GPTQ input moments).
         self.int8_weight_ops = frozenset(int8_safe_weights(self.graph, self.calibration.moments))
 
@@ -310,7 +311,7 @@ class StaticInt8:
         if plain:
             self._widened = widened
         if self.calibration.moments:
-            rounded = round_weights(model, self.graph, self.calibration.moments, graph)
+            rounded = round_weights(model, self.graph, self.calibration.moments, graph, self._gptq)
             if plain:
                 self._rounded = rounded
         if self.options.bias_correction:

@@ -86,3 +86,27 @@ def test_nearest_weight_rounding_ignores_the_calibration_data(edgenet, tmp_path:
     nearest = quantize_tflite(base, "int8-weights", tmp_path / "nearest.tflite", calibration=calib, int8=options)
     assert nearest.path.read_bytes() == plain.path.read_bytes()
     assert any('weight_rounding = "nearest"' in n for n in nearest.notes), nearest.notes
+
+
+
+def test_candidate_builds_reuse_gptq_levels_and_give_the_same_bytes(edgenet, monkeypatch) -> None:
+    """The search builds dozens of candidates of one float model; GPTQ's levels for an op depend only on its
+    weights, scales and input statistics, so later builds take them from the cache: same bytes, no GPTQ run."""
+    from mobex.quantize import int8_weights
+    from mobex.quantize.int8_static import StaticInt8
+
+    base, calib, _, _ = edgenet
+    with StaticInt8(Path(base.path), calib, Int8Options(fallback=False)) as maker:
+        one_float = frozenset({maker.graph.quantizable_ops()[0].scope})
+        first = maker.build()
+        assert len(maker._gptq) >= 3 and any(v is not None for v in maker._gptq.values())
+        runs = []
+        real = int8_weights._gptq_levels
+        monkeypatch.setattr(int8_weights, "_gptq_levels", lambda *a: runs.append(a) or real(*a))  # counts runs
+        again, cached_candidate = maker.build(), maker.build(one_float)
+        assert runs == []  # the same ops, scales and nearest levels: every op came from the cache
+        maker._gptq.clear()
+        fresh, fresh_candidate = maker.build(), maker.build(one_float)
+        assert runs  # an empty cache runs GPTQ again
+    assert again == first == fresh
+    assert cached_candidate == fresh_candidate != first
