@@ -8,7 +8,8 @@ global for magnitude) it prunes with `mobex.quantize.prune.prune_model`, fine-tu
 training data (the recipe's [prune.finetune] settings, else --epochs/--lr/--batch-size), converts the
 result to an fp32 .tflite with litert-torch and measures it with the LiteRT interpreter (XNNPACK, one
 thread): params and MACs (dense, and non-zero: what a sparse kernel could skip), validation accuracy of
-the original / pruned / fine-tuned model, accuracy of the .tflite, file size, deflate-zipped size
+the original / pruned / fine-tuned model, accuracy of the .tflite (for a classifier without labels: top-1
+agreement with the original model), file size, deflate-zipped size
 (zeros from magnitude pruning compress) and p50 latency. Latency is measured in interleaved rounds
 (every model once per round, median of the per-round p50s) so that load from other processes on the
 host hits all models alike. Every model, the original included, reaches the converter the way
@@ -58,13 +59,14 @@ def main() -> None:
     parser.add_argument("--no-finetune", action="store_true")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved latency rounds")
     parser.add_argument("--runs", type=int, default=400, help="timed runs per model per round")
+    parser.add_argument("--torch-threads", type=int, default=1, help="threads for pruning and fine-tuning in torch")
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args()
 
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.torch_threads)
     from mobex.converters.tflite import convert_tflite
     from mobex.data import load_dataset, load_validation_and_calibration
     from mobex.export import example_inputs, output_names
@@ -126,11 +128,18 @@ def main() -> None:
                     times[i] = time.perf_counter() - t
                 p50s[key].append(float(np.percentile(times, 50) * 1e3))
         base = count_model(model, tuple(inputs.values()))
+        # Without labels a classifier is scored by top-1 agreement with the original (as prune_model does).
+        agreement = labels is None and recipe.model.task == "classification"
+        original_top1 = None
         for key, (path, runner) in runners.items():
             outs = run_all(runner.run, validation)
-            tflite_acc = (
-                float(np.mean(outs[0].reshape(len(labels), -1).argmax(1) == labels)) if labels is not None else None
-            )
+            top1 = outs[0].reshape(validation.num_samples, -1).argmax(1)
+            original_top1 = top1 if original_top1 is None else original_top1  # "original" is the first row
+            tflite_acc = None
+            if labels is not None:
+                tflite_acc = float(np.mean(top1 == labels))
+            elif agreement:
+                tflite_acc = float(np.mean(top1 == original_top1))
             data = path.read_bytes()
             row = {
                 "config": key,
@@ -164,7 +173,8 @@ def main() -> None:
                     seconds=round(seconds, 2),
                 )
             rows.append(row)
-    _print(recipe, rows, base, finetune, args.markdown)
+    metric = "agreement" if labels is None and recipe.model.task == "classification" else "acc."
+    _print(recipe, rows, base, finetune, args.markdown, metric)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 
@@ -173,7 +183,7 @@ def _pct(x: float | None) -> str:
     return "" if x is None else f"{100 * x:.2f}"
 
 
-def _print(recipe, rows: list[dict], base, finetune, markdown: bool) -> None:  # noqa: ANN001
+def _print(recipe, rows: list[dict], base, finetune, markdown: bool, metric: str = "acc.") -> None:  # noqa: ANN001
     from rich.console import Console
     from rich.table import Table
 
@@ -188,10 +198,10 @@ def _print(recipe, rows: list[dict], base, finetune, markdown: bool) -> None:  #
         "params (non-zero)",
         "MACs",
         "non-zero MACs",
-        "acc. original %",
-        "acc. pruned %",
-        "acc. fine-tuned %",
-        "TFLite acc. %",
+        f"{metric} original %",
+        f"{metric} pruned %",
+        f"{metric} fine-tuned %",
+        f"TFLite {metric} %",
         "TFLite KiB",
         "zipped KiB",
         "TFLite p50 µs",

@@ -73,22 +73,30 @@ def predict(model: torch.nn.Module, data: Dataset, names: list[str]) -> np.ndarr
 
 
 def task_metric(task: str, has_labels: bool) -> str:
-    """Which number says how good the model is: accuracy and MAE need labels, else agreement with the original."""
+    """Which number says how good the model is: accuracy and MAE need labels, else agreement with the original.
+
+    An unlabelled classifier is judged by top-1 agreement with the original model: the accuracy it can lose
+    is at most the share of answers that changed, so the accuracy-drop gate applies to 1 - agreement."""
     if has_labels and task == "classification":
         return "accuracy"
     if has_labels and task == "regression":
         return "mae"
+    if task == "classification":
+        return "top1_agreement"
     return "cosine_to_original"
 
 
 def score(metric: str, outputs: np.ndarray, data: Dataset, original: np.ndarray | None) -> float:
-    """`metric` of `outputs` on `data` (accuracy, MAE against labels, or mean cosine to the original outputs)."""
+    """`metric` of `outputs` on `data`: accuracy, MAE against labels; top-1 agreement or mean cosine with the
+    original model's outputs."""
     n = outputs.shape[0]
     if metric == "accuracy":
         return float(np.mean(outputs.reshape(n, -1).argmax(axis=1) == data.labels))
     if metric == "mae":
         return float(np.mean(np.abs(outputs.reshape(n, -1) - data.labels.reshape(n, -1))))
-    assert original is not None, "cosine_to_original needs the original outputs"
+    assert original is not None, f"{metric} needs the original outputs"
+    if metric == "top1_agreement":
+        return float(np.mean(outputs.reshape(n, -1).argmax(axis=1) == original.reshape(n, -1).argmax(axis=1)))
     a = outputs.reshape(n, -1).astype(np.float64)
     b = original.reshape(n, -1).astype(np.float64)
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)

@@ -73,7 +73,7 @@ class PruneResult:
     before: ModelCount
     after: ModelCount
     layers: list[LayerPruning]
-    metric: str  # accuracy | mae | cosine_to_original
+    metric: str  # accuracy | mae | top1_agreement (unlabelled classifier) | cosine_to_original
     original: float | None
     pruned: float | None
     finetuned: float | None
@@ -90,18 +90,24 @@ class PruneResult:
         return self.finetuned if self.finetuned is not None else self.pruned
 
     def gate(self) -> dict | None:
-        """The pruning gate (accuracy drop of the pruned float model against the original), when it applies."""
-        if self.metric != "accuracy" or self.original is None or self.final is None or self.max_accuracy_drop is None:
+        """The pruning gate (accuracy drop of the pruned float model against the original), when it applies.
+
+        Without labels a classifier's drop is 1 - its top-1 agreement with the original (an upper bound of
+        the accuracy it can have lost)."""
+        if self.metric not in ("accuracy", "top1_agreement") or self.final is None or self.max_accuracy_drop is None:
             return None
-        drop = self.original - self.final
+        if self.original is None:
+            return None
+        drop = self.original - self.final  # the original agrees with itself: 1.0
         passed = drop <= self.max_accuracy_drop
         verdict = "ok" if passed else "FAILED"
+        what = "accuracy drop" if self.metric == "accuracy" else "share of top-1 answers changed (no labels)"
         return {
-            "metric": "accuracy_drop_vs_original",
+            "metric": "accuracy_drop_vs_original" if self.metric == "accuracy" else "top1_disagreement_vs_original",
             "value": drop,
             "limit": self.max_accuracy_drop,
             "passed": passed,
-            "message": f"pruning: accuracy drop of the pruned model vs the original = {drop:.4g} "
+            "message": f"pruning: {what} of the pruned model vs the original = {drop:.4g} "
             f"(must be <= {self.max_accuracy_drop:.4g}, [prune].max_accuracy_drop): {verdict}",
         }
 

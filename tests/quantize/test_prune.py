@@ -324,3 +324,30 @@ def test_pruning_gate_fails_a_model_that_lost_too_much(cnn: Sample) -> None:
     assert "[prune].max_accuracy_drop" in gate["message"]
     mild = cnn.prune(method="magnitude", sparsity=0.2, max_accuracy_drop=0.05)
     assert mild.gate()["passed"] and mild.to_dict()["gate"]["limit"] == 0.05
+
+
+def test_without_labels_a_classifier_is_judged_by_top1_agreement_with_the_original(cnn: Sample) -> None:
+    """No labels (EfficientNet-Lite0's pictures have none): the share of top-1 answers pruning changed is what
+    the gate limits, an upper bound of the accuracy lost."""
+    import copy
+
+    unlabeled = copy.copy(cnn.validation)
+    unlabeled.labels = None
+    recipe = cnn.recipe.model_copy(update={"prune": PruneSection(method="magnitude", sparsity=0.8)})
+    broken = prune_model(cnn.model, recipe, cnn.inputs, None, unlabeled)
+    labelled = cnn.prune(method="magnitude", sparsity=0.8)
+    assert broken.metric == "top1_agreement" and broken.original == 1.0
+    agreement = np.mean(
+        _predict(broken.model, cnn.validation).argmax(1) == _predict(cnn.model, cnn.validation).argmax(1)
+    )
+    assert broken.pruned == pytest.approx(agreement)
+    assert broken.pruned < 0.9 and 1.0 - broken.pruned >= labelled.original - labelled.pruned - 1e-9
+    gate = broken.gate()
+    assert gate is not None and not gate["passed"] and gate["metric"] == "top1_disagreement_vs_original"
+    assert "no labels" in gate["message"]
+
+
+def _predict(model: nn.Module, data) -> np.ndarray:  # noqa: ANN001 - Dataset
+    from mobex.quantize.finetune import predict
+
+    return predict(model, data, [spec.name for spec in load_recipe(SAMPLES / "digits_cnn" / "recipe.toml").inputs])
