@@ -400,13 +400,17 @@ class StaticInt8:
     def _with_islands(self, chosen: list[OpInfo]) -> tuple[list[OpInfo], frozenset[str]]:
         """The ops a build with `chosen` in float really computes in float, and which of them were added."""
         scopes = frozenset(op.scope for op in chosen)
-        every = with_float_islands(self.graph, scopes, float_io=not self.int8_io)
-        return [op for op in self.graph.ops if op.scope in every], every - scopes
+        islands = self._islands(scopes)
+        return [op for op in self.graph.ops if op.scope in scopes | islands], islands
+
+    def _islands(self, scopes: frozenset[str]) -> frozenset[str]:
+        """The ops a build keeping `scopes` in float keeps in float too (cheap ops between float ops)."""
+        return with_float_islands(self.graph, scopes, float_io=not self.int8_io) - scopes
 
     def _island_labels(self, scopes: frozenset[str]) -> list[str]:
-        """The labels of the ops a build keeping `scopes` in float adds to them (for the search's trials)."""
-        every = with_float_islands(self.graph, scopes, float_io=not self.int8_io)
-        return [op.label for op in self.graph.ops if op.scope in every - scopes]
+        """`_islands` as op labels in graph order (for the search's trials)."""
+        islands = self._islands(scopes)
+        return [op.label for op in self.graph.ops if op.scope in islands]
 
     # -- quantization-aware fine-tuning (int8_finetune.py) ---------------------------------------
 
