@@ -113,14 +113,22 @@ def _failure(quantization: str, exc: BaseException) -> ExportFailure:
     return ExportFailure(quantization, detail)
 
 
-def _int8_training_feeds(recipe) -> list[dict] | None:  # noqa: ANN001 - Recipe
-    """The training data [quantization.finetune] trains the int8 model on (None when it is not set)."""
-    finetune = recipe.quantization.finetune
-    if finetune is None:
-        return None
-    from mobex.data import load_dataset
+def _int8_training_feeds(recipe) -> tuple[list[dict] | None, list[dict] | None]:  # noqa: ANN001 - Recipe
+    """(training, held_out) feeds for the static int8 variant.
 
-    return list(load_dataset(recipe, "training", finetune.data or recipe.data.training).feeds())
+    With [quantization.finetune], its training data (fine-tuning holds every 10th sample out itself). Else,
+    with [data].training and `search_held_out`, only every 10th training sample: the fallback search's
+    candidates must pass on them too. Else neither."""
+    from mobex.data import load_dataset
+    from mobex.quantize.int8_static import HOLDOUT_EVERY
+
+    q = recipe.quantization
+    if q.finetune is not None:
+        return list(load_dataset(recipe, "training", q.finetune.data or recipe.data.training).feeds()), None
+    if recipe.data.training is None or not q.search_held_out:
+        return None, None
+    data = load_dataset(recipe, "training", recipe.data.training)
+    return None, [data.feed(i) for i in range(0, data.num_samples, HOLDOUT_EVERY)]
 
 
 def _export_android(recipe, model, inputs, names, calibration, out_dir: Path) -> PlatformExport:  # noqa: ANN001
@@ -136,7 +144,7 @@ def _export_android(recipe, model, inputs, names, calibration, out_dir: Path) ->
         result.failures = [_failure(v, exc) for v in recipe.android.variants]
         return result
     calib_feeds = list(calibration.feeds())
-    training = _int8_training_feeds(recipe) if "int8" in recipe.android.variants else None
+    training, held_out = _int8_training_feeds(recipe) if "int8" in recipe.android.variants else (None, None)
     for variant in recipe.android.variants:
         if variant == "fp32":
             result.variants.append(base)
@@ -151,6 +159,7 @@ def _export_android(recipe, model, inputs, names, calibration, out_dir: Path) ->
                     int8_io=recipe.android.int8_io,
                     int8=Int8Options.from_recipe(recipe),
                     training=training if variant == "int8" else None,
+                    held_out=held_out if variant == "int8" else None,
                 )
             )
         except Exception as exc:

@@ -88,13 +88,19 @@ class StageClock:
 
 
 def _check_int8_training(recipe: Recipe) -> None:
-    """Load (and so check: shapes, dtypes, NaN/inf) the data [quantization.finetune] will train on."""
-    finetune = recipe.quantization.finetune
-    if finetune is None or recipe.android is None or "int8" not in recipe.android.variants:
+    """Load (and so check: shapes, dtypes, NaN/inf) the training data the int8 variant will use: what
+    [quantization.finetune] trains on, else the [data].training samples the fallback search holds out."""
+    q = recipe.quantization
+    if recipe.android is None or "int8" not in recipe.android.variants:
+        return
+    path = (q.finetune.data or recipe.data.training) if q.finetune is not None else None
+    if path is None and q.search_held_out:
+        path = recipe.data.training
+    if path is None:
         return
     from mobex.data import load_dataset
 
-    load_dataset(recipe, "training", finetune.data or recipe.data.training)
+    load_dataset(recipe, "training", path)
 
 
 def build(recipe: Recipe, options: BuildOptions, on_stage: Callable[[str], None] | None = None) -> BuildResult:

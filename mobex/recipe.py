@@ -290,6 +290,9 @@ class QuantizationSection(_Strict):
     weight_rounding: Literal["gptq", "nearest"] = "gptq"
     # When int8 fails its gate on calibration data: fine-tune the int8 model itself (off unless the table is given).
     finetune: Int8FinetuneSection | None = None
+    # With [data].training, every 10th training sample (at most 256) is held out, and each fallback-search
+    # candidate that passes on the calibration data must pass on those samples too (docs/quantization.md).
+    search_held_out: bool = True
 
 
 class LatencySection(_Strict):

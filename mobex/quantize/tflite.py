@@ -70,6 +70,7 @@ def quantize_tflite(
     int8_io: bool = False,
     int8: Int8Options | None = None,
     training: list[dict[str, np.ndarray]] | None = None,
+    held_out: list[dict[str, np.ndarray]] | None = None,
 ) -> ExportedVariant:
     """Write the `variant` of the float model `base` to `out_path` (atomically) and describe it.
 
@@ -79,7 +80,9 @@ def quantize_tflite(
     `int8` sets how the static variant is made (calibration size, range estimation, bias correction,
     float fallback and the gate limits it must meet); the defaults correct biases and, having no
     limits, never fall back. For `int8`, `<out_path>.json` records calibration, fallback and search.
-    `training` (feeds like `calibration`) is what `int8.finetune` trains on, when that is set.
+    `training` (feeds like `calibration`) is what `int8.finetune` trains on, when that is set; every 10th
+    of them is held out, and the fallback search's candidates must pass on those too. Without fine-tuning,
+    `held_out` gives such samples directly.
     """
     if variant not in TFLITE_VARIANTS:
         raise UsageError(
@@ -116,7 +119,9 @@ def quantize_tflite(
         _, description = _recipe(variant, int8_io)
         try:
             train = _training_feeds(base, training) if training else None
-            with StaticInt8(Path(base.path), feeds, int8 or Int8Options(), int8_io=int8_io, training=train) as maker:
+            held = _training_feeds(base, held_out, purpose="search check") if held_out and not train else None
+            options = int8 or Int8Options()
+            with StaticInt8(Path(base.path), feeds, options, int8_io=int8_io, training=train, held_out=held) as maker:
                 made = maker.quantize()
         except (DataError, UsageError):
             raise
@@ -304,15 +309,13 @@ def _calibration_feeds(base: ExportedVariant, calibration: list[dict[str, np.nda
     )
 
 
-def _training_feeds(base: ExportedVariant, training: list[dict[str, np.ndarray]]) -> list[dict]:
-    """Check int8 fine-tuning's training feeds like calibration feeds (names, shapes, NaN/inf)."""
-    return checked_feeds(
-        base.inputs,
-        training,
-        variant="static 'int8' fine-tuning",
-        drop_hint="drop [quantization.finetune]",
-        role="training",
-    )
+def _training_feeds(
+    base: ExportedVariant, training: list[dict[str, np.ndarray]], purpose: str = "fine-tuning"
+) -> list[dict]:
+    """Check int8 fine-tuning's (or the search check's) training feeds like calibration feeds (names, shapes,
+    NaN/inf)."""
+    drop = "drop [quantization.finetune]" if purpose == "fine-tuning" else "set [quantization] search_held_out = false"
+    return checked_feeds(base.inputs, training, variant=f"static 'int8' {purpose}", drop_hint=drop, role="training")
 
 
 def _same_io(base: ExportedVariant, path: Path, variant: str) -> TfliteIO:

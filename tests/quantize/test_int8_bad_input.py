@@ -96,3 +96,33 @@ def test_broken_finetune_training_data_stops_the_build_before_conversion(sample_
     with pytest.raises(DataError, match=r"\[data\]\.training.*NaN"):
         build(load_recipe(folder / "recipe.toml"), BuildOptions(out_dir=out))
     assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_broken_training_data_for_the_search_check_stops_the_build_before_conversion(
+    sample_copy, tmp_path: Path
+) -> None:
+    """Without [quantization.finetune], the int8 search still holds out [data].training samples: the data is
+    checked up front, and `search_held_out = false` takes it out of the int8 work."""
+    from mobex.export import _int8_training_feeds
+
+    folder = sample_copy("digits_cnn")
+    recipe = load_recipe(folder / "recipe.toml")
+    assert recipe.quantization.finetune is None and recipe.data.training is not None
+    training, held_out = _int8_training_feeds(recipe)
+    full = np.load(folder / "data" / "train.npz")["image"]
+    assert training is None and len(held_out) == -(-len(full) // 10)
+    np.testing.assert_array_equal(held_out[1]["image"][0], full[10])  # every 10th sample
+    off = recipe.model_copy(
+        update={"quantization": recipe.quantization.model_copy(update={"search_held_out": False})}
+    )
+    assert _int8_training_feeds(off) == (None, None)
+
+    path = folder / "data" / "train.npz"
+    arrays = dict(np.load(path))
+    image = arrays["image"].astype(np.float32)
+    image[7, 0, 3, 3] = np.nan
+    np.savez(path, **{**arrays, "image": image})
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=r"\[data\]\.training.*NaN"):
+        build(load_recipe(folder / "recipe.toml"), BuildOptions(out_dir=out))
+    assert not out.exists() or list(out.iterdir()) == []

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from mobex.converters.tflite import convert_tflite
+from mobex.errors import DataError
 from mobex.quantize.int8_static import Int8Options, StaticInt8, search_limits
 from mobex.quantize.tflite import quantize_tflite, sidecar_path
 from mobex.validate.parity import parity_summary
@@ -152,3 +153,27 @@ def test_with_training_data_a_candidate_must_also_pass_on_held_out_samples(hosti
     assert result.metrics["held_out_top1_agreement"] >= search_limits(GATE)["top1_agreement"][0]
     with StaticInt8(Path(base.path), calib, OPTIONS) as maker:  # no training data: calibration alone decides
         assert maker.search_passes(good)
+
+
+def test_without_fine_tuning_held_out_samples_still_check_the_search(hostile, tmp_path: Path) -> None:
+    """[data].training without [quantization.finetune]: the export passes every 10th training sample as
+    `held_out`, and the search judges its candidates on them the same way (at most HELD_OUT_MAX of them)."""
+    from mobex.quantize.int8_static import HELD_OUT_MAX
+
+    base, calib, val = hostile
+    held = val[::10]
+    with StaticInt8(Path(base.path), calib, OPTIONS, held_out=held) as maker:
+        assert maker.training == [] and len(maker.holdout) == 30
+        result = maker.quantize()
+    assert result.passed and result.metrics["held_out_top1_agreement"] >= 0.98
+    many = [{"features": np.full((1, 64), i / 1000, dtype=np.float32)} for i in range(1000)]
+    with StaticInt8(Path(base.path), calib, OPTIONS, held_out=many) as maker:
+        assert len(maker.holdout) == HELD_OUT_MAX
+        assert maker.holdout[0] is many[0] and maker.holdout[-1] is many[-1]  # evenly spread
+    q = quantize_tflite(base, "int8", tmp_path / "h.tflite", calibration=calib, int8=OPTIONS, held_out=held)
+    trials = json.loads(sidecar_path(q.path).read_text())["search"]
+    assert any("held_out_top1_agreement" in t["metrics"] for t in trials if t["passed"])
+    assert all(t["passed"] <= ("held_out_top1_agreement" in t["metrics"]) for t in trials)
+    bad = [{"features": np.full((1, 64), np.nan, dtype=np.float32)}]
+    with pytest.raises(DataError, match="training sample 0: .*NaN"):  # checked like calibration data
+        quantize_tflite(base, "int8", tmp_path / "bad.tflite", calibration=calib, int8=OPTIONS, held_out=bad)
