@@ -94,9 +94,8 @@ class PruneResult:
 
         Without labels a classifier's drop is 1 - its top-1 agreement with the original (an upper bound of
         the accuracy it can have lost)."""
-        if self.metric not in ("accuracy", "top1_agreement") or self.final is None or self.max_accuracy_drop is None:
-            return None
-        if self.original is None:
+        gated = self.metric in ("accuracy", "top1_agreement") and self.max_accuracy_drop is not None
+        if not gated or self.original is None or self.final is None:
             return None
         drop = self.original - self.final  # the original agrees with itself: 1.0
         passed = drop <= self.max_accuracy_drop
