@@ -81,12 +81,8 @@ def test_too_little_calibration_data_stops_the_build_before_conversion(sample_co
     assert not out.exists() or list(out.iterdir()) == []
 
 
-def test_broken_finetune_training_data_stops_the_build_before_conversion(sample_copy, tmp_path: Path) -> None:
-    """[quantization.finetune] trains on [data].training: NaN in it is refused while the data is checked."""
-    folder = sample_copy("digits_cnn")
-    (folder / "recipe.toml").write_text(
-        (folder / "recipe.toml").read_text() + "\n[quantization.finetune]\nepochs = 1\n"
-    )
+def build_refuses_nan_in_the_training_data(folder: Path, tmp_path: Path) -> None:
+    """Put a NaN into [data].training: the build must stop while the data is checked, and write nothing."""
     path = folder / "data" / "train.npz"
     arrays = dict(np.load(path))
     image = arrays["image"].astype(np.float32)
@@ -96,6 +92,15 @@ def test_broken_finetune_training_data_stops_the_build_before_conversion(sample_
     with pytest.raises(DataError, match=r"\[data\]\.training.*NaN"):
         build(load_recipe(folder / "recipe.toml"), BuildOptions(out_dir=out))
     assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_broken_finetune_training_data_stops_the_build_before_conversion(sample_copy, tmp_path: Path) -> None:
+    """[quantization.finetune] trains on [data].training: NaN in it is refused while the data is checked."""
+    folder = sample_copy("digits_cnn")
+    (folder / "recipe.toml").write_text(
+        (folder / "recipe.toml").read_text() + "\n[quantization.finetune]\nepochs = 1\n"
+    )
+    build_refuses_nan_in_the_training_data(folder, tmp_path)
 
 
 def test_broken_training_data_for_the_search_check_stops_the_build_before_conversion(
@@ -116,13 +121,4 @@ def test_broken_training_data_for_the_search_check_stops_the_build_before_conver
         update={"quantization": recipe.quantization.model_copy(update={"search_held_out": False})}
     )
     assert _int8_training_feeds(off) == (None, None)
-
-    path = folder / "data" / "train.npz"
-    arrays = dict(np.load(path))
-    image = arrays["image"].astype(np.float32)
-    image[7, 0, 3, 3] = np.nan
-    np.savez(path, **{**arrays, "image": image})
-    out = tmp_path / "out"
-    with pytest.raises(DataError, match=r"\[data\]\.training.*NaN"):
-        build(load_recipe(folder / "recipe.toml"), BuildOptions(out_dir=out))
-    assert not out.exists() or list(out.iterdir()) == []
+    build_refuses_nan_in_the_training_data(folder, tmp_path)
