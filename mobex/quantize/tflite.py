@@ -47,7 +47,7 @@ import numpy as np
 from mobex.artifacts import ExportedVariant, path_size
 from mobex.errors import ConversionError, DataError, UsageError
 from mobex.quantize.feeds import checked_feeds
-from mobex.quantize.int8_static import Int8Options, Int8Result, StaticInt8
+from mobex.quantize.int8_static import HELD_OUT, Int8Options, Int8Result, StaticInt8
 from mobex.validate.runners import TfliteIO, load_tflite_io
 
 T = TypeVar("T")
@@ -253,6 +253,11 @@ def _int8_notes(made: Int8Result) -> list[str]:
         notes.append(f"bias correction on {made.corrections} weighted ops")
     cal = made.metrics
     shown = ", ".join(f"{k} {cal[k]:.4g}" for k in ("top1_agreement", "cosine_min", "snr_db") if k in cal)
+    held = ", ".join(
+        f"{k} {cal[HELD_OUT + k]:.4g}" for k in ("top1_agreement", "cosine_min", "snr_db") if HELD_OUT + k in cal
+    )
+    if held:  # the search also judged its candidates on held-out training samples
+        shown += f"; on held-out training samples: {held}"
     notes.extend(_finetune_notes(made))
     if made.search is None:
         if made.passed is not None:

@@ -171,6 +171,7 @@ def test_without_fine_tuning_held_out_samples_still_check_the_search(hostile, tm
         assert len(maker.holdout) == HELD_OUT_MAX
         assert maker.holdout[0] is many[0] and maker.holdout[-1] is many[-1]  # evenly spread
     q = quantize_tflite(base, "int8", tmp_path / "h.tflite", calibration=calib, int8=OPTIONS, held_out=held)
+    assert any("passes the int8 gate" in n and "on held-out training samples: top1_agreement" in n for n in q.notes)
     trials = json.loads(sidecar_path(q.path).read_text())["search"]
     assert any("held_out_top1_agreement" in t["metrics"] for t in trials if t["passed"])
     assert all(t["passed"] <= ("held_out_top1_agreement" in t["metrics"]) for t in trials)
