@@ -113,21 +113,29 @@ def _failure(quantization: str, exc: BaseException) -> ExportFailure:
     return ExportFailure(quantization, detail)
 
 
-def _int8_training_feeds(recipe) -> tuple[list[dict] | None, list[dict] | None]:  # noqa: ANN001 - Recipe
-    """(training, held_out) feeds for the static int8 variant.
+def int8_training_path(recipe) -> Path | None:  # noqa: ANN001 - Recipe
+    """The training data the static int8 variant reads: what [quantization.finetune] trains on, else (with
+    `search_held_out`) [data].training, whose every 10th sample checks the fallback search. None: neither."""
+    q = recipe.quantization
+    if q.finetune is not None:
+        return q.finetune.data or recipe.data.training
+    return recipe.data.training if q.search_held_out else None
 
-    With [quantization.finetune], its training data (fine-tuning holds every 10th sample out itself). Else,
-    with [data].training and `search_held_out`, only every 10th training sample: the fallback search's
-    candidates must pass on them too. Else neither."""
+
+def _int8_training_feeds(recipe) -> tuple[list[dict] | None, list[dict] | None]:  # noqa: ANN001 - Recipe
+    """(training, held_out) feeds for the static int8 variant (`int8_training_path`).
+
+    With [quantization.finetune], all of its training data (fine-tuning holds every 10th sample out itself);
+    else only every 10th sample, for the fallback search's check; else neither."""
     from mobex.data import load_dataset
     from mobex.quantize.int8_static import HOLDOUT_EVERY
 
-    q = recipe.quantization
-    if q.finetune is not None:
-        return list(load_dataset(recipe, "training", q.finetune.data or recipe.data.training).feeds()), None
-    if recipe.data.training is None or not q.search_held_out:
+    path = int8_training_path(recipe)
+    if path is None:
         return None, None
-    data = load_dataset(recipe, "training", recipe.data.training)
+    data = load_dataset(recipe, "training", path)
+    if recipe.quantization.finetune is not None:
+        return list(data.feeds()), None
     return None, [data.feed(i) for i in range(0, data.num_samples, HOLDOUT_EVERY)]
 
 

@@ -32,6 +32,7 @@ from mobex.export import (
     example_inputs,
     export_platform,
     export_platform_in_child,
+    int8_training_path,
     output_names,
 )
 from mobex.provenance import provenance
@@ -88,14 +89,11 @@ class StageClock:
 
 
 def _check_int8_training(recipe: Recipe) -> None:
-    """Load (and so check: shapes, dtypes, NaN/inf) the training data the int8 variant will use: what
-    [quantization.finetune] trains on, else the [data].training samples the fallback search holds out."""
-    q = recipe.quantization
+    """Load (and so check: shapes, dtypes, NaN/inf) the training data the int8 variant will use
+    (`export.int8_training_path`)."""
     if recipe.android is None or "int8" not in recipe.android.variants:
         return
-    path = (q.finetune.data or recipe.data.training) if q.finetune is not None else None
-    if path is None and q.search_held_out:
-        path = recipe.data.training
+    path = int8_training_path(recipe)
     if path is None:
         return
     from mobex.data import load_dataset
