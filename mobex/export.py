@@ -53,7 +53,7 @@ def export_platform(
     """Convert the recipe's model for one platform and produce every variant the recipe lists.
 
     `model_path`, when given, is the pruned model the pipeline saved (an ExportedProgram, see
-    mobex.quantize.prune): it is exported instead of the recipe's own model."""
+    mobex.prune.pruning): it is exported instead of the recipe's own model."""
     import torch
 
     from mobex.data import load_validation_and_calibration
@@ -65,7 +65,7 @@ def export_platform(
     recipe = load_recipe(recipe_path)
     validation, calibration = load_validation_and_calibration(recipe)
     if model_path is not None:
-        from mobex.quantize.prune import load_pruned_model
+        from mobex.prune.pruning import load_pruned_model
 
         model = load_pruned_model(model_path)
     else:
@@ -128,7 +128,7 @@ def _int8_training_feeds(recipe) -> tuple[list[dict] | None, list[dict] | None]:
     With [quantization.finetune], all of its training data (fine-tuning holds every 10th sample out itself);
     else only every 10th sample, for the fallback search's check; else neither."""
     from mobex.data import load_dataset
-    from mobex.quantize.int8_static import HOLDOUT_EVERY
+    from mobex.quantize.tflite.static_int8 import HOLDOUT_EVERY
 
     path = int8_training_path(recipe)
     if path is None:
@@ -141,8 +141,8 @@ def _int8_training_feeds(recipe) -> tuple[list[dict] | None, list[dict] | None]:
 
 def _export_android(recipe, model, inputs, names, calibration, out_dir: Path) -> PlatformExport:  # noqa: ANN001
     from mobex.converters.tflite import convert_tflite
-    from mobex.quantize.int8_static import Int8Options
-    from mobex.quantize.tflite import quantize_tflite
+    from mobex.quantize.tflite.recipes import quantize_tflite
+    from mobex.quantize.tflite.static_int8 import Int8Options
 
     result = PlatformExport("android")
     stem = recipe.model.name
@@ -177,7 +177,7 @@ def _export_android(recipe, model, inputs, names, calibration, out_dir: Path) ->
 
 def _export_ios(recipe, model, inputs, names, out_dir: Path, calibration=None) -> PlatformExport:  # noqa: ANN001
     from mobex.converters.coreml import CoreMLMetadata, convert_coreml
-    from mobex.quantize.coreml import compress_coreml
+    from mobex.quantize.coreml.compress import compress_coreml
 
     result = PlatformExport("ios")
     target = recipe.ios.minimum_deployment_target
@@ -221,7 +221,7 @@ def _export_ios(recipe, model, inputs, names, out_dir: Path, calibration=None) -
                         out_dir / f"{stem}-{variant}.mlpackage",
                         deployment_target=target,
                         # Every compressed variant gets the calibration data: it chooses the weights'
-                        # rounding and corrects the biases (int8_mil.py), besides calibrating w8a8.
+                        # rounding and corrects the biases (coreml/gptq.py), besides calibrating w8a8.
                         calibration=ios_feeds,
                         weight_rounding=recipe.quantization.weight_rounding,
                     )

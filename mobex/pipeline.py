@@ -37,7 +37,7 @@ from mobex.export import (
 )
 from mobex.provenance import provenance
 from mobex.recipe import Recipe
-from mobex.validate.latency import HOST_NOTE
+from mobex.runtime.latency import HOST_NOTE
 from mobex.validate.report import REPORT_SCHEMA, bundled_report, report_json_bytes, write_atomic, write_reports
 from mobex.validate.validator import (
     VariantReport,
@@ -109,7 +109,7 @@ def build(recipe: Recipe, options: BuildOptions, on_stage: Callable[[str], None]
     with clock.stage("data checks"):
         validation, calibration = load_validation_and_calibration(recipe)
         _check_calibration(recipe, calibration)
-        from mobex.quantize.prune import load_finetune_data, prune_model, save_pruned_model
+        from mobex.prune.pruning import load_finetune_data, prune_model, save_pruned_model
 
         training = load_finetune_data(recipe)  # None unless [prune.finetune]
         _check_int8_training(recipe)  # bad [quantization.finetune] data fails here, before any conversion

@@ -211,7 +211,7 @@ def _check_metrics(limits: dict[str, float]) -> None:
 
 
 class FinetuneSection(_Strict):
-    """Recovery fine-tuning after pruning, on the recipe's training data (see mobex.quantize.finetune)."""
+    """Recovery fine-tuning after pruning, on the recipe's training data (see mobex.prune.finetune)."""
 
     epochs: int = Field(default=3, ge=1, le=1000)
     learning_rate: float = Field(default=1e-3, gt=0)
@@ -223,7 +223,7 @@ class FinetuneSection(_Strict):
 
 
 class PruneSection(_Strict):
-    """Pruning before conversion (both targets). Owned by mobex.quantize.prune."""
+    """Pruning before conversion (both targets). Owned by mobex.prune.pruning."""
 
     method: Literal["magnitude", "structured"]
     sparsity: float  # fraction of weights (magnitude) or of channels (structured) to remove
@@ -259,7 +259,7 @@ class PruneSection(_Strict):
 
 
 class Int8FinetuneSection(_Strict):
-    """Quantization-aware fine-tuning of the static int8 variant (mobex.quantize.int8_finetune): distils the
+    """Quantization-aware fine-tuning of the static int8 variant (mobex.quantize.tflite.qat): distils the
     float model's outputs on training data (labels not needed) into the built int8 model's weights."""
 
     epochs: int = Field(default=2, ge=1, le=100)

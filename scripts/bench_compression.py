@@ -83,8 +83,8 @@ def int8_steps(recipe, base, validation, reference, names, workdir: Path) -> lis
     from dataclasses import replace
 
     from mobex.data import load_validation_and_calibration
-    from mobex.quantize.int8_static import Int8Options
-    from mobex.quantize.tflite import quantize_tflite
+    from mobex.quantize.tflite.recipes import quantize_tflite
+    from mobex.quantize.tflite.static_int8 import Int8Options
     from mobex.validate.validator import validate_variant
 
     _, calibration = load_validation_and_calibration(recipe)
@@ -106,7 +106,7 @@ def run(recipe_path: Path, with_int8_steps: bool = False) -> dict:
 
     from mobex.data import load_validation_and_calibration
     from mobex.export import example_inputs, export_platform, output_names
-    from mobex.quantize.tflite import sidecar_path
+    from mobex.quantize.tflite.recipes import sidecar_path
     from mobex.recipe import load_recipe
     from mobex.sources import load_model
     from mobex.validate.validator import failed_export_report, run_reference, validate_variant
@@ -119,7 +119,7 @@ def run(recipe_path: Path, with_int8_steps: bool = False) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="mobex-bench-"))
     pruned_path = None
     if recipe.prune is not None:  # as `mobex build` does: prune once, export and compare with the pruned model
-        from mobex.quantize.prune import load_finetune_data, prune_model, save_pruned_model
+        from mobex.prune.pruning import load_finetune_data, prune_model, save_pruned_model
 
         pruning = prune_model(model, recipe, example, load_finetune_data(recipe), validation)
         model = pruning.model

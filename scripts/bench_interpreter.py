@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     from zoo import randomise
 
     from mobex.converters.coreml import CoreMLMetadata, convert_coreml
-    from mobex.validate.latency import cpu_name
-    from mobex.validate.mil import MilReferenceRunner
+    from mobex.runtime.latency import cpu_name
+    from mobex.runtime.mil import MilReferenceRunner
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

@@ -4,7 +4,7 @@
     python scripts/bench_pruning.py RECIPE --configs structured:0.5,magnitude:0.8:per-layer --epochs 20 --lr 3e-3
 
 For the unpruned model and each `method:sparsity[:scope]` (default scope: per-layer for structured,
-global for magnitude) it prunes with `mobex.quantize.prune.prune_model`, fine-tunes on the recipe's
+global for magnitude) it prunes with `mobex.prune.pruning.prune_model`, fine-tunes on the recipe's
 training data (the recipe's [prune.finetune] settings, else --epochs/--lr/--batch-size), converts the
 result to an fp32 .tflite with litert-torch and measures it with the LiteRT interpreter (XNNPACK, one
 thread): params and MACs (dense, and non-zero: what a sparse kernel could skip), validation accuracy of
@@ -70,11 +70,12 @@ def main() -> None:
     from mobex.converters.tflite import convert_tflite
     from mobex.data import load_dataset, load_validation_and_calibration
     from mobex.export import example_inputs, output_names
-    from mobex.quantize.macs import count_model
-    from mobex.quantize.prune import load_pruned_model, prune_model, save_pruned_model
+    from mobex.prune.macs import count_model
+    from mobex.prune.pruning import load_pruned_model, prune_model, save_pruned_model
     from mobex.recipe import FinetuneSection, PruneSection, load_recipe
+    from mobex.runtime.litert import TfliteRunner
+    from mobex.runtime.torch_model import flatten_outputs
     from mobex.sources import load_model
-    from mobex.validate.runners import TfliteRunner, flatten_outputs
     from mobex.validate.validator import run_all
 
     recipe = load_recipe(args.recipe)

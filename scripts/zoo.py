@@ -269,7 +269,7 @@ def run_case(case: ZooCase, workdir: Path, precisions: tuple[str, ...] = ("fp32"
     import torch
 
     from mobex.converters.coreml import CoreMLMetadata, convert_coreml
-    from mobex.validate.mil import MilReferenceRunner
+    from mobex.runtime.mil import MilReferenceRunner
 
     start = time.perf_counter()
     result = ZooResult(case.name)

@@ -29,7 +29,8 @@ from typing import Any
 
 from mobex.artifacts import ExportedVariant, path_size
 from mobex.errors import ConversionError, UsageError
-from mobex.validate.runners import SIGNATURE_KEY, flatten_outputs, load_tflite_io
+from mobex.runtime.litert import SIGNATURE_KEY, load_tflite_io
+from mobex.runtime.torch_model import flatten_outputs
 
 
 def convert_tflite(

@@ -1,1 +1,2 @@
-"""Compression: pruning before conversion, quantization of the converted models."""
+"""Quantization of converted models, one subpackage per target (tflite/, coreml/) and the shared GPTQ math
+(rounding.py) and feed checks (feeds.py)."""

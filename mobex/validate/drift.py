@@ -236,16 +236,16 @@ def load_new_data(path: Path, manifest_inputs: list[dict]) -> dict[str, np.ndarr
 def _runner_for(root: Path, manifest) -> tuple[object, str]:  # noqa: ANN001
     model_path = root / manifest.model["path"]
     if manifest.model["format"] == "tflite":
-        from mobex.validate.runners import TfliteRunner
+        from mobex.runtime.litert import TfliteRunner
 
         return TfliteRunner(model_path), "litert"
     import platform as host_platform
 
     if host_platform.system() == "Darwin":
-        from mobex.validate.coreml_runtime import CoreMLRuntimeRunner
+        from mobex.runtime.coreml_runtime import CoreMLRuntimeRunner
 
         return CoreMLRuntimeRunner(model_path), "coreml-runtime"
-    from mobex.validate.mil.interpreter import MilReferenceRunner
+    from mobex.runtime.mil.interpreter import MilReferenceRunner
 
     return MilReferenceRunner(model_path), "mil-reference"
 

@@ -18,10 +18,10 @@ import numpy as np
 
 from mobex.artifacts import ExportedVariant
 from mobex.data import Dataset
+from mobex.metrics.parity import parity_summary, reference_task_metrics
 from mobex.recipe import Recipe
+from mobex.runtime.latency import measure_runner
 from mobex.validate import gates as gates_mod
-from mobex.validate.latency import measure_runner
-from mobex.validate.parity import parity_summary, reference_task_metrics
 from mobex.validate.stats import reference_statistics
 
 
@@ -104,7 +104,7 @@ def run_reference(model, recipe: Recipe, data: Dataset) -> ReferenceResult:  # n
     """
     import torch
 
-    from mobex.validate.runners import TorchRunner
+    from mobex.runtime.torch_model import TorchRunner
 
     names = [i.name for i in recipe.inputs]
     runner = TorchRunner(model, names, num_threads=recipe.latency.threads[0])
@@ -162,10 +162,10 @@ def _quantization_details(variant: ExportedVariant) -> dict | None:
 def _coreml_runner(variant: ExportedVariant, recipe: Recipe):  # noqa: ANN202
     """The best Core ML runner this host has: the real runtime on macOS, else the MIL reference interpreter."""
     if host_platform.system() == "Darwin":
-        from mobex.validate.coreml_runtime import CoreMLRuntimeRunner
+        from mobex.runtime.coreml_runtime import CoreMLRuntimeRunner
 
         return CoreMLRuntimeRunner(variant.path, compute_units=recipe.ios.compute_units), "coreml-runtime"
-    from mobex.validate.mil.interpreter import MilReferenceRunner
+    from mobex.runtime.mil.interpreter import MilReferenceRunner
 
     return MilReferenceRunner(variant.path), "mil-reference"
 
@@ -193,7 +193,7 @@ def validate_variant(
     metrics: dict[str, float | None] = {"size_bytes": float(variant.size_bytes)}
     try:
         if variant.target == "tflite":
-            from mobex.validate.runners import TfliteRunner
+            from mobex.runtime.litert import TfliteRunner
 
             runner = TfliteRunner(variant.path, num_threads=recipe.latency.threads[0])
             report.backend = "litert"
@@ -263,7 +263,7 @@ def _variant_stats(
 
 def _tflite_latency(variant: ExportedVariant, recipe: Recipe, data: Dataset) -> list[dict]:
     """Load time, latency and peak memory of a fresh interpreter per thread count."""
-    from mobex.validate.runners import TfliteRunner
+    from mobex.runtime.litert import TfliteRunner
 
     first = data.feed(0)
     out = []
@@ -310,7 +310,7 @@ def validate_model_file(recipe: Recipe, model_path: Path, quantization: str = "f
 
     model_path = Path(model_path)
     if model_path.suffix == ".tflite" and model_path.is_file():
-        from mobex.validate.runners import load_tflite_io
+        from mobex.runtime.litert import load_tflite_io
 
         io = load_tflite_io(model_path)
         target, platform, inputs, outputs = "tflite", "android", io.inputs, io.outputs

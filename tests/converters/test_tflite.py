@@ -11,7 +11,8 @@ from torch import nn
 
 from mobex.converters.tflite import convert_tflite
 from mobex.errors import ConversionError, UsageError
-from mobex.validate.runners import TfliteRunner, TorchRunner
+from mobex.runtime.litert import TfliteRunner
+from mobex.runtime.torch_model import TorchRunner
 
 torch.set_num_threads(1)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mobex.validate.latency import HOST_NOTE
+from mobex.runtime.latency import HOST_NOTE
 
 
 def _variant(report: dict, vid: str) -> dict:

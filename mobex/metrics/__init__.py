@@ -1,0 +1,1 @@
+"""Numbers computed from outputs: parity and task metrics, and the gate limits that apply to a variant."""
