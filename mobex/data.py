@@ -279,3 +279,11 @@ def load_validation_and_calibration(recipe: Recipe) -> tuple[Dataset, Dataset]:
     if recipe.data.calibration is None:
         return validation, validation
     return validation, load_dataset(recipe, "calibration", recipe.data.calibration)
+
+
+def example_inputs(recipe: Recipe, data: Dataset) -> dict:
+    """The first batch of `data` as torch tensors, keyed by input name in call order: real values trace best."""
+    import torch
+
+    feed = data.feed(0)
+    return {spec.name: torch.from_numpy(feed[spec.name].copy()) for spec in recipe.inputs}

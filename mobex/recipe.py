@@ -11,25 +11,18 @@ import hashlib
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
+from mobex import plugins
 from mobex.bundle.manifest import SEMVER_RE
 from mobex.errors import RecipeError
-from mobex.variants import (
-    COREML_FIXED_VARIANTS,
-    COREML_PATTERNS,
-    IOS_TARGETS,
-    TFLITE_VARIANTS,
-    ios_target_at_least,
-    is_coreml_variant,
-    is_tflite_variant,
-    requires_ios,
-)
 
 SEMVER = SEMVER_RE  # one definition, in the manifest schema
 BUNDLE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+# iOS versions a recipe may target (ML Programs need iOS15 or later), oldest first.
+IOS_TARGETS: tuple[str, ...] = ("iOS15", "iOS16", "iOS17", "iOS18")
 INPUT_DTYPES = ("float32", "float16", "int32", "int64", "uint8", "bool")
 SHIP_POLICIES = ("smallest-passing", "fastest-passing")
 GATE_METRICS: dict[str, str] = {
@@ -114,16 +107,30 @@ class DataSection(_Strict):
     min_calibration_samples: int = Field(default=32, ge=1)
 
 
+def ios_target_at_least(target: str, minimum: str) -> bool:
+    """True when `target` (e.g. "iOS16") is the same as or newer than `minimum`."""
+    return IOS_TARGETS.index(target) >= IOS_TARGETS.index(minimum)
+
+
 class PlatformSection(_Strict):
+    """`[android]` / `[ios]`: the variants to build for the platform and which one ships.
+
+    A variant is named as its target registers it (mobex.plugins): `"int8"` means the platform's default
+    target (TFLite on Android, Core ML on iOS), `"executorch:int8"` names the target.
+    """
+
+    PLATFORM: ClassVar[str]
     variants: list[str] = Field(min_length=1)
     ship: str = "smallest-passing"
 
     @field_validator("variants")
     @classmethod
-    def _unique(cls, v: list[str]) -> list[str]:
+    def _known(cls, v: list[str]) -> list[str]:
         dupes = sorted({x for x in v if v.count(x) > 1})
         if dupes:
             raise ValueError(f"variant(s) listed twice: {', '.join(dupes)}")
+        for name in v:
+            plugins.parse_request(cls.PLATFORM, name)  # ValueError names the target and the valid variants
         return v
 
     @model_validator(mode="after")
@@ -135,22 +142,20 @@ class PlatformSection(_Strict):
             )
         return self
 
+    def requests(self) -> list[plugins.VariantRequest]:
+        """The variants as (platform, target, name), in recipe order."""
+        return [plugins.parse_request(self.PLATFORM, name) for name in self.variants]
+
 
 class AndroidSection(PlatformSection):
+    PLATFORM: ClassVar[str] = "android"
     variants: list[str] = Field(default_factory=lambda: ["fp32", "dynamic-int8"], min_length=1)
     min_sdk: int = Field(default=24, ge=21)
     int8_io: bool = False
 
-    @field_validator("variants")
-    @classmethod
-    def _known(cls, v: list[str]) -> list[str]:
-        for name in v:
-            if not is_tflite_variant(name):
-                raise ValueError(f"unknown TFLite variant {name!r}; valid: {', '.join(TFLITE_VARIANTS)}")
-        return v
-
 
 class IosSection(PlatformSection):
+    PLATFORM: ClassVar[str] = "ios"
     variants: list[str] = Field(default_factory=lambda: ["fp16"], min_length=1)
     minimum_deployment_target: str = "iOS16"
     compute_units: Literal["cpu_only", "cpu_and_gpu", "cpu_and_ne", "all"] = "cpu_only"
@@ -162,22 +167,13 @@ class IosSection(PlatformSection):
             raise ValueError(f"{v!r} is not supported; use one of {', '.join(IOS_TARGETS)} (mlprogram needs iOS15+)")
         return v
 
-    @field_validator("variants")
-    @classmethod
-    def _known(cls, v: list[str]) -> list[str]:
-        for name in v:
-            if not is_coreml_variant(name):
-                valid = ", ".join(COREML_FIXED_VARIANTS + COREML_PATTERNS)
-                raise ValueError(f"unknown Core ML variant {name!r}; valid: {valid}")
-        return v
-
     @model_validator(mode="after")
     def _runnable(self) -> IosSection:
-        for name in self.variants:
-            needed = requires_ios(name)
+        for request in self.requests():
+            needed = request.spec.min_os
             if needed and not ios_target_at_least(self.minimum_deployment_target, needed):
                 raise ValueError(
-                    f"variant {name!r} needs minimum_deployment_target = {needed!r} or later, "
+                    f"variant {request.spelled!r} needs minimum_deployment_target = {needed!r} or later, "
                     f"but the recipe says {self.minimum_deployment_target!r}; raise the target or drop the variant"
                 )
         return self
@@ -199,7 +195,12 @@ class GatesSection(_Strict):
     @field_validator("variants")
     @classmethod
     def _variant_metrics(cls, v: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-        for limits in v.values():
+        for key, limits in v.items():
+            if not plugins.resolve_gate_key(key):
+                raise ValueError(
+                    f"[gates.variants.{key}] names no variant; use a variant name (every target's) or "
+                    '"<target>:<variant>" (one target\'s), e.g. [gates.variants."coreml:int8-weights"]'
+                )
             _check_metrics(limits)
         return v
 
@@ -331,17 +332,34 @@ class Recipe(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"input name(s) listed twice: {', '.join(dupes)}")
-        if self.model.source.endswith(".pt") and self.android is not None:
-            raise ValueError(
-                "[model].source is TorchScript (.pt), which converts to Core ML only: litert-torch needs "
-                "torch.export. Use a 'module:function' factory or an ExportedProgram (.pt2) for [android], "
-                "or drop [android]"
-            )
+        if self.model.source.endswith(".pt"):
+            for request in self.requests():
+                info = plugins.target_info(request.target)
+                if not info.takes_torchscript:
+                    raise ValueError(
+                        f"[model].source is TorchScript (.pt), which the {info.title or info.name} target cannot "
+                        f"convert ({request.platform} variant {request.spelled!r}): it needs torch.export. Use a "
+                        "'module:function' factory or an ExportedProgram (.pt2), or drop that variant"
+                    )
         if self.android is None and self.ios is None:
             raise ValueError("the recipe has neither [android] nor [ios]: add at least one to build something")
         if self.model.task == "classification" and self.outputs and len(self.outputs) != 1:
             raise ValueError("a classification model must have exactly one output (the class scores)")
         return self
+
+    def output_names(self, count: int) -> list[str]:
+        """The recipe's output names, or output_0..N-1 when it does not name them (or names another count)."""
+        if self.outputs and len(self.outputs) == count:
+            return [o.name for o in self.outputs]
+        return [f"output_{i}" for i in range(count)]
+
+    def sections(self) -> list[PlatformSection]:
+        """The platform sections the recipe has, Android first."""
+        return [s for s in (self.android, self.ios) if s is not None]
+
+    def requests(self) -> list[plugins.VariantRequest]:
+        """Every variant the recipe asks for, platform by platform, in recipe order."""
+        return [r for section in self.sections() for r in section.requests()]
 
     @property
     def base_dir(self) -> Path:

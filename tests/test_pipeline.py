@@ -55,7 +55,7 @@ def test_both_bundles_and_three_reports(built) -> None:
             "shipped",
         ):
             assert key in v
-    assert {"data checks", "reference run", "export", "export android", "export ios", "validate", "total"} <= set(
+    assert {"data checks", "reference run", "export", "export tflite", "export coreml", "validate", "total"} <= set(
         report["timings"]
     )
 

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mobex import plugins
 from mobex.artifacts import TensorSpec
 from mobex.bundle.signing import SIGNATURE_FILE
 from mobex.errors import UsageError
@@ -29,7 +30,6 @@ from mobex.files import regular_files, sha256_file
 
 SCHEMA_ID = "https://mobex.dev/schemas/bundle-manifest/v1"
 MANIFEST_FILE = "manifest.json"
-MODEL_FORMAT_OF_PLATFORM = {"android": "tflite", "ios": "mlpackage"}
 
 # SemVer 2.0.0, the regex recommended at semver.org.
 SEMVER_RE = re.compile(
@@ -147,8 +147,9 @@ class Manifest(BaseModel):
         if not path.startswith("model/"):
             raise ValueError(f"model.path {path!r} must be under model/")
         fmt = v["format"]
-        if fmt not in ("tflite", "mlpackage"):
-            raise ValueError(f"model.format {fmt!r} must be 'tflite' or 'mlpackage'")
+        if plugins.target_for_format(fmt) is None:
+            known = ", ".join(repr(t.file_format) for t in plugins.targets())
+            raise ValueError(f"model.format {fmt!r} must be one of {known}")
         if not path.endswith("." + fmt):
             raise ValueError(f"model.path {path!r} must end in .{fmt}")
         for key in ("inputs", "outputs"):
@@ -169,10 +170,10 @@ class Manifest(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
         fmt = self.model["format"]
-        if MODEL_FORMAT_OF_PLATFORM[self.platform] != fmt:
-            raise ValueError(
-                f"platform {self.platform} ships {MODEL_FORMAT_OF_PLATFORM[self.platform]} models, not {fmt}"
-            )
+        info = plugins.target_for_format(fmt)
+        if info is not None and self.platform not in info.platforms:
+            served = sorted({t.file_format for t in plugins.targets() if self.platform in t.platforms})
+            raise ValueError(f"platform {self.platform} ships {' or '.join(served)} models, not {fmt}")
         min_os = self.model["minimum_os"]
         if self.platform == "ios" and not isinstance(min_os.get("ios"), str):
             raise ValueError('model.minimum_os for iOS must be like {"ios": "iOS16"}')
@@ -189,9 +190,10 @@ class Manifest(BaseModel):
         return self
 
     def model_files(self) -> list[FileEntry]:
-        """The entries that make up the model: the .tflite file, or everything under the .mlpackage."""
+        """The entries that make up the model: the model file (.tflite, .pte), or everything under an .mlpackage."""
         path = self.model["path"]
-        if self.model["format"] == "tflite":
+        info = plugins.target_for_format(self.model["format"])
+        if info is None or not info.model_is_folder:
             return [f for f in self.files if f.path == path]
         return [f for f in self.files if f.path.startswith(path + "/")]
 
@@ -213,7 +215,7 @@ class Manifest(BaseModel):
 def model_section(
     *,
     path: str,
-    format: Literal["tflite", "mlpackage"],
+    format: str,
     quantization: str,
     inputs: list[TensorSpec],
     outputs: list[TensorSpec],

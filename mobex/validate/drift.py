@@ -234,20 +234,14 @@ def load_new_data(path: Path, manifest_inputs: list[dict]) -> dict[str, np.ndarr
 
 
 def _runner_for(root: Path, manifest) -> tuple[object, str]:  # noqa: ANN001
-    model_path = root / manifest.model["path"]
-    if manifest.model["format"] == "tflite":
-        from mobex.runtime.litert import TfliteRunner
+    """The runner the model's target provides on this host (LiteRT, Core ML on macOS or the MIL interpreter)."""
+    from mobex import plugins
 
-        return TfliteRunner(model_path), "litert"
-    import platform as host_platform
-
-    if host_platform.system() == "Darwin":
-        from mobex.runtime.coreml_runtime import CoreMLRuntimeRunner
-
-        return CoreMLRuntimeRunner(model_path), "coreml-runtime"
-    from mobex.runtime.mil.interpreter import MilReferenceRunner
-
-    return MilReferenceRunner(model_path), "mil-reference"
+    info = plugins.target_for_format(manifest.model["format"])
+    if info is None:
+        raise UsageError(f"the bundle's model format {manifest.model['format']!r} is not one this mobex can run")
+    made = plugins.target(info.name).runner(root / manifest.model["path"], None)
+    return made.runner, made.backend
 
 
 def _model_outputs(runner, arrays: dict[str, np.ndarray], manifest_inputs: list[dict]) -> tuple[list[np.ndarray], int]:  # noqa: ANN001

@@ -15,7 +15,9 @@ from torch import nn
 
 from mobex.converters.coreml import LABELS_KEY, CoreMLMetadata, convert_coreml
 from mobex.errors import ConversionError, UsageError
-from mobex.quantize.coreml.compress import EXPECTED_OPS, compress_coreml, constexpr_op_counts
+from mobex.plugins import variant as registered
+from mobex.quantize.coreml.compress import constexpr_op_counts
+from mobex.targets.coreml import compress_variant as compress_coreml
 
 torch.set_num_threads(1)
 
@@ -76,9 +78,8 @@ def test_compressed_package_is_smaller_and_uses_constexpr_ops(
 
     assert out.quantization == variant and out.target == "coreml" and out.platform == "ios"
     assert out.size_bytes <= max_ratio * coreml_base16.size_bytes, (out.size_bytes, coreml_base16.size_bytes)
-    family = variant.split("-")[0] if not variant.startswith("int8") else variant
     counts = constexpr_op_counts(out.path)
-    assert sum(counts.get(op, 0) for op in EXPECTED_OPS[family]) == 3  # all three linear weights
+    assert sum(counts.get(op, 0) for op in registered("coreml", variant).expected_ops) == 3  # all three linear weights
     assert [(t.name, t.shape, t.dtype) for t in out.inputs] == [("features", (1, 128), "float32")]
     assert [(t.name, t.shape, t.dtype) for t in out.outputs] == [("output_0", (1, 16), "float32")]
     assert any("weight_threshold=256" in n for n in out.notes)
@@ -146,9 +147,9 @@ def test_compression_is_reproducible(coreml_base16, tmp_path: Path) -> None:
         ("int4-weights", "iOS16", "int4-weights needs iOS18 or later"),
         ("int4-weights", "iOS17", "int4-weights needs iOS18 or later"),
         ("int4-weights", "iOS18", "needs a base converted for iOS18"),
-        ("palettize-3bit", "iOS16", "unsupported palette size"),
-        ("sparse-0", "iOS16", "whole percentage 1..99"),
-        ("sparse-100", "iOS16", "whole percentage 1..99"),
+        ("palettize-3bit", "iOS16", "unknown Core ML compression variant"),
+        ("sparse-0", "iOS16", "unknown Core ML compression variant"),
+        ("sparse-100", "iOS16", "unknown Core ML compression variant"),
         ("fp8-weights", "iOS16", "unknown Core ML compression variant"),
         ("int8-weights", "iOS15", "needs iOS16 or later"),
         ("int8-weights", "iOS99", "unknown Core ML deployment target"),
