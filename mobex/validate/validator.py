@@ -317,7 +317,9 @@ def validate_model_file(recipe: Recipe, model_path: Path, quantization: str = "f
     model_path = Path(model_path)
     info = plugins.target_for_format(model_path.suffix.removeprefix("."))
     if info is None or not model_path.exists() or model_path.is_dir() != info.model_is_folder:
-        kinds = " or ".join(f"a .{t.file_format} {'folder' if t.model_is_folder else 'file'}" for t in plugins.targets())
+        kinds = " or ".join(
+            f"a .{t.file_format} {'folder' if t.model_is_folder else 'file'}" for t in plugins.targets()
+        )
         raise UsageError(f"{model_path} is not {kinds}", "pass a model exported by mobex")
     spec = plugins.find_variant(info.name, quantization)
     if spec is None:

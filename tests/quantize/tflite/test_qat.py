@@ -25,9 +25,9 @@ from mobex.recipe import load_recipe
 from mobex.runtime.litert import TfliteRunner
 from mobex.sources import load_model
 from mobex.targets.tflite import int8_options
+from tests.conftest import SAMPLES
 
 torch.set_num_threads(1)
-from tests.conftest import SAMPLES
 
 
 @pytest.fixture(scope="module")

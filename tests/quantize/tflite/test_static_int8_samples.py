@@ -25,9 +25,9 @@ from mobex.runtime.litert import TfliteRunner
 from mobex.runtime.torch_model import TorchRunner
 from mobex.sources import load_model
 from mobex.targets.tflite import int8_options, quantize_tflite
+from tests.conftest import SAMPLES
 
 torch.set_num_threads(1)
-from tests.conftest import SAMPLES
 
 
 @dataclass
