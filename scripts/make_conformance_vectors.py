@@ -327,7 +327,7 @@ def check_case(vectors_dir: Path, case: dict) -> tuple[str, str]:
     seen = {dsse.keyid_of(channel_pub): {f"{req['model']}/{req['channel']}/{req['platform']}": {
         "sequence": case["last_sequence"], "sha256": None}}}  # fmt: skip
     try:
-        ptr, _ = check_pointer(
+        ptr, *_ = check_pointer(
             (vectors_dir / case["pointer"]).read_bytes(), root, model=req["model"], channel=req["channel"],
             platform=req["platform"], now=datetime.fromtimestamp(case["now"], UTC), seen=seen,
             installed_version=case["installed_version"],
