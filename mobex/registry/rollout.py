@@ -91,7 +91,8 @@ def parse_fraction(text: str | float) -> int:
 
 def describe(ppm: int) -> str:
     """10% / 0.5% / 0.0001%: a fraction in ppm as people write it."""
-    return f"{Decimal(ppm) / 10_000:f}".rstrip("0").rstrip(".") + "%"
+    text = f"{Decimal(ppm) / 10_000:f}"
+    return (text.rstrip("0").rstrip(".") if "." in text else text) + "%"
 
 
 def select(ptr: Pointer, device_id: str | None, app_version: str | None) -> Choice:
