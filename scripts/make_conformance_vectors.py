@@ -272,68 +272,8 @@ def generate(out: Path) -> Path:
             "pointer-only-equal-sequence", "accept", "the same sequence again is not a replay (nothing new)",
             sign_pointer(new_android, [channel], version="1.1.0", sequence=3), None,
         )  # fmt: skip
-        # bundle tampering
-        flipped = tampered("flipped", change={"model/digits.tflite": flip})
-        case("flipped-byte-archive", "reject", "archive differs from the pointer's sha256", ok, flipped)
-        case(
-            "flipped-byte-model", "reject", "one model byte changed; pointer re-signed (stolen channel key)",
-            sign_pointer(flipped, [channel], version="1.1.0"), flipped,
-        )  # fmt: skip
-        for name, why, kwargs in (
-            ("extra-file", "a file added after signing", {"add": (("assets/extra.txt", b"hello\n"),)}),
-            ("missing-file", "a signed file removed", {"drop": ("assets/labels.txt",)}),
-            ("dotdot-entry", "a ../ entry (zip-slip)", {"add": (("../evil.txt", b"x"),)}),
-            ("absolute-entry", "an absolute entry", {"add": (("/tmp/evil.txt", b"x"),)}),
-            ("duplicate-entry", "manifest.json twice", {"add": (("manifest.json", b"{}"),)}),
-            ("symlink-entry", "a symlink entry", {"add": ((_symlink_info("model/link"), b"/etc/passwd"),)}),
-            (
-                "wrong-predicate-type", "predicateType changed and re-signed",
-                {"change": {"signature.sigstore.json": resign_statement(
-                    lambda s: s.update(predicateType="https://example.com/other/v1"), release)}},
-            ),
-            (
-                "blake3-hash-type", "hash_type blake3, re-signed",
-                {"change": {"signature.sigstore.json": resign_statement(
-                    lambda s: s["predicate"]["serialization"].update(hash_type="blake3"), release)}},
-            ),
-        ):  # fmt: skip
-            bad = tampered(name, **kwargs)
-            case(name, "reject", why, sign_pointer(bad, [channel], version="1.1.0"), bad)
-        case(
-            "bundle-wrong-key", "reject", "bundle signed by a key that is not the release key",
-            sign_pointer(by_attacker, [channel], version="1.1.0"), by_attacker,
-        )  # fmt: skip
-        case(
-            "oversize-archive", "reject", "archive larger than the signed size (endless data)",
-            sign_pointer(new_android, [channel], version="1.1.0", size_delta=-1), new_android,
-        )  # fmt: skip
-        renamed = work / "digits-1.2.0-android.zip"
-        shutil.copyfile(new_android, renamed)
-        case(
-            "manifest-version-mismatch", "reject", "pointer says 1.2.0, the signed manifest 1.1.0",
-            sign_pointer(renamed, [channel], version="1.2.0"), renamed,
-        )  # fmt: skip
-        # pointer rules
-        case("pointer-wrong-key", "reject", "pointer signed by another key",
-             sign_pointer(new_android, [attacker], version="1.1.0"), new_android)  # fmt: skip
-        case("replayed-pointer", "reject", "sequence lower than the last one accepted", ok, None, last_sequence=5)
-        case("expired-pointer", "reject", "now is past expires + skew", ok, None,
-             now=int((PUBLISHED + EXPIRES_IN + timedelta(hours=1)).timestamp()))  # fmt: skip
-        case("wrong-channel", "reject", "a beta pointer served for stable",
-             sign_pointer(new_android, [channel], version="1.1.0", channel="beta"), None)  # fmt: skip
-        case("wrong-platform", "reject", "an android pointer served for ios", ok, None,
-             request={"model": MODEL, "channel": "stable", "platform": "ios"})  # fmt: skip
-        case("wrong-model", "reject", "another model's pointer", ok, None,
-             request={"model": "other", "channel": "stable", "platform": "android"})  # fmt: skip
-        case("wrong-payload-type", "reject", "a signed index served as a pointer",
-             sign_pointer(new_android, [channel], version="1.1.0", payload_type=dsse.INDEX_TYPE), None)  # fmt: skip
-        case("downgrade-unflagged", "reject", "older version without downgrade: true",
-             sign_pointer(old_android, [channel], version="1.0.0"), old_android, installed_version="1.1.0")  # fmt: skip
-        case("downgrade-channel-only", "reject", "downgrade not co-signed by the release key",
-             sign_pointer(old_android, [channel], version="1.0.0", downgrade=True), old_android,
-             installed_version="1.1.0")  # fmt: skip
-        case("pointer-edited", "reject", "payload changed after signing",
-             edit_signed(ok, lambda d: d.update(sequence=99)), None)  # fmt: skip
+        bundle_cases(case, tampered, channel, release, new_android, by_attacker, ok, work)
+        pointer_cases(case, channel, attacker, new_android, old_android, ok)
         rollout_cases(case, channel, new_android, old_android)
         min_app_cases(case, channel, new_android, old_android)
         trust_cases(case, out, work, channel, release)
@@ -356,6 +296,80 @@ def edit_signed(envelope: bytes, change: Callable[[dict], None]) -> bytes:
     change(payload)
     env["payload"] = base64.b64encode(dsse.dumps_canonical(payload)).decode()
     return json.dumps(env).encode()
+
+
+def bundle_cases(
+    case: Callable[..., None], tampered: Callable[..., Path], channel: ec.EllipticCurvePrivateKey,
+    release: ec.EllipticCurvePrivateKey, new_android: Path, by_attacker: Path, ok: bytes, work: Path,
+) -> None:  # fmt: skip
+    """Bundles tampered with behind a valid (or re-signed) pointer: each must be refused."""
+    flipped = tampered("flipped", change={"model/digits.tflite": flip})
+    case("flipped-byte-archive", "reject", "archive differs from the pointer's sha256", ok, flipped)
+    case(
+        "flipped-byte-model", "reject", "one model byte changed; pointer re-signed (stolen channel key)",
+        sign_pointer(flipped, [channel], version="1.1.0"), flipped,
+    )  # fmt: skip
+    for name, why, kwargs in (
+        ("extra-file", "a file added after signing", {"add": (("assets/extra.txt", b"hello\n"),)}),
+        ("missing-file", "a signed file removed", {"drop": ("assets/labels.txt",)}),
+        ("dotdot-entry", "a ../ entry (zip-slip)", {"add": (("../evil.txt", b"x"),)}),
+        ("absolute-entry", "an absolute entry", {"add": (("/tmp/evil.txt", b"x"),)}),
+        ("duplicate-entry", "manifest.json twice", {"add": (("manifest.json", b"{}"),)}),
+        ("symlink-entry", "a symlink entry", {"add": ((_symlink_info("model/link"), b"/etc/passwd"),)}),
+        (
+            "wrong-predicate-type", "predicateType changed and re-signed",
+            {"change": {"signature.sigstore.json": resign_statement(
+                lambda s: s.update(predicateType="https://example.com/other/v1"), release)}},
+        ),
+        (
+            "blake3-hash-type", "hash_type blake3, re-signed",
+            {"change": {"signature.sigstore.json": resign_statement(
+                lambda s: s["predicate"]["serialization"].update(hash_type="blake3"), release)}},
+        ),
+    ):  # fmt: skip
+        bad = tampered(name, **kwargs)
+        case(name, "reject", why, sign_pointer(bad, [channel], version="1.1.0"), bad)
+    case(
+        "bundle-wrong-key", "reject", "bundle signed by a key that is not the release key",
+        sign_pointer(by_attacker, [channel], version="1.1.0"), by_attacker,
+    )  # fmt: skip
+    case(
+        "oversize-archive", "reject", "archive larger than the signed size (endless data)",
+        sign_pointer(new_android, [channel], version="1.1.0", size_delta=-1), new_android,
+    )  # fmt: skip
+    renamed = work / "digits-1.2.0-android.zip"
+    shutil.copyfile(new_android, renamed)
+    case(
+        "manifest-version-mismatch", "reject", "pointer says 1.2.0, the signed manifest 1.1.0",
+        sign_pointer(renamed, [channel], version="1.2.0"), renamed,
+    )  # fmt: skip
+
+
+def pointer_cases(
+    case: Callable[..., None], channel: ec.EllipticCurvePrivateKey, attacker: ec.EllipticCurvePrivateKey,
+    new_android: Path, old_android: Path, ok: bytes,
+) -> None:  # fmt: skip
+    """The pointer rules: signer, replay, expiry, identity, payload type, downgrades, edits."""
+    case("pointer-wrong-key", "reject", "pointer signed by another key",
+         sign_pointer(new_android, [attacker], version="1.1.0"), new_android)  # fmt: skip
+    case("replayed-pointer", "reject", "sequence lower than the last one accepted", ok, None, last_sequence=5)
+    case("expired-pointer", "reject", "now is past expires + skew", ok, None,
+         now=int((PUBLISHED + EXPIRES_IN + timedelta(hours=1)).timestamp()))  # fmt: skip
+    case("wrong-channel", "reject", "a beta pointer served for stable",
+         sign_pointer(new_android, [channel], version="1.1.0", channel="beta"), None)  # fmt: skip
+    case("wrong-platform", "reject", "an android pointer served for ios", ok, None,
+         request={"model": MODEL, "channel": "stable", "platform": "ios"})  # fmt: skip
+    case("wrong-model", "reject", "another model's pointer", ok, None,
+         request={"model": "other", "channel": "stable", "platform": "android"})  # fmt: skip
+    case("wrong-payload-type", "reject", "a signed index served as a pointer",
+         sign_pointer(new_android, [channel], version="1.1.0", payload_type=dsse.INDEX_TYPE), None)  # fmt: skip
+    case("downgrade-unflagged", "reject", "older version without downgrade: true",
+         sign_pointer(old_android, [channel], version="1.0.0"), old_android, installed_version="1.1.0")  # fmt: skip
+    case("downgrade-channel-only", "reject", "downgrade not co-signed by the release key",
+         sign_pointer(old_android, [channel], version="1.0.0", downgrade=True), old_android,
+         installed_version="1.1.0")  # fmt: skip
+    case("pointer-edited", "reject", "payload changed after signing",
+         edit_signed(ok, lambda d: d.update(sequence=99)), None)  # fmt: skip
 
 
 def rollout_cases(case: Callable[..., None], channel: ec.EllipticCurvePrivateKey, new: Path, old: Path) -> None:

@@ -150,22 +150,13 @@ def publish(
                     index.read_unverified(registry), manifest.name, manifest.version, manifest.platform, digest, size
                 )
                 if current is None or semver_key(manifest.version) > semver_key(current.version):
-                    staged = _rollout_for(
-                        registry, root, manifest.name, channel, manifest.platform, manifest.version, ppm
-                    )
                     ptr = new_pointer(
-                        model=manifest.name,
-                        channel=channel,
-                        platform=manifest.platform,
-                        sequence=(current.sequence + 1) if current else 1,
-                        version=manifest.version,
-                        sha256=digest,
-                        size=size,
-                        now=now,
-                        expires_in=expires,
-                        min_app_version=min_app_version,
-                        rollout=staged,
-                    )
+                        model=manifest.name, channel=channel, platform=manifest.platform,
+                        sequence=(current.sequence + 1) if current else 1, version=manifest.version,
+                        sha256=digest, size=size, now=now, expires_in=expires, min_app_version=min_app_version,
+                        rollout=_rollout_for(registry, root, manifest.name, channel, manifest.platform,
+                                             manifest.version, ppm),
+                    )  # fmt: skip
                     idx = _stage_pointer(t, idx, ptr, [signer])
                     change = PointerChange.of(ptr, current.version if current else None)
                 else:

@@ -217,17 +217,10 @@ def _pull_locked(
     staged, decrypted = _fetch_and_verify(req, src, root, choice, tmp_dir, decryption_key, keep)
 
     # 11. atomic swap, keep N-1, then persist the sequence
-    bundles = fsutil.ensure_dir(out, BUNDLES)
-    name = f"{choice.version}-{choice.bundle.sha256[:12]}-s{ptr.sequence}"
-    final = bundles / name
-    if final.exists() or final.is_symlink():
-        final = bundles / f"{name}-{secrets.token_hex(4)}"
-    os.rename(staged, final)
-    old_current = _link_target(out / CURRENT)
-    if old_current is not None:
-        _replace_symlink(out / PREVIOUS, old_current)
-    _replace_symlink(out / CURRENT, f"{BUNDLES}/{final.name}")
-    new_installed = {
+    final, old_current = _swap_in(out, staged, f"{choice.version}-{choice.bundle.sha256[:12]}-s{ptr.sequence}")
+    if installed:
+        state["previous"] = installed
+    state["installed"] = {
         "model": req.model,
         "channel": req.channel,
         "platform": req.platform,
@@ -237,13 +230,24 @@ def _pull_locked(
         "dir": f"{BUNDLES}/{final.name}",
         "decrypted": decrypted,
     }
-    if installed:
-        state["previous"] = installed
-    state["installed"] = new_installed
     _remember(state, checked.channel_ids, req.ident, ptr, got, envelope, root, anchor)
     _save_state(state_dir, state)
     _cleanup(out, keep={final.name, Path(old_current).name if old_current else ""})
     return _result("installed", checked, out, installed, state, root, decrypted=decrypted)
+
+
+def _swap_in(out: Path, staged: Path, name: str) -> tuple[Path, str | None]:
+    """Move the verified tree to `out/bundles/<name>`, point `previous` at the old current and `current` at it."""
+    bundles = fsutil.ensure_dir(out, BUNDLES)
+    final = bundles / name
+    if final.exists() or final.is_symlink():
+        final = bundles / f"{name}-{secrets.token_hex(4)}"
+    os.rename(staged, final)
+    old_current = _link_target(out / CURRENT)
+    if old_current is not None:
+        _replace_symlink(out / PREVIOUS, old_current)
+    _replace_symlink(out / CURRENT, f"{BUNDLES}/{final.name}")
+    return final, old_current
 
 
 def _fetch_and_verify(

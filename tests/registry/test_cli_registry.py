@@ -71,9 +71,6 @@ def test_staged_promote_and_pulls_by_device_and_app_version(tmp_path: Path, bund
     staged = mobex("promote", "digits", "--registry", str(reg), "--from", "beta", "--to", "stable", "--key", key,
                    "--rollout", "10%")  # fmt: skip
     assert "rollout 10% (other devices keep 1.0.0), apps 5.0.0 or later" in staged.stdout
-    bad = mobex("promote", "digits", "--registry", str(reg), "--from", "beta", "--to", "stable", "--key", key,
-                "--rollout", "5%", expect=2)  # fmt: skip
-    assert "would move devices back" in bad.stderr
     inside = next(f"d{i}" for i in range(1000) if bucket("digits", "stable", "1.1.0", f"d{i}") < 100_000)
     pull = ["pull", "digits", "--from", str(reg), "--platform", "android", "--key", pub]
     got = json.loads(mobex(*pull, "--out", str(tmp_path / "a"), "--device-id", inside, "--app-version", "5.1.0",
