@@ -97,8 +97,11 @@ def describe(ppm: int) -> str:
 
 def select(ptr: Pointer, device_id: str | None, app_version: str | None) -> Choice:
     """The pointer's version or its fallback, for this device and app (NotEligible if neither fits)."""
+    from mobex.registry import layout
     from mobex.registry.pointer import semver_key
 
+    if app_version is not None:
+        layout.check_version(app_version)
     primary = Choice(ptr.version, ptr.bundle, ptr.min_app_version, "full")
     if ptr.rollout is None:
         candidates = [primary]

@@ -341,3 +341,8 @@ def split_keys(tmp_path: Path, bundle_factory) -> tuple[Path, dict]:
     publish.publish(bundle_factory("1.0.0", key=keys["release"][0]), reg, "stable", keys["channel"][0])
     publish.publish(bundle_factory("1.1.0", key=keys["release"][0]), reg, "stable", keys["channel"][0], rollout=0.5)
     return reg, keys
+
+
+def test_a_bad_app_version_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="SemVer"):
+        select(staged(min_app="5.2.0"), None, "5.2")
