@@ -346,3 +346,16 @@ def split_keys(tmp_path: Path, bundle_factory) -> tuple[Path, dict]:
 def test_a_bad_app_version_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="SemVer"):
         select(staged(min_app="5.2.0"), None, "5.2")
+
+
+def test_an_old_pointer_payload_still_parses_and_round_trips_byte_for_byte() -> None:
+    old = {  # what mobex wrote before rollouts existed
+        "schema": SCHEMA_ID, "model": "digits", "channel": "stable", "platform": "android", "sequence": 42,
+        "version": "1.4.2", "bundle": {"path": layout.bundle_path("digits", "1.4.2", "android"), "sha256": "c" * 64,
+                                       "size": 4321987},
+        "published": "2026-11-20T12:05:00Z", "expires": "2026-12-04T12:05:00Z", "downgrade": False,
+    }  # fmt: skip
+    payload = dsse.dumps_canonical(old)
+    ptr = Pointer.from_payload(payload)
+    assert (ptr.rollout, ptr.min_app_version) == (None, None) and ptr.to_payload() == payload
+    assert select(ptr, "any-device", None).reason == "full"
