@@ -73,7 +73,7 @@ async def _predict(request: Request, service: ModelService, model: ServedModel) 
         arrays, n = model.contract.check_npz(body, service.options.max_body_bytes)
     start = time.perf_counter()
     try:
-        outputs = await service.infer(model, arrays, n)
+        result = await service.infer(model, arrays, n)
     except TimeoutError:
         service.metrics.errors.labels("predict", "timeout").inc()
         return error(503, f"inference took longer than {service.options.timeout_s:g} s; retry later",
@@ -81,8 +81,8 @@ async def _predict(request: Request, service: ModelService, model: ServedModel) 
     except Overloaded:
         service.metrics.errors.labels("predict", "overloaded").inc()
         return error(503, "the server is at capacity; retry later", {"Retry-After": "1"})
-    latency_ms = (time.perf_counter() - start) * 1000
-    service.metrics.inference.observe(latency_ms / 1000)
+    service.metrics.inference.observe(time.perf_counter() - start)
+    outputs = result.outputs
     request_id = uuid.uuid4().hex
     ids = [f"{request_id}-{i}" for i in range(n)]
     classes = model.classify(outputs[0], top_k) if model.is_classifier else None
@@ -90,7 +90,7 @@ async def _predict(request: Request, service: ModelService, model: ServedModel) 
         service.metrics.predictions.labels(c["label"]).inc()
     if service.telemetry is not None:
         service.telemetry.emit(prediction_records(
-            model, arrays, outputs, request_id=request_id, latency_ms=latency_ms, classes=classes,
+            model, arrays, outputs, request_id=request_id, latency_ms=result.invocation_s * 1000, classes=classes,
             app_version=_client_header(request, "x-app-version", SERVER_APP_VERSION),
             device_model=_client_header(request, "x-device-model", SERVER_DEVICE_MODEL),
         ))  # fmt: skip

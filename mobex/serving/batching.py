@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mobex.serving.model import ServedModel
+from mobex.serving.model import RunResult, ServedModel
 
 
 @dataclass
@@ -43,7 +43,7 @@ class DynamicBatcher:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    async def run(self, model: ServedModel, arrays: dict[str, np.ndarray], n: int) -> list[np.ndarray]:
+    async def run(self, model: ServedModel, arrays: dict[str, np.ndarray], n: int) -> RunResult:
         """Outputs for N samples, each sample batched with whatever else is waiting."""
         assert self._queue is not None, "start() the batcher inside the event loop first"
         loop = asyncio.get_running_loop()
@@ -53,7 +53,8 @@ class DynamicBatcher:
             self._queue.put_nowait(_Item(model, {k: a[i : i + 1] for k, a in arrays.items()}, fut))
             futures.append(fut)
         rows = await asyncio.gather(*futures)
-        return [np.concatenate([r[j] for r in rows], axis=0) for j in range(len(rows[0]))]
+        outputs = [np.concatenate([r[0][j] for r in rows], axis=0) for j in range(len(rows[0][0]))]
+        return RunResult(outputs, [], max(r[1] for r in rows))
 
     async def _collect(self) -> None:
         assert self._queue is not None
@@ -87,16 +88,14 @@ class DynamicBatcher:
         model = live[0].model
         feed = {k: np.concatenate([item.feed[k] for item in live], axis=0) for k in live[0].feed}
         try:
-            outs, sizes = await asyncio.get_running_loop().run_in_executor(
-                self.executor, model.run_samples, feed, len(live)
-            )
+            result = await asyncio.get_running_loop().run_in_executor(self.executor, model.run_samples, feed, len(live))
         except Exception as exc:  # noqa: BLE001 - each waiting request gets the error
             for item in live:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
         if self.on_batch is not None:
-            self.on_batch(model, sizes)
+            self.on_batch(model, result.sizes)
         for i, item in enumerate(live):
             if not item.future.done():
-                item.future.set_result([o[i : i + 1] for o in outs])
+                item.future.set_result(([o[i : i + 1] for o in result.outputs], result.invocation_s))

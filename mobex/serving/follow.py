@@ -72,6 +72,7 @@ class ChannelFollower:
             if result.sha256 in self._rejected:
                 return self._note(f"up to date ({result.version} was rejected before)")
             model = self._open(result)
+            service.swap(model)  # builds the new model's interpreters on every worker thread first
         except Exception as exc:  # noqa: BLE001 - a bad bundle or registry must never take the server down
             why = exc.message if isinstance(exc, MobexError) else f"{type(exc).__name__}: {exc}"
             if result is not None:
@@ -79,7 +80,6 @@ class ChannelFollower:
             service.metrics.updates.labels("rejected").inc()
             log.warning("channel update rejected, still serving %s: %s", current.version, why)
             return self._note(f"rejected: {why}")
-        service.swap(model)
         service.metrics.updates.labels("swapped").inc()
         return self._note(f"swapped {current.version} -> {model.info.version}")
 

@@ -24,8 +24,9 @@ class ServingMetrics:
                               registry=r)  # fmt: skip
         self.latency = Histogram("mobex_request_duration_seconds", "Time from request to response", ["endpoint"],
                                  buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
-        self.inference = Histogram("mobex_inference_seconds", "Model run time per predict request",
-                                   buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.inference = Histogram("mobex_inference_seconds", "Checked inputs to outputs per predict request "
+                                   "(waiting for a worker or a batch included)", buckets=LATENCY_BUCKETS,
+                                   registry=r)  # fmt: skip
         self.batch_size = Histogram("mobex_batch_size", "Real samples per model invocation (padding excluded)",
                                     buckets=BATCH_BUCKETS, registry=r)  # fmt: skip
         self.model_info = Gauge("mobex_model_info", "The model being served (value 1)",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,13 @@ from mobex.validate import stats as stats_mod
 from mobex.validate.drift import REFERENCE_STATS_ASSET
 
 DEFAULT_TOP_K = 5
+
+
+@dataclass(frozen=True)
+class RunResult:
+    outputs: list[np.ndarray]
+    sizes: list[int]  # real samples per invocation (padding excluded)
+    invocation_s: float  # mean model time per invocation: what telemetry reports as latency_ms
 
 
 @dataclass(frozen=True)
@@ -104,19 +112,22 @@ class ServedModel:
         except Exception as exc:  # noqa: BLE001 - any runtime failure means: do not serve this model
             raise UsageError(f"{self.info.name} {self.info.version}: the model does not run: {exc}") from exc
 
-    def run_samples(self, arrays: dict[str, np.ndarray], n: int) -> tuple[list[np.ndarray], list[int]]:
-        """Outputs ([N, ...] each) for N samples, and the real sample count of each invocation."""
+    def run_samples(self, arrays: dict[str, np.ndarray], n: int) -> RunResult:
+        """Outputs ([N, ...] each) for N samples, with the samples and model time of each invocation."""
         b = self.contract.batch
         runner = self.runner()
         chunks: list[list[np.ndarray]] = []
-        sizes = []
+        sizes, seconds = [], 0.0
         for lo in range(0, n, b):
             k = min(b, n - lo)
             feed = {name: _padded(a[lo : lo + k], b) for name, a in arrays.items()}
+            start = time.perf_counter()
             outs = runner.run(feed)
+            seconds += time.perf_counter() - start
             chunks.append([_batch_axis(np.asarray(o), b)[:k] for o in outs])
             sizes.append(k)
-        return [np.concatenate([c[i] for c in chunks], axis=0) for i in range(len(chunks[0]))], sizes
+        outputs = [np.concatenate([c[i] for c in chunks], axis=0) for i in range(len(chunks[0]))]
+        return RunResult(outputs, sizes, seconds / len(sizes))
 
     # --- classifiers -------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ import numpy as np
 from mobex.serving.batching import DynamicBatcher
 from mobex.serving.contract import DEFAULT_MAX_SAMPLES
 from mobex.serving.metrics import ServingMetrics
-from mobex.serving.model import ServedModel
+from mobex.serving.model import RunResult, ServedModel
 from mobex.serving.telemetry import TelemetrySink
 
 log = logging.getLogger("mobex.serving")
@@ -61,6 +61,7 @@ class ModelService:
         self._swap_lock = threading.Lock()
         self._pending = 0
         self.metrics.serving(model)
+        self.warm_threads(model)
 
     @property
     def model(self) -> ServedModel:
@@ -71,6 +72,11 @@ class ModelService:
 
     def swap(self, new: ServedModel) -> ServedModel:
         """Serve `new` from the next request on; returns the model it replaced (now retired)."""
+        try:
+            self.warm_threads(new)
+        except BaseException:
+            new.retire()
+            raise
         with self._swap_lock:
             old, self._model = self._model, new
             self.metrics.serving(new, previous=old)
@@ -89,7 +95,7 @@ class ModelService:
         if self.telemetry is not None:
             self.telemetry.close()
 
-    async def infer(self, model: ServedModel, arrays: dict[str, np.ndarray], n: int) -> list[np.ndarray]:
+    async def infer(self, model: ServedModel, arrays: dict[str, np.ndarray], n: int) -> RunResult:
         """Outputs for N checked samples; TimeoutError after `timeout_s`, Overloaded when too many wait."""
         if self._pending >= self.options.max_pending:
             raise Overloaded
@@ -103,10 +109,25 @@ class ModelService:
         finally:
             self._pending -= 1
 
-    def _run_direct(self, model: ServedModel, arrays: dict[str, np.ndarray], n: int) -> list[np.ndarray]:
-        outs, sizes = model.run_samples(arrays, n)
-        self._observe_batch(model, sizes)
-        return outs
+    def _run_direct(self, model: ServedModel, arrays: dict[str, np.ndarray], n: int) -> RunResult:
+        result = model.run_samples(arrays, n)
+        self._observe_batch(model, result.sizes)
+        return result
+
+    def warm_threads(self, model: ServedModel, timeout_s: float = 60.0) -> None:
+        """Build `model`'s runner on every worker thread now, so no request pays for an interpreter.
+
+        Each task waits at a barrier until all have started, which puts exactly one on each thread.
+        """
+        n = self.options.workers
+        barrier = threading.Barrier(n, timeout=timeout_s)
+
+        def build() -> None:
+            model.runner()
+            barrier.wait()
+
+        for future in [self.executor.submit(build) for _ in range(n)]:
+            future.result(timeout=timeout_s)
 
     def _observe_batch(self, model: ServedModel, sizes: list[int]) -> None:
         for size in sizes:
