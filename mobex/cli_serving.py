@@ -85,12 +85,7 @@ def serve_model(
     sys.stderr.flush()
     if launch.follower is not None:
         launch.follower.start(launch.service)
-    try:
-        launch.server.serve_forever()
-    finally:
-        if launch.follower is not None:
-            launch.follower.stop()
-        launch.service.model.retire()
+    launch.server.serve_forever()  # on SIGINT/SIGTERM: graceful shutdown (lifespan stop), then uvicorn re-raises
 
 
 def monitor(

@@ -77,6 +77,8 @@ def prepare(
     metrics = ServingMetrics()
     sink = TelemetrySink(telemetry, on_drop=metrics.telemetry_dropped.inc) if telemetry else None
     service = ModelService(model, options, metrics, sink)
+    if follower is not None:
+        service.on_stop.append(follower.stop)
     return Launch(ModelServer(service, host, port), service, follower)
 
 

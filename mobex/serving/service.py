@@ -60,6 +60,7 @@ class ModelService:
         self._model = model
         self._swap_lock = threading.Lock()
         self._pending = 0
+        self.on_stop: list = []  # callables run at shutdown (uvicorn re-raises SIGTERM after it: no finally runs)
         self.metrics.serving(model)
         self.warm_threads(model)
 
@@ -94,6 +95,9 @@ class ModelService:
         self.executor.shutdown(wait=False, cancel_futures=True)
         if self.telemetry is not None:
             self.telemetry.close()
+        for hook in self.on_stop:
+            hook()
+        self._model.retire()
 
     async def infer(self, model: ServedModel, arrays: dict[str, np.ndarray], n: int) -> RunResult:
         """Outputs for N checked samples; TimeoutError after `timeout_s`, Overloaded when too many wait."""

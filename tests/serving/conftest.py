@@ -63,6 +63,9 @@ class Client:
         body = json.dumps({"inputs": inputs}).encode()
         return self.request("POST", f"/v1/models/{name}:predict", body, {"Content-Type": "application/json", **headers})
 
+    def predict_npz(self, name: str, body: bytes) -> Reply:
+        return self.request("POST", f"/v1/models/{name}:predict", body, {"Content-Type": "application/x-npz"})
+
     def close(self) -> None:
         self.conn.close()
 

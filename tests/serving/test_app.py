@@ -42,8 +42,7 @@ def test_predictions_equal_the_interpreters_outputs_for_the_validation_data(
         assert len(body["ids"]) == 40 and len(set(body["ids"])) == 40
         buf = io.BytesIO()
         np.savez(buf, image=images[lo : lo + 40])
-        binary = client.request("POST", "/v1/models/digits-cnn:predict", buf.getvalue(),
-                                {"Content-Type": "application/x-npz"})  # fmt: skip
+        binary = client.predict_npz("digits-cnn", buf.getvalue())
         assert binary.status == 200 and binary.headers["content-type"] == "application/x-npz"
         assert binary.headers["x-mobex-model-version"] == "1.0.0"
         with np.load(io.BytesIO(binary.body), allow_pickle=False) as npz:
@@ -101,12 +100,10 @@ def test_bad_inputs_each_get_the_right_4xx(digits, digits_server, client_for) ->
     for arrays, status, word in ((good.astype(np.int64), 422, "integer"), (good * np.nan, 422, "NaN")):
         buf = io.BytesIO()
         np.savez(buf, image=arrays)
-        _error(c.request("POST", "/v1/models/digits-cnn:predict", buf.getvalue(), {"Content-Type": "application/x-npz"}),
-               status, word)  # fmt: skip
+        _error(c.predict_npz("digits-cnn", buf.getvalue()), status, word)
     buf = io.BytesIO()
     np.savez(buf, image=np.array([{"a": 1}], dtype=object))
-    _error(c.request("POST", "/v1/models/digits-cnn:predict", buf.getvalue(), {"Content-Type": "application/x-npz"}),
-           400, "not a readable .npz")  # fmt: skip
+    _error(c.predict_npz("digits-cnn", buf.getvalue()), 400, "not a readable .npz")
     # the connection survived all of that
     assert c.predict("digits-cnn", {"image": good.tolist()}).status == 200
 
@@ -140,8 +137,7 @@ def test_huge_bodies_are_refused_before_they_are_read(digits, digits_server, cli
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("image.npy", b"\0" * (cap + 1))
     c = client_for(digits_server.url)
-    _error(c.request("POST", "/v1/models/digits-cnn:predict", buf.getvalue(), {"Content-Type": "application/x-npz"}),
-           413, "unpacks to")  # fmt: skip
+    _error(c.predict_npz("digits-cnn", buf.getvalue()), 413, "unpacks to")
     assert 'reason="too_large"' in c.request("GET", "/metrics").body.decode()
 
 
