@@ -62,7 +62,7 @@ async def _predict(request: Request, service: ModelService, model: ServedModel) 
     name = request.path_params["name"]
     if name != model.info.name:
         return error(404, f"no model named {name[:64]!r}; this server serves {model.info.name!r}")
-    top_k = _top_k(request)
+    top_k = _top_k(request, model.num_classes if model.is_classifier else DEFAULT_TOP_K)
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != JSON_MEDIA_TYPE and media not in _NPZ_TYPES:
         raise InputError(415, f"Content-Type must be {JSON_MEDIA_TYPE} or {NPZ_MEDIA_TYPE}, not {media[:64]!r}")
@@ -131,12 +131,12 @@ async def openapi(request: Request) -> Response:
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def _top_k(request: Request) -> int:
+def _top_k(request: Request, classes: int) -> int:
     raw = request.query_params.get("top_k")
     if raw is None:
         return DEFAULT_TOP_K
-    if not raw.isdigit() or not 1 <= int(raw) <= 100_000:
-        raise InputError(422, f"top_k must be a positive integer, not {raw[:32]!r}")
+    if not raw.isdigit() or not 1 <= int(raw) <= max(classes, 1):
+        raise InputError(422, f"top_k must be an integer from 1 to {max(classes, 1)} (the classes), not {raw[:32]!r}")
     return int(raw)
 
 

@@ -126,6 +126,9 @@ class IOContract:
         if arr.dtype.kind not in "biuf":
             raise InputError(422, f"input {spec.name!r} must hold numbers only (it has {_kind_name(arr)}); "
                                   f"the model takes {spec.describe()}")  # fmt: skip
+        if arr.dtype.kind != "b" and _has_bool(value, arr.ndim):  # numpy reads [true, 0.5] as [1.0, 0.5]
+            raise InputError(422, f"input {spec.name!r} mixes true/false with numbers; the model takes "
+                                  f"{spec.describe()}")  # fmt: skip
         return self._checked(spec, arr, from_json=True)
 
     def _from_array(self, spec: TensorContract, arr: np.ndarray) -> np.ndarray:
@@ -178,6 +181,16 @@ def _check_dtype(spec: TensorContract, arr: np.ndarray, want: np.dtype, *, from_
     if not ok:
         raise InputError(422, f"input {spec.name!r} has {_kind_name(arr)} values; the model takes "
                               f"{spec.describe()}")  # fmt: skip
+
+
+def _has_bool(value: Any, ndim: int) -> bool:
+    """Whether a rectangular nested list of `ndim` levels has a JSON true/false among its numbers."""
+    if ndim == 0:
+        return type(value) is bool
+    rows = [value]
+    for _ in range(ndim - 1):
+        rows = [x for row in rows for x in row]
+    return any(type(v) is bool for row in rows for v in row)
 
 
 def _fits(arr: np.ndarray, want: np.dtype) -> bool:

@@ -154,6 +154,11 @@ class ServedModel:
             out.append({**top[0], "top_k": top})
         return out
 
+    @property
+    def num_classes(self) -> int:
+        """Scores per sample of a classifier's first output (the most top_k can ask for)."""
+        return int(np.prod(self.contract.outputs[0].sample_shape)) if self.contract.outputs else 0
+
     def label_of(self, index: int) -> str:
         return self.labels[index] if self.labels and 0 <= index < len(self.labels) else str(index)
 

@@ -72,7 +72,7 @@ def _predict_operation(model: ServedModel, name_param: dict) -> dict[str, Any]:
         "properties": {t.name: tensor_schema(t, c.max_samples, c.value_range) for t in c.inputs},
     }
     binary = {"schema": {"type": "string", "format": "binary"}}
-    top_k = {"type": "integer", "minimum": 1, "maximum": len(model.labels or []) or 1000}
+    top_k = {"type": "integer", "minimum": 1, "maximum": max(model.num_classes if model.is_classifier else 5, 1)}
     ok = {
         "description": "Outputs in the manifest's order, and which model produced them",
         "content": {**_json({"$ref": "#/components/schemas/PredictResponse"}), NPZ_MEDIA_TYPE: binary},

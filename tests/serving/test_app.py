@@ -80,6 +80,7 @@ def test_bad_inputs_each_get_the_right_4xx(digits, digits_server, client_for) ->
     _error(c.predict("digits-cnn", {"image": good[:, 0].tolist()}), 422, "shape [2, 8, 8]", "[N, 1, 8, 8]")
     _error(c.predict("digits-cnn", {"image": [[[["a"] * 8] * 8]]}), 422, "numbers only")
     _error(c.predict("digits-cnn", {"image": [[[[True] * 8] * 8]]}), 422, "boolean")
+    _error(c.predict("digits-cnn", {"image": [[[[False] + [0.5] * 7] * 8]]}), 422, "mixes true/false")
     _error(c.predict("digits-cnn", {}), 422, "missing input 'image'")
     _error(c.predict("digits-cnn", {"image": good.tolist(), "extra": [1]}), 422, "unknown input 'extra'")
     _error(c.predict("digits-cnn", {"image": (good * 16).tolist()}), 422, "preprocessing range [0, 1]")
