@@ -109,7 +109,8 @@ def monitor(
     max_p50_ms: Annotated[float | None, typer.Option("--max-p50-ms", help="Default: off.")] = None,
     max_p99_ms: Annotated[float | None, typer.Option("--max-p99-ms", help="Default: off.")] = None,
     min_throughput: Annotated[float | None, typer.Option("--min-throughput", help="Per second; default off.")] = None,
-    min_samples: Annotated[int | None, typer.Option("--min-samples", help="Fewer per window: no alert (30).")] = None,
+    min_samples: Annotated[int | None, typer.Option("--min-samples", help="Fewer: no drift alert (100).")] = None,
+    min_labels: Annotated[int | None, typer.Option("--min-labels", help="Fewer: no accuracy alert (30).")] = None,
     html: Annotated[Path | None, typer.Option("--html", help="Write an HTML report with time-series plots.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -123,7 +124,7 @@ def monitor(
         "window": window, "max_accuracy_drop": max_accuracy_drop, "max_f1_drop": max_f1_drop,
         "max_precision_drop": max_precision_drop, "max_recall_drop": max_recall_drop, "psi": psi, "ks_p": ks_p,
         "max_latency_ratio": max_latency_ratio, "max_p50_ms": max_p50_ms, "max_p99_ms": max_p99_ms,
-        "min_throughput_per_s": min_throughput, "min_samples": min_samples,
+        "min_throughput_per_s": min_throughput, "min_samples": min_samples, "min_labels": min_labels,
     }  # fmt: skip
     try:
         thresholds = thresholds_from(recipe, overrides)

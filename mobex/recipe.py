@@ -325,7 +325,10 @@ class MonitoringSection(_Strict):
     max_p50_ms: float | None = Field(default=None, gt=0)
     max_p99_ms: float | None = Field(default=None, gt=0)
     min_throughput_per_s: float | None = Field(default=None, ge=0)
-    min_samples: int = Field(default=30, ge=1)  # a window with fewer predictions (labels) raises no alert
+    # A group with fewer predictions raises no drift/latency/throughput alert: with n new and m reference
+    # samples, PSI over 10 bins averages about 9 * (1/n + 1/m) on identical data (0.1 at n = 100, m = 360).
+    min_samples: int = Field(default=100, ge=1)
+    min_labels: int = Field(default=30, ge=1)  # fewer labelled predictions: no accuracy/precision/recall/F1 alert
 
 
 class Recipe(_Strict):

@@ -1,8 +1,8 @@
 """Alerts: a group's numbers against the thresholds ([monitoring] in the recipe, overridden on the command line).
 
 Each alert names the metric, the window and segment, the field value, the build's validated value
-(when there is one) and the limit. A group with fewer than `min_samples` predictions (or labels,
-for task metrics) raises none: its numbers are shown, but they are too noisy to act on.
+(when there is one) and the limit. A group with fewer than `min_samples` predictions (or
+`min_labels` labels, for task metrics) raises none: its numbers are shown, but they are too noisy to act on.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def _alert(g: GroupMetrics, metric: str, value: float, limit: float, text: str, 
 
 def check_group(g: GroupMetrics, baseline: Baseline, t: Thresholds) -> list[dict]:
     alerts: list[dict] = []
-    if g.labelled >= t.min_samples:
+    if g.labelled >= t.min_labels:
         for metric, limit in (("accuracy", t.max_accuracy_drop), ("f1", t.max_f1_drop),
                               ("precision", t.max_precision_drop), ("recall", t.max_recall_drop)):  # fmt: skip
             value, validated = getattr(g, metric), baseline.metrics.get(metric)
