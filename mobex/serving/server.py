@@ -25,7 +25,9 @@ class ModelServer:
     def __init__(self, service: ModelService, host: str = "127.0.0.1", port: int = 0) -> None:
         self.service = service
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and without it
+        # a keep-alive response (headers, then body) waits 40 ms for the client's delayed ACK (Nagle).
+        self.sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             self.sock.bind((host, port))

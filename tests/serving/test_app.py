@@ -157,6 +157,9 @@ def test_token_is_required_everywhere_but_healthz(digits, digits_server, client_
 
 
 def test_contract_health_metrics_and_openapi(digits, digits_server, client_for) -> None:
+    # asyncio sets TCP_NODELAY on accepted sockets only when the listening socket's proto is TCP; without it a
+    # keep-alive answer (headers, then body) waits 40 ms for the client's delayed ACK
+    assert digits_server.sock.proto == socket.IPPROTO_TCP
     c = client_for(digits_server.url)
     contract = c.request("GET", "/v1/models/digits-cnn").json()
     assert contract["inputs"] == [{"dtype": "float32", "name": "image", "shape": [1, 1, 8, 8]}]

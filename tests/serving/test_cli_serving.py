@@ -104,3 +104,8 @@ def test_sigterm_stops_the_server_and_flushes_telemetry(digits, tmp_path: Path) 
     assert proc.returncode in (0, -15)  # uvicorn shuts down gracefully, then re-raises SIGTERM
     lines = telemetry.read_text().splitlines()
     assert len(lines) == 3 and all('"app_version":"2.0"' in line for line in lines)
+    from mobex.monitor.record import PredictionRecord, parse_line
+
+    records = [parse_line(line.encode()) for line in lines]
+    assert all(isinstance(r, PredictionRecord) for r in records), records
+    assert {r.model.version for r in records} == {"1.0.0"} and records[0].input.features["image.mean[c0]"] == 0.0
