@@ -23,6 +23,7 @@ from mobex.validate.drift import REFERENCE_STATS_ASSET
 
 MAX_REPORT_BYTES = 64 << 20
 TASK_METRICS = ("accuracy", "precision", "recall", "f1")
+_UNVERIFIED = "NOT verified: pass --key PUB.pem to check the bundle's signature first"
 LATENCY_METRICS = ("p50_ms", "p90_ms", "p99_ms", "throughput_per_s")
 
 
@@ -54,12 +55,8 @@ class Baseline:
 
 def load_baseline(bundle: Path, key: Path | None, build_report: Path | None = None) -> Baseline:
     bundle = Path(bundle)
-    if key is not None:
-        manifest = verify_bundle(bundle, key)
-        verification = f"signature verified with {key}"
-    else:
-        manifest = read_manifest(bundle)
-        verification = "NOT verified: pass --key PUB.pem to check the bundle's signature first"
+    manifest = verify_bundle(bundle, key) if key is not None else read_manifest(bundle)
+    verification = f"signature verified with {key}" if key is not None else _UNVERIFIED
     parity = manifest.metrics.get("parity") or {}
     metrics = {k: parity.get(k) for k in TASK_METRICS}
     latency, source = None, "none: pass --build-report dist/report.json to compare latency with the build"

@@ -8,7 +8,6 @@ is compared with `drift`'s PSI and KS exactly as `mobex drift` compares a data f
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -17,8 +16,7 @@ from mobex.metrics.parity import macro_scores
 from mobex.monitor.baseline import Baseline
 from mobex.monitor.record import PredictionRecord, TelemetryLog
 from mobex.validate import stats as stats_mod
-from mobex.validate.drift import FeatureDrift
-from mobex.validate.drift import _compare_feature as compare_feature  # the per-feature core of `drift.compare`
+from mobex.validate.drift import FeatureDrift, compare
 
 
 @dataclass
@@ -79,78 +77,87 @@ def latency_metrics(records: list[PredictionRecord], window_s: float) -> dict:
             "throughput_per_s": len(records) / window_s}  # fmt: skip
 
 
-def feature_columns(records: list[PredictionRecord], baseline: Baseline) -> dict[str, np.ndarray]:
-    """One value per record for every planned feature (NaN where a record does not have it)."""
-    n = len(records)
-    columns: dict[str, np.ndarray] = {}
-    for plan in baseline.plans("input"):
-        _input_columns(plan, records, columns)
-    for plan in baseline.plans("output"):
-        for name, _kind, _ in stats_mod.features(plan, np.zeros((1, *plan["sample_shape"]))):
-            col = np.full(n, np.nan)
-            for i, r in enumerate(records):
-                col[i] = _output_value(r, plan, name)
-            columns[name] = col
-    return columns
-
-
-def _input_columns(plan: dict, records: list[PredictionRecord], columns: dict[str, np.ndarray]) -> None:
-    n = len(records)
+def feature_columns(records: list[PredictionRecord], plan: dict) -> np.ndarray:
+    """[records, features of the plan]: each record's value of each feature the plan makes (NaN if missing)."""
     names = [name for name, _, _ in stats_mod.features(plan, np.zeros((1, *plan["sample_shape"])))]
-    for name in names:
-        columns[name] = np.full(n, np.nan)
+    columns = np.full((len(records), len(names)), np.nan)
     sampled, rows = [], []
     for i, r in enumerate(records):
-        given = (r.input.features or {}) if r.input else {}
-        for name in names:
-            if name in given:
-                columns[name][i] = given[name]
-        sample = (r.input.sample or {}).get(plan["tensor"]) if r.input else None
+        given = _given(r, plan)
+        for j, name in enumerate(names):
+            value = given.get(name)
+            if value is None and plan.get("layout") == "scores":
+                value = _class_or_score(r, name)
+            if value is not None:
+                columns[i, j] = value
+        sample = (r.input.sample or {}).get(plan["tensor"]) if r.input and plan["role"] == "input" else None
         if sample is not None and not any(name in given for name in names):
-            try:
-                arr = np.asarray(sample, np.float64)
-            except (ValueError, TypeError):
-                continue
-            if list(arr.shape) == list(plan["sample_shape"]):
+            arr = _sample_array(sample, plan)
+            if arr is not None:
                 sampled.append(arr)
                 rows.append(i)
     if sampled:
-        for name, _kind, column in stats_mod.features(plan, np.stack(sampled)):
-            columns[name][rows] = column
+        for j, (_, _, column) in enumerate(stats_mod.features(plan, np.stack(sampled))):
+            columns[rows, j] = column
+    return columns
 
 
-def _output_value(record: PredictionRecord, plan: dict, name: str) -> float:
-    given = record.prediction.features or {}
-    if name in given:
-        return float(given[name])
-    if plan.get("layout") == "scores":
-        if name.endswith(".predicted_class") and record.prediction.class_ is not None:
-            return float(record.prediction.class_)
-        if name.endswith(".top1_score") and record.prediction.score is not None:
-            return float(record.prediction.score)
-    return math.nan
+def _given(record: PredictionRecord, plan: dict) -> dict[str, float]:
+    if plan["role"] == "input":
+        return (record.input.features or {}) if record.input else {}
+    return record.prediction.features or {}
+
+
+def _class_or_score(record: PredictionRecord, name: str) -> float | None:
+    if name.endswith(".predicted_class"):
+        return None if record.prediction.class_ is None else float(record.prediction.class_)
+    if name.endswith(".top1_score"):
+        return record.prediction.score
+    return None
+
+
+def _sample_array(sample: object, plan: dict) -> np.ndarray | None:
+    try:
+        arr = np.asarray(sample, np.float64)
+    except (ValueError, TypeError):
+        return None
+    return arr if list(arr.shape) == list(plan["sample_shape"]) else None
+
+
+def _as_tensor(plan: dict, columns: np.ndarray) -> tuple[dict, np.ndarray]:
+    """A plan and tensor from which `stats.features` gives back exactly these feature columns.
+
+    Numeric features: an "elements" plan over the [records, features] matrix. A classifier's scores:
+    for each record with a class and a top-1 probability, a row of zeros holding that probability at
+    that class (so argmax is the class and max the probability, with softmax off).
+    """
+    names = [name for name, _, _ in stats_mod.features(plan, np.zeros((1, *plan["sample_shape"])))]
+    if plan.get("layout") != "scores":
+        return {**plan, "layout": "elements", "sample_shape": [len(names)], "feature_names": names}, columns
+    score_col, class_col = names.index(f"{plan['tensor']}.top1_score"), names.index(f"{plan['tensor']}.predicted_class")
+    ok = np.isfinite(columns[:, score_col]) & np.isfinite(columns[:, class_col]) & (columns[:, score_col] > 0)
+    classes = columns[ok, class_col].astype(np.int64)
+    rows = np.zeros((int(ok.sum()), int(plan["classes"])))
+    inside = classes < rows.shape[1]
+    rows[np.flatnonzero(inside), classes[inside]] = columns[ok, score_col][inside]
+    return {**plan, "softmax": False, "sample_shape": [rows.shape[1]]}, rows[inside]
 
 
 def drift_rows(
     records: list[PredictionRecord], baseline: Baseline, *, psi_threshold: float, ks_p: float
 ) -> tuple[list[FeatureDrift], float | None]:
-    """Every reference feature against this group's values; flagged as `mobex drift` flags them."""
+    """Every reference feature against this group's values, by `mobex.validate.drift.compare` itself."""
     if not baseline.reference:
         return [], None
-    plans = {p["tensor"]: p for p in baseline.reference["plans"]}
-    columns = feature_columns(records, baseline)
-    rows = []
-    for ref in baseline.reference["features"]:
-        column = columns.get(ref["name"])
-        if column is None or not np.isfinite(column).any():
-            continue
-        rows.append(compare_feature(ref, plans[ref["tensor"]], ref["name"], ref["kind"], column))
-    per_test = ks_p / max(1, sum(1 for r in rows if r.ks_p is not None))
-    for r in rows:
-        if r.psi is not None and math.isfinite(r.psi) and r.psi > psi_threshold:
-            r.drifted = True
-            r.reasons.append(f"PSI {r.psi:.3g} > {psi_threshold:g}")
-        if r.ks_p is not None and r.ks_p < per_test:
-            r.drifted = True
-            r.reasons.append(f"KS p {r.ks_p:.2g} < {per_test:.2g}")
-    return rows, per_test
+    plans, inputs, outputs = [], {}, []
+    for plan in baseline.reference["plans"]:
+        as_plan, tensor = _as_tensor(plan, feature_columns(records, plan))
+        plans.append(as_plan)
+        if plan["role"] == "input":
+            inputs[plan["tensor"]] = tensor
+        else:
+            outputs.append(tensor)
+    reference = {**baseline.reference, "plans": plans}
+    usable = outputs if all(len(o) for o in outputs) else None  # no record says what an output was: inputs only
+    rows, per_test = compare(reference, inputs, usable, psi_threshold=psi_threshold, ks_p=ks_p)
+    return [r for r in rows if r.samples], per_test

@@ -18,6 +18,7 @@ from mobex.monitor.evaluate import GroupMetrics, drift_rows, latency_metrics, ta
 from mobex.monitor.record import PredictionRecord, TelemetryLog, read_telemetry
 from mobex.monitor.thresholds import Thresholds, check_group
 from mobex.monitor.windows import ALL, GroupKey, group_records, parse_window
+from mobex.validate.drift import _json_safe as json_safe  # NaN/inf -> None, as `mobex drift --json` writes
 
 _ISO = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -49,17 +50,7 @@ class MonitorReport:
         out["groups"] = [g.to_dict() for g in self.groups]
         out["crossed"] = self.crossed
         out["exit_code"] = self.exit_code
-        return _json_safe(out)
-
-
-def _json_safe(value):  # noqa: ANN001, ANN202
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
+        return json_safe(out)
 
 
 def _measure(key: GroupKey, records: list[PredictionRecord], log: TelemetryLog, baseline: Baseline,

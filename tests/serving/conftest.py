@@ -110,6 +110,30 @@ def cli_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
+def wait_for_url(proc: subprocess.Popen, timeout_s: float = 120) -> str:
+    """The URL serve-model prints on stderr once it listens; then stderr keeps being drained (no full pipe)."""
+    assert proc.stderr is not None
+    deadline, lines = time.monotonic() + timeout_s, []
+    while time.monotonic() < deadline:
+        lines.append(proc.stderr.readline())
+        m = re.search(r" at (http://127\.0\.0\.1:\d+)/", lines[-1])
+        if m:
+            threading.Thread(target=proc.stderr.read, daemon=True).start()
+            return m.group(1)
+        if not lines[-1] and proc.poll() is not None:
+            break
+    raise AssertionError("mobex serve-model did not start:\n" + "".join(lines))
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 @pytest.fixture
 def cli_server(tmp_path: Path):
     """Start `mobex serve-model ...` (port 0, a token) and return its URL; always stopped."""
@@ -118,30 +142,12 @@ def cli_server(tmp_path: Path):
     def start(*args: str) -> str:
         token_file = tmp_path / "token"
         token_file.write_text(TOKEN + "\n")
-        proc = subprocess.Popen(
+        procs.append(subprocess.Popen(
             mobex_cmd("serve-model", *args, "--port", "0", "--token-file", str(token_file)),
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=cli_env(),
-        )  # fmt: skip
-        procs.append(proc)
-        deadline = time.monotonic() + 120
-        assert proc.stderr is not None
-        lines = []
-        while time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            lines.append(line)
-            m = re.search(r" at (http://127\.0\.0\.1:\d+)/", line)
-            if m:  # keep reading stderr so that the server never blocks on a full pipe
-                threading.Thread(target=proc.stderr.read, daemon=True).start()
-                return m.group(1)
-            if not line and proc.poll() is not None:
-                break
-        raise AssertionError("mobex serve-model did not start:\n" + "".join(lines))
+        ))  # fmt: skip
+        return wait_for_url(procs[-1])
 
     yield start
     for proc in procs:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop(proc)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .conftest import Client, cli_env, mobex_cmd
+from .conftest import Client, cli_env, mobex_cmd, stop, wait_for_url
 
 CLIENTS = 50
 REQUESTS = 100
@@ -77,8 +77,6 @@ def test_listening_beyond_loopback_needs_a_token(digits) -> None:
 
 
 def test_sigterm_stops_the_server_and_flushes_telemetry(digits, tmp_path: Path) -> None:
-    import re
-
     telemetry = tmp_path / "t.jsonl"
     proc = subprocess.Popen(
         mobex_cmd("serve-model", str(digits.bundle), "--key", str(digits.public_key), "--port", "0",
@@ -86,21 +84,14 @@ def test_sigterm_stops_the_server_and_flushes_telemetry(digits, tmp_path: Path) 
         stderr=subprocess.PIPE, text=True, env=cli_env(),
     )  # fmt: skip
     try:
-        assert proc.stderr is not None
-        url = None
-        for _ in range(50):
-            m = re.search(r" at (http://127\.0\.0\.1:\d+)/", proc.stderr.readline())
-            if m:
-                url = m.group(1)
-                break
-        assert url, "serve-model did not start"
-        c = Client(url, token=None)
+        c = Client(wait_for_url(proc), token=None)
         reply = c.predict("digits-cnn", {"image": np.zeros((3, 1, 8, 8)).tolist()}, **{"X-App-Version": "2.0"})
         assert reply.status == 200
         c.close()
-    finally:
         proc.terminate()
         proc.wait(timeout=30)
+    finally:
+        stop(proc)
     assert proc.returncode in (0, -15)  # uvicorn shuts down gracefully, then re-raises SIGTERM
     lines = telemetry.read_text().splitlines()
     assert len(lines) == 3 and all('"app_version":"2.0"' in line for line in lines)
