@@ -72,4 +72,3 @@ def test_page_renders_in_headless_chromium(page: Path, tmp_path: Path) -> None:
     assert image.size == (1400, 1800)
     non_white = sum(image.histogram()[:250]) / (1400 * 1800)
     assert non_white > 0.03, f"the page renders nearly blank ({non_white:.1%} non-white pixels)"
-    shutil.copyfile(shot, page.with_suffix(".png"))

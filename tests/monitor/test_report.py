@@ -84,11 +84,11 @@ def test_slow_latencies_raise_a_latency_alert_in_their_window(digits, served_mod
     assert {a["metric"] for a in latency} == {"p50_ms_ratio", "p99_ms_ratio"}
     assert all(9 < a["value"] < 11 for a in latency if a["metric"] == "p50_ms_ratio")
     # without the build's report there is nothing to compare with, unless an absolute limit is given
-    code, report, _ = monitor_cli(str(digits.bundle), str(folder))
-    assert code == 0 and any("no build latency" in n for n in report["notes"])
-    p99 = max(g["p99_ms"] for g in report["groups"] if g["window_start"].startswith("2026-03-02T09"))
-    code, report, _ = monitor_cli(str(digits.bundle), str(folder), "--max-p99-ms", f"{p99 * 2:.6f}")
-    assert code == 6 and metrics_of(report) == {"p99_ms"}
+    report = run_monitor(digits.bundle, folder, thresholds_from(None, {}))
+    assert report.exit_code == 0 and any("no build latency" in n for n in report.notes)
+    p99 = max(g.p99_ms for g in report.groups if g.window_start.startswith("2026-03-02T09"))
+    report = run_monitor(digits.bundle, folder, thresholds_from(None, {"max_p99_ms": p99 * 2}))
+    assert report.exit_code == 6 and {a["metric"] for a in report.alerts} == {"p99_ms"}
 
 
 def test_malformed_lines_are_counted_and_reported_never_crash(digits, clean, tmp_path: Path) -> None:
