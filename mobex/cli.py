@@ -290,12 +290,14 @@ def inspect(
 
 
 def _register_command_groups() -> None:
-    """Commands that live in their own modules (registry, drift); each adds itself to `app`."""
+    """Commands that live in their own modules (registry, drift, serving); each adds itself to `app`."""
     from mobex.cli_registry import register as register_registry
+    from mobex.cli_serving import register as register_serving
     from mobex.cli_validate import register as register_validate
 
     register_validate(app)
     register_registry(app)
+    register_serving(app)
 
 
 _register_command_groups()

@@ -309,6 +309,29 @@ class LatencySection(_Strict):
         return v
 
 
+class MonitoringSection(_Strict):
+    """[monitoring]: thresholds `mobex monitor` checks field telemetry against (docs/monitoring.md).
+
+    Drops are against the bundle's validated numbers; None turns a check off.
+    """
+
+    window: str = "1h"  # telemetry is grouped per window (and per app version / device model)
+    max_accuracy_drop: float | None = Field(default=0.05, ge=0, le=1)
+    max_f1_drop: float | None = Field(default=0.05, ge=0, le=1)
+    max_precision_drop: float | None = Field(default=None, ge=0, le=1)
+    max_recall_drop: float | None = Field(default=None, ge=0, le=1)
+    psi: float = Field(default=0.2, gt=0)  # drift, as `mobex drift --psi`
+    ks_p: float = Field(default=0.01, gt=0, lt=1)  # family-wise KS level, as `mobex drift --ks-p`
+    max_latency_ratio: float | None = Field(default=3.0, gt=0)  # field p50/p99 over the build's (--build-report)
+    max_p50_ms: float | None = Field(default=None, gt=0)
+    max_p99_ms: float | None = Field(default=None, gt=0)
+    min_throughput_per_s: float | None = Field(default=None, ge=0)
+    # A group with fewer predictions raises no drift/latency/throughput alert: with n new and m reference
+    # samples, PSI over 10 bins averages about 9 * (1/n + 1/m) on identical data (0.1 at n = 100, m = 360).
+    min_samples: int = Field(default=100, ge=1)
+    min_labels: int = Field(default=30, ge=1)  # fewer labelled predictions: no accuracy/precision/recall/F1 alert
+
+
 class Recipe(_Strict):
     model: ModelSection
     inputs: list[InputSpec] = Field(min_length=1)
@@ -321,6 +344,7 @@ class Recipe(_Strict):
     latency: LatencySection = Field(default_factory=LatencySection)
     prune: PruneSection | None = None
     quantization: QuantizationSection = Field(default_factory=QuantizationSection)
+    monitoring: MonitoringSection = Field(default_factory=MonitoringSection)
 
     # Filled in by load_recipe, not by the TOML.
     path: Path = Field(default=Path("recipe.toml"), exclude=True)
