@@ -16,7 +16,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 from mobex.bundle.manifest import SEMVER_RE
+from mobex.datasources.options import DataSourceOptions
 from mobex.errors import RecipeError
+from mobex.preprocessing import NoPreprocessing, PreprocessingContract, parse_preprocessing
 from mobex.variants import (
     COREML_FIXED_VARIANTS,
     COREML_PATTERNS,
@@ -107,8 +109,8 @@ class OutputSpec(_Strict):
     description: str = ""
 
 
-class DataSection(_Strict):
-    validation: Path
+class DataSection(DataSourceOptions):  # + skip_bad_files, max_samples, seed, cache, label_column
+    validation: Path  # an .npz, a folder of pictures or sounds, or a .csv/.parquet table (mobex.datasources)
     calibration: Path | None = None
     training: Path | None = None
     min_calibration_samples: int = Field(default=32, ge=1)
@@ -312,7 +314,7 @@ class Recipe(_Strict):
     model: ModelSection
     inputs: list[InputSpec] = Field(min_length=1)
     outputs: list[OutputSpec] = Field(default_factory=list)
-    preprocessing: dict[str, Any] = Field(default_factory=dict)
+    preprocessing: PreprocessingContract = Field(default_factory=NoPreprocessing)  # typed: mobex.preprocessing
     data: DataSection
     android: AndroidSection | None = None
     ios: IosSection | None = None
@@ -324,6 +326,16 @@ class Recipe(_Strict):
     # Filled in by load_recipe, not by the TOML.
     path: Path = Field(default=Path("recipe.toml"), exclude=True)
     sha256: str = Field(default="", exclude=True)
+
+    @field_validator("preprocessing", mode="before")
+    @classmethod
+    def _preprocessing(cls, v: Any) -> PreprocessingContract:
+        return parse_preprocessing(v)
+
+    @model_validator(mode="after")
+    def _preprocessing_fits_inputs(self) -> Recipe:
+        self.preprocessing.check_inputs({i.name: list(i.shape) for i in self.inputs})
+        return self
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Recipe:
@@ -440,7 +452,8 @@ def _check_files(recipe: Recipe) -> None:
         if rel is None:
             continue
         full = recipe.resolve(rel)
-        if not full.is_file():
+        is_data = field.endswith(("[data].validation", "[data].calibration", "[data].training", ".data"))
+        if not (full.is_file() or (is_data and full.is_dir())):  # data may be a folder (mobex.datasources)
             raise RecipeError(
                 f"{recipe.path}: {field}: file not found: {full}",
                 "paths in a recipe are relative to the recipe's folder",

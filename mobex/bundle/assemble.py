@@ -112,7 +112,7 @@ def assemble_bundle(
             **({"reference_stats_file": stats_file} if stats_file else {}),
         ),
         labels=labels,
-        preprocessing=recipe.preprocessing,
+        preprocessing=recipe.preprocessing.record(),
         task=recipe.model.task,
         metrics=_metrics(chosen),
         provenance=provenance(recipe),

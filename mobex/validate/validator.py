@@ -137,7 +137,7 @@ def run_reference(model, recipe: Recipe, data: Dataset) -> ReferenceResult:  # n
         latencies[0] if latencies else None,
         latencies,
         input_stats=reference_statistics(
-            _used(data), None, None, task=recipe.model.task, preprocessing=recipe.preprocessing
+            _used(data), None, None, task=recipe.model.task, preprocessing=recipe.preprocessing.record()
         ),
     )
 
@@ -255,7 +255,7 @@ def _variant_stats(
     shipped model measures what the data changed, not what quantization changed.
     """
     base = reference.input_stats or reference_statistics(
-        _used(data), None, None, task=recipe.model.task, preprocessing=recipe.preprocessing
+        _used(data), None, None, task=recipe.model.task, preprocessing=recipe.preprocessing.record()
     )
     own = reference_statistics({}, outputs, output_names, task=recipe.model.task)
     return {**base, "plans": base["plans"] + own["plans"], "features": base["features"] + own["features"]}
