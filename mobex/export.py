@@ -141,13 +141,16 @@ def _int8_training_feeds(recipe) -> tuple[list[dict] | None, list[dict] | None]:
 
 def _export_android(recipe, model, inputs, names, calibration, out_dir: Path) -> PlatformExport:  # noqa: ANN001
     from mobex.converters.tflite import convert_tflite
+    from mobex.converters.tflite_metadata import metadata_from_recipe
     from mobex.quantize.tflite.recipes import quantize_tflite
     from mobex.quantize.tflite.static_int8 import Int8Options
 
     result = PlatformExport("android")
     stem = recipe.model.name
     try:
-        base = convert_tflite(model, inputs, out_dir / f"{stem}-fp32.tflite", output_names=names)
+        base = convert_tflite(
+            model, inputs, out_dir / f"{stem}-fp32.tflite", output_names=names, metadata=metadata_from_recipe(recipe)
+        )
     except Exception as exc:
         result.failures = [_failure(v, exc) for v in recipe.android.variants]
         return result
@@ -191,6 +194,10 @@ def _export_ios(recipe, model, inputs, names, out_dir: Path, calibration=None) -
         output_descriptions={o.name: o.description for o in recipe.outputs if o.description},
         labels=recipe.labels(),
         extra={"mobex.recipe_sha256": recipe.sha256},
+        preprocessing=recipe.preprocessing,
+        task=recipe.model.task,
+        image_input=recipe.ios.image_input,
+        classifier=recipe.ios.classifier,
     )
     stem = recipe.model.name
     bases: dict[str, ExportedVariant] = {}

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
+METADATA_KEY = "mobex.preprocessing"  # the contract (manifest form, JSON) in a model's own metadata (Core ML)
 PIXEL_MAX = 255.0  # 8-bit pictures: what JPEG/PNG/WebP decode to and what Core ML / Android cameras give
 Range = tuple[float, float]
 

@@ -156,6 +156,10 @@ class IosSection(PlatformSection):
     variants: list[str] = Field(default_factory=lambda: ["fp16"], min_length=1)
     minimum_deployment_target: str = "iOS16"
     compute_units: Literal["cpu_only", "cpu_and_gpu", "cpu_and_ne", "all"] = "cpu_only"
+    # Native interface (mobex.converters.coreml_io): an image input when [preprocessing] is an image contract
+    # with `scale`, and classifier outputs (classLabel, classLabel_probs) for classification with labels.
+    image_input: bool = True
+    classifier: bool = True
 
     @field_validator("minimum_deployment_target")
     @classmethod

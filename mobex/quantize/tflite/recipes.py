@@ -45,6 +45,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from mobex.artifacts import ExportedVariant, path_size
+from mobex.converters.tflite_metadata import carry_model_contract
 from mobex.errors import ConversionError, DataError, UsageError
 from mobex.quantize.feeds import checked_feeds
 from mobex.quantize.tflite.bias_correction import bias_correction_inputs, correct_biases
@@ -52,7 +53,7 @@ from mobex.quantize.tflite.calibration import calibrate
 from mobex.quantize.tflite.gptq import RoundedOp, round_weights, weight_inputs
 from mobex.quantize.tflite.graph import TfliteGraph
 from mobex.quantize.tflite.static_int8 import HELD_OUT, Int8Options, Int8Result, StaticInt8
-from mobex.runtime.litert import TfliteIO, load_tflite_io
+from mobex.runtime.litert import SIGNATURE_KEY, TfliteIO, load_tflite_io
 
 T = TypeVar("T")
 
@@ -153,6 +154,7 @@ def quantize_tflite(
                 data, notes_extra = _calibrated_weights(base, data, _calibration_feeds(base, calibration))
             else:
                 notes_extra = ['weights rounded to nearest by ai-edge-quantizer (weight_rounding = "nearest")']
+    data = carry_model_contract(Path(base.path).read_bytes(), data, SIGNATURE_KEY)  # the fp32 model's names, metadata
     written = _write_atomic(out_path, data, check=lambda p: _same_io(base, p, variant))
     if sidecar is not None:
         _write_atomic(sidecar_path(out_path), (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
