@@ -293,8 +293,10 @@ def _register_command_groups() -> None:
     """Commands that live in their own modules (registry, drift); each adds itself to `app`."""
     from mobex.cli_registry import register as register_registry
     from mobex.cli_validate import register as register_validate
+    from mobex.init_recipe import register as register_init
 
     register_validate(app)
+    register_init(app)
     register_registry(app)
 
 
