@@ -52,6 +52,15 @@ def _metrics(chosen: VariantReport) -> dict:
     }
 
 
+def _native_interface(chosen: VariantReport) -> dict:
+    """Core ML image inputs and classifier outputs (mobex.converters.coreml_io), as the package declares them."""
+    if chosen.target != "coreml" or chosen.artifact is None:
+        return {}
+    from mobex.converters.coreml import read_interface
+
+    return read_interface(chosen.artifact.path)
+
+
 def reference_stats_bytes(stats: dict) -> bytes:
     """Compact, canonical JSON (sorted keys): the same statistics give the same bytes."""
     return (json.dumps(stats, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n").encode()
@@ -110,6 +119,7 @@ def assemble_bundle(
             minimum_os=minimum_os,
             labels_file=LABELS_ASSET if labels is not None else None,
             **({"reference_stats_file": stats_file} if stats_file else {}),
+            **_native_interface(chosen),
         ),
         labels=labels,
         preprocessing=recipe.preprocessing.record(),

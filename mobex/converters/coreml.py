@@ -315,13 +315,11 @@ def read_io(package: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
 
 def _tensor_spec(feature: Any) -> TensorSpec:
     kind = feature.type.WhichOneof("Type")
-    if kind == "imageType":  # a picture: shape [1, C, H, W], dtype "image-<colour space>"
-        from coremltools.proto import FeatureTypes_pb2
-
-        image = feature.type.imageType
-        space = FeatureTypes_pb2.ImageFeatureType.ColorSpace.Name(image.colorSpace)
-        channels = 1 if space.startswith("GRAYSCALE") else 3
-        return TensorSpec(name=feature.name, shape=(1, channels, image.height, image.width), dtype=f"image-{space}")
+    if kind == "imageType":  # a picture; mobex feeds it float32 [1, C, H, W] (runtime/mil/image_io.py)
+        image = native_image(feature)
+        return TensorSpec(
+            name=feature.name, shape=(1, image["channels"], image["height"], image["width"]), dtype="float32"
+        )
     if kind in ("stringType", "dictionaryType"):  # classifier outputs: the label, and label -> score
         dtype = "string" if kind == "stringType" else "dict-string-float64"
         return TensorSpec(name=feature.name, shape=(), dtype=dtype)
@@ -330,6 +328,33 @@ def _tensor_spec(feature: Any) -> TensorSpec:
     array = feature.type.multiArrayType
     dtype = _ARRAY_DTYPES.get(array.dataType, f"coreml-{array.dataType}")
     return TensorSpec(name=feature.name, shape=tuple(int(d) for d in array.shape), dtype=dtype)
+
+
+def native_image(feature: Any) -> dict[str, Any]:
+    """An image input's colour space and size as the spec declares them."""
+    from coremltools.proto import FeatureTypes_pb2
+
+    image = feature.type.imageType
+    space = FeatureTypes_pb2.ImageFeatureType.ColorSpace.Name(image.colorSpace)
+    channels = 1 if space.startswith("GRAYSCALE") else 3
+    return {"color_space": space, "channels": channels, "height": int(image.height), "width": int(image.width)}
+
+
+def read_interface(package: Path) -> dict[str, Any]:
+    """The native forms the package declares, for the manifest: image inputs and classifier outputs."""
+    import coremltools as ct
+
+    spec = ct.utils.load_spec(str(package))
+    out: dict[str, Any] = {}
+    images = {f.name: native_image(f) for f in spec.description.input if f.type.WhichOneof("Type") == "imageType"}
+    if images:
+        out["image_inputs"] = images
+    if spec.description.predictedFeatureName:
+        out["classifier"] = {
+            "label_output": spec.description.predictedFeatureName,
+            "scores_output": spec.description.predictedProbabilitiesName,
+        }
+    return out
 
 
 def _dtype_name(tensor: torch.Tensor) -> str:
