@@ -24,7 +24,7 @@ from typing import Any
 from mobex.preprocessing import METADATA_KEY, ImagePreprocessing, NoPreprocessing, PreprocessingContract
 
 CLASS_LABEL = "classLabel"  # coremltools' (and Create ML's) name of the predicted label output
-_COLOR_LAYOUTS = {"RGB": "RGB", "BGR": "BGR", "L": "G"}  # contract color -> ct.colorlayout value
+_COLOR_LAYOUTS = {"RGB": "RGB", "BGR": "BGR", "L": "GRAYSCALE"}  # contract color -> ct.colorlayout member
 
 
 @dataclass(frozen=True)

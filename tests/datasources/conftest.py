@@ -20,8 +20,8 @@ import torch
 class TinyCnn(torch.nn.Module):
     def __init__(self, channels: int = 3, classes: int = 2) -> None:
         super().__init__()
-        self.conv = torch.nn.Conv2d(channels, 8, 3, stride=2, padding=1)
-        self.head = torch.nn.Linear(8, classes)
+        self.conv = torch.nn.Conv2d(channels, 16, 3, stride=2, padding=1)  # 432 weights: int8-weights compresses it
+        self.head = torch.nn.Linear(16, classes)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.conv(image)).mean(dim=(2, 3))
