@@ -11,6 +11,7 @@ import pytest
 from mobex.errors import UsageError
 from mobex.init_recipe import init_recipe
 from mobex.recipe import load_recipe
+from tests.conftest import ROOT
 from tests.datasources.conftest import TINY_CNN, write_photos, write_tones
 
 MODELS = (
@@ -77,3 +78,18 @@ def test_what_it_cannot_tell_is_a_todo_and_files_are_not_overwritten(folder: Pat
         init_recipe("model:build_mlp", folder / "recipe.toml")
     init_recipe("model:build_mlp", folder / "recipe.toml", force=True)
     assert load_recipe(folder / "recipe.toml").inputs[0].shape == [1, 13]
+
+
+@pytest.mark.slow
+def test_mobex_build_runs_on_the_recipe_init_wrote_for_a_picture_folder(folder: Path) -> None:
+    """The issue's promise: `mobex init --data photos/` then `mobex build`, no edits (the labels were right)."""
+    import subprocess
+    import sys
+
+    write_photos(folder / "photos", per_class=4)
+    env = {**__import__("os").environ, "MOBEX_CACHE_DIR": str(folder / "cache"), "PYTHONPATH": str(ROOT)}
+    cli = [sys.executable, "-m", "mobex"]
+    subprocess.run([*cli, "init", "model:build", "--data", "photos"], cwd=folder, env=env, check=True)
+    done = subprocess.run([*cli, "build", "recipe.toml", "--json"], cwd=folder, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in (folder / "dist").glob("*.zip")) == ["model-0.1.0-android.zip", "model-0.1.0-ios.zip"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mobex.datasources.base import Check, Problems, RawData, SourceRequest, pick_samples
-from mobex.datasources.folders import class_labels, has_media, media_files
+from mobex.datasources.folders import MediaFolder, class_labels
 from mobex.errors import DataError
 from mobex.preprocessing import AudioPreprocessing
 
@@ -24,17 +24,13 @@ SUFFIXES = (".wav", ".flac")
 MAX_SECONDS = 3600  # one clip longer than this is refused (a bound on what is decoded)
 
 
-class AudioFolder:
+class AudioFolder(MediaFolder):
     """A folder of sound clips for an input described by `[preprocessing] kind = "audio"`."""
 
     name = "audio-folder"
     version = 1
-
-    def claims(self, request: SourceRequest) -> bool:
-        return isinstance(request.recipe.preprocessing, AudioPreprocessing) and has_media(request.path, SUFFIXES)
-
-    def inventory(self, request: SourceRequest) -> list[Path]:
-        return media_files(request.path, SUFFIXES)
+    suffixes = SUFFIXES
+    contract = AudioPreprocessing
 
     def decode(self, request: SourceRequest, files: list[Path]) -> RawData:
         contract = request.recipe.preprocessing

@@ -8,6 +8,7 @@ import numpy as np
 
 from mobex.datasources.base import Check, SourceRequest
 from mobex.errors import DataError
+from mobex.preprocessing import PreprocessingContract
 
 MAX_FILES = 1_000_000  # a bound on what one data set may list
 
@@ -67,3 +68,16 @@ def class_labels(request: SourceRequest, files: list[Path]) -> tuple[np.ndarray 
     counts = {c: nested.count(c) for c in sorted(set(nested), key=index.__getitem__)}
     detail = f"{len(counts)} classes from {source}: " + ", ".join(f"{c} ({n})" for c, n in counts.items())
     return np.array([index[c] for c in nested], np.int64), [Check(f"{request.role}.classes", True, detail)]
+
+
+class MediaFolder:
+    """A folder of media files for the contract kind `contract`: claims it, lists it (subclasses decode)."""
+
+    suffixes: tuple[str, ...] = ()
+    contract: type[PreprocessingContract] = PreprocessingContract
+
+    def claims(self, request: SourceRequest) -> bool:
+        return isinstance(request.recipe.preprocessing, self.contract) and has_media(request.path, self.suffixes)
+
+    def inventory(self, request: SourceRequest) -> list[Path]:
+        return media_files(request.path, self.suffixes)

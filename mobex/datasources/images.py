@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mobex.datasources.base import Problems, RawData, SourceRequest, pick_samples
-from mobex.datasources.folders import class_labels, has_media, media_files
+from mobex.datasources.folders import MediaFolder, class_labels
 from mobex.errors import DataError
 from mobex.preprocessing import ImagePreprocessing
 
@@ -26,17 +26,13 @@ _RGB_MODES = ("RGB", "RGBA", "P", "PA", "YCbCr", "CMYK", "RGBX")
 _GRAY_MODES = ("L", "LA", "1", "I;16", "P", "PA")
 
 
-class ImageFolder:
+class ImageFolder(MediaFolder):
     """A folder of pictures for an input described by `[preprocessing] kind = "image"`."""
 
     name = "image-folder"
     version = 1
-
-    def claims(self, request: SourceRequest) -> bool:
-        return isinstance(request.recipe.preprocessing, ImagePreprocessing) and has_media(request.path, SUFFIXES)
-
-    def inventory(self, request: SourceRequest) -> list[Path]:
-        return media_files(request.path, SUFFIXES)
+    suffixes = SUFFIXES
+    contract = ImagePreprocessing
 
     def decode(self, request: SourceRequest, files: list[Path]) -> RawData:
         contract = request.recipe.preprocessing
