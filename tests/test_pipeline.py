@@ -101,6 +101,11 @@ def test_manifest_io_contract(built, release_key) -> None:
     for bundle in result.bundles:
         manifest = verify_bundle(bundle, release_key[1])
         assert [t["name"] for t in manifest.model["inputs"]] == [i.name for i in recipe.inputs]
-        assert manifest.model["outputs"][0]["name"] == recipe.outputs[0].name
+        if manifest.platform == "ios" and recipe.model.task == "classification":
+            # A Core ML classifier (mobex.converters.coreml_io): the label and the label -> score dictionary.
+            assert [t["name"] for t in manifest.model["outputs"]] == ["classLabel", "classLabel_probs"]
+            assert manifest.model["classifier"]["scores_output"] == "classLabel_probs"
+        else:
+            assert manifest.model["outputs"][0]["name"] == recipe.outputs[0].name
         assert manifest.model["quantization"] == result.report["shipped"][manifest.platform]
         assert manifest.metrics["parity"]["top1_agreement"] >= 0.97

@@ -17,7 +17,7 @@ import json
 import shutil
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -194,7 +194,8 @@ def convert_coreml(
             hint="see the shims in mobex/converters/coreml_shims.py; an unsupported op may need a new one",
         )
 
-    apply_metadata(mlmodel, metadata)
+    descriptions = interface.output_descriptions(metadata.output_descriptions, output_names)
+    apply_metadata(mlmodel, replace(metadata, output_descriptions=descriptions))
     mlmodel.user_defined_metadata.update(interface.metadata())
     save_package(mlmodel, out_path)
     notes.append("package made reproducible: conversion date dropped, manifest ids derived from content")

@@ -90,6 +90,13 @@ class CoreMLInterface:
             )
         return model, notes
 
+    def output_descriptions(self, given: dict[str, str], output_names: list[str]) -> dict[str, str]:
+        """The recipe's output descriptions under the names the model has (a classifier renames its output)."""
+        if self.classifier_labels is None:
+            return dict(given)
+        scores = given.get(output_names[0], "the model's score for each label")
+        return {CLASS_LABEL: "the label with the highest score", f"{CLASS_LABEL}_probs": scores}
+
     def classifier_config(self) -> Any:
         if self.classifier_labels is None:
             return None

@@ -49,8 +49,10 @@ def test_uniform_std_is_the_image_types_own_scale_and_bias(tmp_path: Path) -> No
     import coremltools as ct
 
     contract = {"kind": "image", "scale": 255.0, "mean": [0.5], "std": [0.5], "color": "BGR"}
-    variant, pixels, floats, reference = _convert(tmp_path, contract)
+    variant, pixels, floats, reference = _convert(tmp_path, contract, output_descriptions={"logits": "3 scores"})
     spec = ct.utils.load_spec(str(variant.path))
+    described = {o.name: o.shortDescription for o in spec.description.output}
+    assert described == {"classLabel": "the label with the highest score", "classLabel_probs": "3 scores"}
     image = spec.description.input[0].type.imageType
     assert ct.proto.FeatureTypes_pb2.ImageFeatureType.ColorSpace.Name(image.colorSpace) == "BGR"
     assert any("pixel * 0.00784314 + [-1.0, -1.0, -1.0]" in n for n in variant.notes)
