@@ -93,3 +93,15 @@ def test_mobex_build_runs_on_the_recipe_init_wrote_for_a_picture_folder(folder: 
     done = subprocess.run([*cli, "build", "recipe.toml", "--json"], cwd=folder, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert sorted(p.name for p in (folder / "dist").glob("*.zip")) == ["model-0.1.0-android.zip", "model-0.1.0-ios.zip"]
+
+
+def test_an_exported_program_names_and_sizes_its_inputs(folder: Path) -> None:
+    import torch
+
+    from mobex.sources import load_source
+
+    program = torch.export.export(load_source(folder, "model:build_mlp"), (torch.zeros(1, 13),))
+    torch.export.save(program, folder / "mlp.pt2")
+    starter = init_recipe("mlp.pt2", folder / "recipe.toml")
+    assert [(f.name, f.shape, f.how) for f in starter.inputs] == [("features", [1, 13], "from the ExportedProgram")]
+    assert load_recipe(folder / "recipe.toml").model.source == "mlp.pt2"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mobex.datasources.base import Problems, RawData, SourceRequest, pick_samples
+from mobex.datasources.base import Check, Problems, RawData, SourceRequest, pick_samples
 from mobex.datasources.folders import MediaFolder, class_labels
 from mobex.errors import DataError
 from mobex.preprocessing import ImagePreprocessing
@@ -179,9 +179,7 @@ def _input_spec(request: SourceRequest, contract: ImagePreprocessing):  # noqa: 
     return next(i for i in inputs if i.name == name)
 
 
-def _summary(request: SourceRequest, used: int, listed: int, contract: ImagePreprocessing):  # noqa: ANN202
-    from mobex.datasources.base import Check
-
+def _summary(request: SourceRequest, used: int, listed: int, contract: ImagePreprocessing) -> Check:
     steps = (
         f"resize {contract.resize}, crop {contract.crop}, {contract.color}, scale {contract.scale}, "
         f"mean {contract.mean}, std {contract.std}, {contract.layout}"
