@@ -90,9 +90,10 @@ def _input_metadata(name: str, meta: TfliteMetadata, target: str | None) -> tupl
     applies = name == target  # the input the image/audio contract describes
     if isinstance(contract, ImagePreprocessing) and applies:
         props = fb.ImagePropertiesT()
-        props.colorSpace = {"RGB": fb.ColorSpaceType.RGB, "L": fb.ColorSpaceType.GRAYSCALE}.get(
-            contract.color, fb.ColorSpaceType.UNKNOWN
-        )
+        spaces = {"RGB": fb.ColorSpaceType.RGB, "L": fb.ColorSpaceType.GRAYSCALE}
+        # The older contracts (no scale) leave `color` at its default: only a full contract names the colours.
+        unknown = fb.ColorSpaceType.UNKNOWN
+        props.colorSpace = spaces.get(contract.color, unknown) if contract.describes_pixels else unknown
         content.contentPropertiesType, content.contentProperties = fb.ContentProperties.ImageProperties, props
         if contract.scale is not None:
             norm = fb.NormalizationOptionsT()
