@@ -113,14 +113,6 @@ def write_wine_csv(path: Path) -> tuple[Path, list[str], list[str]]:
     return path, names, classes
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test gets its own decoded-data cache."""
-    cache = tmp_path_factory.mktemp("cache")
-    monkeypatch.setenv("MOBEX_CACHE_DIR", str(cache))
-    return cache
-
-
 @pytest.fixture()
 def project(tmp_path: Path):
     """A folder with the tiny models and a recipe written from TOML text (dedented)."""
