@@ -294,8 +294,10 @@ def _register_command_groups() -> None:
     from mobex.cli_registry import register as register_registry
     from mobex.cli_serving import register as register_serving
     from mobex.cli_validate import register as register_validate
+    from mobex.init_recipe import register as register_init
 
     register_validate(app)
+    register_init(app)
     register_registry(app)
     register_serving(app)
 

@@ -1,9 +1,10 @@
 """Validation and calibration data, and the consistency checks run before any conversion.
 
-Data files are `.npz` archives (loaded with `allow_pickle=False`) holding one array per model
-input, named after it, with the sample axis first: shape `(N, *shape[1:])` where `shape` is the
-recipe's input shape. Samples are fed `shape[0]` at a time. An optional `labels` array holds the
-ground truth (class indices for classifiers, targets for regression).
+Data is read by mobex.datasources: `.npz` archives (loaded with `allow_pickle=False`) holding one
+array per model input, named after it, with the sample axis first, or folders of pictures or sounds
+and CSV/Parquet tables put through the recipe's preprocessing contract. Either way the result is one
+array per input of shape `(N, *shape[1:])` where `shape` is the recipe's input shape, fed `shape[0]`
+samples at a time, and optional labels (class indices for classifiers, targets for regression).
 
 Checks, in order, each listed in the report with what it found: array names and shapes against the
 recipe's inputs, dtypes (and the cast to the input dtype), NaN/inf, empty and constant arrays, values
@@ -20,28 +21,19 @@ from pathlib import Path
 
 import numpy as np
 
-from mobex.errors import DataError, RecipeError
+from mobex.datasources import SourceRequest, read_source
+from mobex.datasources.base import Check
+from mobex.errors import DataError
 from mobex.recipe import Recipe
 
-LABELS_KEY = "labels"
+__all__ = ["Check", "Dataset", "load_dataset", "load_validation_and_calibration", "preprocessing_ranges"]
+
 # Values may stray this fraction of the declared [lo, hi] span outside it before the data is refused
 # (augmentation, normalisation round-off); beyond it the data was almost surely scaled differently
 # from what the model expects (e.g. 0..255 pixels for a model trained on 0..1).
 RANGE_TOLERANCE = 0.1
 _FLOAT_KINDS = "f"
 _INT_KINDS = "iub"
-
-
-@dataclass
-class Check:
-    """One data check for the report: what was checked and what was found."""
-
-    name: str
-    passed: bool
-    detail: str
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "passed": self.passed, "detail": self.detail}
 
 
 @dataclass
@@ -84,22 +76,18 @@ def load_dataset(recipe: Recipe, role: str, path: Path) -> Dataset:
     """Load and check one data file against the recipe. Raises DataError on the first hard problem."""
     full = recipe.resolve(path)
     label = f"[data].{role} ({full.name})"
-    try:
-        with np.load(full, allow_pickle=False) as npz:
-            raw = {key: npz[key] for key in npz.files}
-    except ValueError as exc:
-        raise DataError(f"{label}: {full} needs pickled objects, which mobex refuses to load: {exc}") from None
-    except Exception as exc:
-        raise DataError(f"{label}: {full} is not a readable .npz archive: {exc}") from None
+    source = read_source(SourceRequest(recipe, role, full))  # npz, folder or table: mobex.datasources
+    raw = source.arrays
+    found = source.found if source.found is not None else sorted(raw)
 
-    checks: list[Check] = []
+    checks: list[Check] = list(source.checks)
     ranges = preprocessing_ranges(recipe)
     batch = recipe.inputs[0].shape[0]
     arrays: dict[str, np.ndarray] = {}
     for spec in recipe.inputs:
         if spec.name not in raw:
             raise DataError(
-                f"{label}: no array named {spec.name!r} (found: {', '.join(sorted(raw)) or 'none'})",
+                f"{label}: no array named {spec.name!r} (found: {', '.join(found) or 'none'})",
                 "name each array after the recipe input it feeds",
             )
         arr = raw[spec.name]
@@ -134,12 +122,9 @@ def load_dataset(recipe: Recipe, role: str, path: Path) -> Dataset:
             "trim the arrays or change the input's first dimension",
         )
 
-    labels = raw.get(LABELS_KEY)
+    labels = source.labels
     if labels is not None:
         labels = _check_labels(recipe, label, role, labels, n, checks)
-    unknown = sorted(set(raw) - set(arrays) - {LABELS_KEY})
-    if unknown:
-        checks.append(Check(f"{role}.extra_arrays", True, f"ignored arrays not named after an input: {unknown}"))
     return Dataset(role=role, path=full, arrays=arrays, batch=batch, labels=labels, checks=checks)
 
 
@@ -185,31 +170,9 @@ def _constant_check(role: str, name: str, arr: np.ndarray) -> Check:
 
 
 def preprocessing_ranges(recipe: Recipe) -> dict[str, tuple[float, float]] | tuple[float, float] | None:
-    """`[preprocessing].range`: `[lo, hi]` for every float input, or a table `input = [lo, hi]`; None if absent."""
-    raw = recipe.preprocessing.get("range")
-    if raw is None:
-        return None
-    where = f"{recipe.path}: [preprocessing].range"
-    if isinstance(raw, dict):
-        unknown = sorted(set(raw) - {i.name for i in recipe.inputs})
-        if unknown:
-            raise RecipeError(f"{where}: no input named {', '.join(map(repr, unknown))}")
-        return {name: _range_pair(value, f"{where}.{name}") for name, value in raw.items()}
-    return _range_pair(raw, where)
-
-
-def _range_pair(value: object, where: str) -> tuple[float, float]:
-    ok = (
-        isinstance(value, list)
-        and len(value) == 2
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-    )
-    if not ok or not value[0] < value[1]:  # type: ignore[index]
-        raise RecipeError(
-            f"{where}: expected [lo, hi] with lo < hi, got {value!r}",
-            "write e.g. range = [0.0, 1.0], or one range per input: [preprocessing.range] image = [0.0, 1.0]",
-        )
-    return float(value[0]), float(value[1])  # type: ignore[index]
+    """`[preprocessing].range` (`[lo, hi]` for every float input, or one per input), else the range an image
+    contract's scale/mean/std imply for 0..255 pixels; None when neither says (mobex.preprocessing)."""
+    return recipe.preprocessing.value_ranges()
 
 
 def _preprocessing_range_check(

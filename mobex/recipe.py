@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, f
 from mobex import plugins
 from mobex.bundle.manifest import SEMVER_RE
 from mobex.errors import RecipeError
+from mobex.preprocessing import NoPreprocessing, PreprocessingContract, parse_preprocessing
 
 SEMVER = SEMVER_RE  # one definition, in the manifest schema
 BUNDLE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -100,8 +101,25 @@ class OutputSpec(_Strict):
     description: str = ""
 
 
-class DataSection(_Strict):
-    validation: Path
+class DataSourceOptions(BaseModel):
+    """Options shared by every data set of a recipe (validation, calibration, training)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Leave out files (or table rows) that cannot be decoded, instead of refusing the data; the report counts them.
+    skip_bad_files: bool = False
+    # At most this many samples per data set, drawn at random with `seed` (pictures, rows, audio windows).
+    max_samples: int | None = Field(default=None, ge=1)
+    seed: int = 0
+    # Keep decoded folder/table data in the cache folder ($MOBEX_CACHE_DIR, else ~/.cache/mobex), keyed by the
+    # files' names, sizes and modification times and by the preprocessing, so the next build does not decode again.
+    cache: bool = True
+    # Tables: the column holding the labels (class names or indices, or regression targets); default "label" if present.
+    label_column: str | None = None
+
+
+class DataSection(DataSourceOptions):  # + skip_bad_files, max_samples, seed, cache, label_column
+    validation: Path  # an .npz, a folder of pictures or sounds, or a .csv/.parquet table (mobex.datasources)
     calibration: Path | None = None
     training: Path | None = None
     min_calibration_samples: int = Field(default=32, ge=1)
@@ -159,6 +177,11 @@ class IosSection(PlatformSection):
     variants: list[str] = Field(default_factory=lambda: ["fp16"], min_length=1)
     minimum_deployment_target: str = "iOS16"
     compute_units: Literal["cpu_only", "cpu_and_gpu", "cpu_and_ne", "all"] = "cpu_only"
+    # Native interface (mobex.converters.coreml_io): an image input when [preprocessing] is an image contract
+    # with `scale`, and classifier outputs (classLabel, classLabel_probs) for classification with labels: by
+    # default (None) for image classifiers only, `true` for every classifier, `false` for none.
+    image_input: bool = True
+    classifier: bool | None = None
 
     @field_validator("minimum_deployment_target")
     @classmethod
@@ -336,7 +359,7 @@ class Recipe(_Strict):
     model: ModelSection
     inputs: list[InputSpec] = Field(min_length=1)
     outputs: list[OutputSpec] = Field(default_factory=list)
-    preprocessing: dict[str, Any] = Field(default_factory=dict)
+    preprocessing: PreprocessingContract = Field(default_factory=NoPreprocessing)  # typed: mobex.preprocessing
     data: DataSection
     android: AndroidSection | None = None
     ios: IosSection | None = None
@@ -349,6 +372,16 @@ class Recipe(_Strict):
     # Filled in by load_recipe, not by the TOML.
     path: Path = Field(default=Path("recipe.toml"), exclude=True)
     sha256: str = Field(default="", exclude=True)
+
+    @field_validator("preprocessing", mode="before")
+    @classmethod
+    def _preprocessing(cls, v: Any) -> PreprocessingContract:
+        return parse_preprocessing(v)
+
+    @model_validator(mode="after")
+    def _preprocessing_fits_inputs(self) -> Recipe:
+        self.preprocessing.check_inputs({i.name: list(i.shape) for i in self.inputs})
+        return self
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Recipe:
@@ -482,7 +515,8 @@ def _check_files(recipe: Recipe) -> None:
         if rel is None:
             continue
         full = recipe.resolve(rel)
-        if not full.is_file():
+        is_data = field.endswith(("[data].validation", "[data].calibration", "[data].training", ".data"))
+        if not (full.is_file() or (is_data and full.is_dir())):  # data may be a folder (mobex.datasources)
             raise RecipeError(
                 f"{recipe.path}: {field}: file not found: {full}",
                 "paths in a recipe are relative to the recipe's folder",

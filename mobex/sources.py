@@ -26,15 +26,20 @@ if TYPE_CHECKING:
 
 def load_model(recipe: Recipe) -> torch.nn.Module:
     """The recipe's model, weights applied, in eval mode."""
-    source = recipe.model.source
+    weights = recipe.resolve(recipe.model.weights) if recipe.model.weights is not None else None
+    return load_source(recipe.base_dir, recipe.model.source, weights)
+
+
+def load_source(base_dir: Path, source: str, weights: Path | None = None) -> torch.nn.Module:
+    """A model source (factory, .pt or .pt2; paths relative to `base_dir`), weights applied, in eval mode."""
     if source.endswith(".pt"):
-        model = _load_torchscript(recipe.resolve(Path(source)))
+        model = _load_torchscript(base_dir / source)
     elif source.endswith(".pt2"):
-        model = _load_exported_program(recipe.resolve(Path(source)))
+        model = _load_exported_program(base_dir / source)
     else:
-        model = _load_factory(recipe.base_dir, source)
-    if recipe.model.weights is not None:
-        load_weights(model, recipe.resolve(recipe.model.weights))
+        model = _load_factory(base_dir, source)
+    if weights is not None:
+        load_weights(model, weights)
     return model.eval()
 
 

@@ -167,6 +167,16 @@ class Manifest(BaseModel):
     def _json_safe(cls, v: dict[str, Any]) -> dict[str, Any]:
         return _finite(v)
 
+    @field_validator("preprocessing")
+    @classmethod
+    def _contract(cls, v: dict[str, Any]) -> dict[str, Any]:
+        """A `kind`ed table is the typed contract (mobex.preprocessing): it must parse. Older free-form ones pass."""
+        if "kind" in v:
+            from mobex.preprocessing import parse_preprocessing
+
+            parse_preprocessing(v)
+        return v
+
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
         fmt = self.model["format"]

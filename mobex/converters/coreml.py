@@ -17,12 +17,14 @@ import json
 import shutil
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from mobex.artifacts import ExportedVariant, TensorSpec, path_size
+from mobex.converters.coreml_io import plan_interface
 from mobex.errors import ConversionError, UsageError
+from mobex.preprocessing import NoPreprocessing, PreprocessingContract
 
 if TYPE_CHECKING:
     import torch
@@ -53,6 +55,11 @@ class CoreMLMetadata:
     output_descriptions: dict[str, str] = field(default_factory=dict)
     labels: list[str] | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    # The native interface (mobex.converters.coreml_io): image input from an image contract, classifier outputs.
+    preprocessing: PreprocessingContract = field(default_factory=NoPreprocessing)
+    task: str = "other"
+    image_input: bool = True
+    classifier: bool | None = None  # None: for image classifiers only (mobex.converters.coreml_io)
 
 
 def resolve_target(name: str) -> Any:
@@ -135,6 +142,17 @@ def convert_coreml(
         ct.TensorType(name=n, dtype=np.float32 if t.is_floating_point() else np.int32)
         for n, t in zip(output_names, reference_outputs, strict=True)
     ]
+    interface = plan_interface(
+        metadata.preprocessing,
+        example_inputs,
+        task=metadata.task,
+        labels=metadata.labels,
+        output_count=len(reference_outputs),
+        image_input=metadata.image_input,
+        classifier=metadata.classifier,
+    )
+    model, interface_notes = interface.apply(model, example_inputs, ct_inputs)
+    notes += interface_notes
 
     convert_kwargs = dict(
         inputs=ct_inputs,
@@ -143,6 +161,7 @@ def convert_coreml(
         minimum_deployment_target=target,
         compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
         skip_model_load=True,
+        classifier_config=interface.classifier_config(),
     )
     errors: dict[str, str] = {}
     mlmodel = None
@@ -175,7 +194,9 @@ def convert_coreml(
             hint="see the shims in mobex/converters/coreml_shims.py; an unsupported op may need a new one",
         )
 
-    apply_metadata(mlmodel, metadata)
+    descriptions = interface.output_descriptions(metadata.output_descriptions, output_names)
+    apply_metadata(mlmodel, replace(metadata, output_descriptions=descriptions))
+    mlmodel.user_defined_metadata.update(interface.metadata())
     save_package(mlmodel, out_path)
     notes.append("package made reproducible: conversion date dropped, manifest ids derived from content")
     inputs, outputs = read_io(out_path)
@@ -295,11 +316,46 @@ def read_io(package: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
 
 def _tensor_spec(feature: Any) -> TensorSpec:
     kind = feature.type.WhichOneof("Type")
+    if kind == "imageType":  # a picture; mobex feeds it float32 [1, C, H, W] (runtime/mil/image_io.py)
+        image = native_image(feature)
+        return TensorSpec(
+            name=feature.name, shape=(1, image["channels"], image["height"], image["width"]), dtype="float32"
+        )
+    if kind in ("stringType", "dictionaryType"):  # classifier outputs: the label, and label -> score
+        dtype = "string" if kind == "stringType" else "dict-string-float64"
+        return TensorSpec(name=feature.name, shape=(), dtype=dtype)
     if kind != "multiArrayType":
         return TensorSpec(name=feature.name, shape=(), dtype=kind or "unknown")
     array = feature.type.multiArrayType
     dtype = _ARRAY_DTYPES.get(array.dataType, f"coreml-{array.dataType}")
     return TensorSpec(name=feature.name, shape=tuple(int(d) for d in array.shape), dtype=dtype)
+
+
+def native_image(feature: Any) -> dict[str, Any]:
+    """An image input's colour space and size as the spec declares them."""
+    from coremltools.proto import FeatureTypes_pb2
+
+    image = feature.type.imageType
+    space = FeatureTypes_pb2.ImageFeatureType.ColorSpace.Name(image.colorSpace)
+    channels = 1 if space.startswith("GRAYSCALE") else 3
+    return {"color_space": space, "channels": channels, "height": int(image.height), "width": int(image.width)}
+
+
+def read_interface(package: Path) -> dict[str, Any]:
+    """The native forms the package declares, for the manifest: image inputs and classifier outputs."""
+    import coremltools as ct
+
+    spec = ct.utils.load_spec(str(package))
+    out: dict[str, Any] = {}
+    images = {f.name: native_image(f) for f in spec.description.input if f.type.WhichOneof("Type") == "imageType"}
+    if images:
+        out["image_inputs"] = images
+    if spec.description.predictedFeatureName:
+        out["classifier"] = {
+            "label_output": spec.description.predictedFeatureName,
+            "scores_output": spec.description.predictedProbabilitiesName,
+        }
+    return out
 
 
 def _dtype_name(tensor: torch.Tensor) -> str:

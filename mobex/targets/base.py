@@ -128,6 +128,9 @@ class Target(Protocol):
     def read_io(self, path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
         """Inputs and outputs of an exported model file, as a bundle's manifest lists them."""
 
+    def manifest_extras(self, path: Path) -> dict[str, Any]:
+        """Extra keys of the manifest's `model` section that describe the exported model's native interface."""
+
     def bundle_model_path(self, stem: str) -> str:
         """Where the model sits in a bundle, e.g. `model/digits-cnn.tflite`."""
 

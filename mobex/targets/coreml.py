@@ -266,6 +266,10 @@ class CoremlTarget:
             output_descriptions={o.name: o.description for o in recipe.outputs if o.description},
             labels=recipe.labels(),
             extra={"mobex.recipe_sha256": recipe.sha256},
+            preprocessing=recipe.preprocessing,
+            task=recipe.model.task,
+            image_input=ios.image_input if ios else True,
+            classifier=ios.classifier if ios else None,
         )
         return CoremlOptions(
             deployment_target=ios.minimum_deployment_target if ios else "iOS16",
@@ -323,6 +327,12 @@ class CoremlTarget:
         from mobex.converters.coreml import read_io
 
         return read_io(path)
+
+    def manifest_extras(self, path: Path) -> dict[str, Any]:
+        """`image_inputs` and `classifier` when the package has a Core ML image input or classifier outputs."""
+        from mobex.converters.coreml import read_interface
+
+        return read_interface(path)
 
     def bundle_model_path(self, stem: str) -> str:
         return f"model/{swift_type_name(stem)}.mlpackage"

@@ -29,6 +29,7 @@ from mobex.plugins import TargetInfo, VariantRequest, register_target, register_
 if TYPE_CHECKING:
     import numpy as np
 
+    from mobex.converters.tflite_metadata import TfliteMetadata
     from mobex.quantize.tflite.static_int8 import Int8Options
     from mobex.recipe import Recipe
     from mobex.targets.base import ExportJob, JobInputs, RunnerInfo
@@ -56,6 +57,7 @@ class TfliteOptions:
     weight_rounding: str = "gptq"
     int8_training: str | None = None  # data file the int8 variant trains on or checks its search with
     int8_training_all: bool = False  # True: all of it ([quantization.finetune]); False: every 10th sample
+    metadata: TfliteMetadata | None = None  # written into every variant (mobex.converters.tflite_metadata)
 
 
 class TfliteSession:
@@ -205,6 +207,8 @@ class TfliteTarget:
     info = INFO
 
     def options(self, recipe: Recipe) -> TfliteOptions:
+        from mobex.converters.tflite_metadata import metadata_from_recipe
+
         q = recipe.quantization
         training = int8_training_path(recipe)
         android = recipe.android
@@ -215,6 +219,7 @@ class TfliteTarget:
             weight_rounding=q.weight_rounding,
             int8_training=None if training is None else str(recipe.resolve(training)),
             int8_training_all=q.finetune is not None,
+            metadata=metadata_from_recipe(recipe),
         )
 
     def preflight(self, recipe: Recipe, requests: list[VariantRequest]) -> None:
@@ -232,7 +237,9 @@ class TfliteTarget:
 
         def convert() -> ExportedVariant:
             path = out_dir / f"{job.stem}-fp32.tflite"
-            return convert_tflite(inputs.model, inputs.example, path, output_names=list(job.output_names))
+            return convert_tflite(
+                inputs.model, inputs.example, path, output_names=list(job.output_names), metadata=job.options.metadata
+            )
 
         calibration = list(inputs.calibration.feeds())
         return TfliteSession(
@@ -265,6 +272,9 @@ class TfliteTarget:
 
         io = load_tflite_io(path)
         return list(io.inputs), list(io.outputs)
+
+    def manifest_extras(self, path: Path) -> dict[str, Any]:
+        return {}  # names, normalisation and labels are in the .tflite's own metadata
 
     def bundle_model_path(self, stem: str) -> str:
         return f"model/{stem}.tflite"

@@ -47,7 +47,7 @@ class ValidationPlan:
             gates=recipe.gates,
             latency=recipe.latency,
             output_names=tuple(output_names),
-            preprocessing=recipe.preprocessing,
+            preprocessing=recipe.preprocessing.record(),
         )
 
 
@@ -176,7 +176,7 @@ def run_reference(model, recipe: Recipe, data: Dataset) -> ReferenceResult:  # n
         latencies[0] if latencies else None,
         latencies,
         input_stats=reference_statistics(
-            _used(data), None, None, task=recipe.model.task, preprocessing=recipe.preprocessing
+            _used(data), None, None, task=recipe.model.task, preprocessing=recipe.preprocessing.record()
         ),
     )
 

@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from mobex.artifacts import ExportedVariant, path_size
+from mobex.converters.tflite_metadata import carry_model_contract
 from mobex.errors import ConversionError, DataError, UsageError
 from mobex.quantize.feeds import checked_feeds
 from mobex.quantize.tflite.bias_correction import bias_correction_inputs, correct_biases
@@ -42,7 +43,7 @@ from mobex.quantize.tflite.calibration import calibrate
 from mobex.quantize.tflite.gptq import RoundedOp, round_weights, weight_inputs
 from mobex.quantize.tflite.graph import TfliteGraph
 from mobex.quantize.tflite.static_int8 import HELD_OUT, Int8Options, Int8Result, StaticInt8
-from mobex.runtime.litert import TfliteIO, load_tflite_io
+from mobex.runtime.litert import SIGNATURE_KEY, TfliteIO, load_tflite_io
 
 T = TypeVar("T")
 
@@ -167,6 +168,7 @@ def _finish(
     start: float,
 ) -> ExportedVariant:
     """Write the quantized bytes atomically (checked to keep the fp32 model's I/O) and describe them."""
+    data = carry_model_contract(Path(base.path).read_bytes(), data, SIGNATURE_KEY)  # the fp32 model's names, metadata
     written = _write_atomic(out_path, data, check=lambda p: _same_io(base, p, variant))
     seconds = time.perf_counter() - start
     size = path_size(out_path)

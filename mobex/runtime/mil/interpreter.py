@@ -17,6 +17,7 @@ import numpy as np
 from mobex.artifacts import TensorSpec
 from mobex.errors import DataError
 
+from .image_io import NativeIO
 from .ops_common import BOUNDARY_DTYPES, CONTAINER_DTYPES, KERNELS, UnsupportedOpError, round_fp16
 from .program import (
     CompiledProgram,
@@ -51,8 +52,9 @@ class MilReferenceRunner:
             if load_error is None
             else compile_unloadable(spec, function_name, load_error)
         )
+        self._native = NativeIO.read(spec)  # image inputs, classifier outputs (image_io.py)
         self.inputs: list[TensorSpec] = self._program.inputs
-        self.outputs: list[TensorSpec] = self._program.outputs
+        self.outputs: list[TensorSpec] = self._native.outputs(self._program.outputs)
 
     # ------------------------------------------------------------------ introspection
 
@@ -73,7 +75,7 @@ class MilReferenceRunner:
 
     def _feed_value(self, spec: TensorSpec, value: Any) -> np.ndarray:
         mil = self._program.input_dtypes[spec.name]
-        arr = np.asarray(value)
+        arr = np.asarray(self._native.feed(spec.name, value))
         if arr.dtype.kind not in "biuf":
             raise DataError(
                 f"input {spec.name!r} has dtype {arr.dtype}, expected a numeric array ({spec.dtype})",
@@ -90,7 +92,15 @@ class MilReferenceRunner:
         return arr.astype(CONTAINER_DTYPES.get(mil, arr.dtype), copy=False)
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Execute the program on one feed {input name: array}; outputs in program order, as numpy."""
+        """Execute the program on one feed {input name: array}; outputs in program order, as numpy
+        (a classifier's label and score dictionary as one score array: image_io.py)."""
+        return self._native.results([s.name for s in self._program.outputs], self._execute(feed))
+
+    def run_native(self, feed: dict[str, np.ndarray]) -> dict[str, Any]:
+        """{output name: value} as Core ML gives them: a classifier's label (str) and {label: score}."""
+        return self._native.native([s.name for s in self._program.outputs], self._execute(feed))
+
+    def _execute(self, feed: dict[str, np.ndarray]) -> list[Any]:
         program = self._program
         if program.unsupported:
             raise UnsupportedOpError(
@@ -111,7 +121,7 @@ class MilReferenceRunner:
             for name in step.release:
                 env.pop(name, None)
         out = []
-        for spec, mil in zip(self.outputs, program.output_dtypes, strict=True):
+        for spec, mil in zip(program.outputs, program.output_dtypes, strict=True):
             # Copy folded constants: callers must not be able to edit the runner's state.
             value = np.array(program.consts[spec.name]) if spec.name in program.consts else env[spec.name]
             boundary = BOUNDARY_DTYPES.get(mil)
