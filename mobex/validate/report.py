@@ -45,6 +45,7 @@ class ReportInputs:
     training: Any = None
     bundles: tuple[dict, ...] = ()
     timings: dict = field(default_factory=dict)
+    baselines: dict = field(default_factory=dict)  # platform -> comparison with the release it replaces
 
 
 def build_report(r: ReportInputs) -> dict:
@@ -96,6 +97,8 @@ def build_report(r: ReportInputs) -> dict:
     }
     if r.pruning is not None:
         report["pruning"] = r.pruning.to_dict()
+    if r.baselines:
+        report["baseline"] = r.baselines
     return report
 
 
@@ -161,6 +164,19 @@ def render_junit(report: dict) -> bytes:
 _VOLATILE_VARIANT_KEYS = ("latency", "latency_by_threads", "export_seconds", "validate_seconds")
 
 
+# Measured (not decided) parts of a variant's quantization_details: latencies, wall times.
+_VOLATILE_DETAILS = ("cost", "search", "search_seconds")
+
+
+def _decided(details: dict) -> dict:
+    out = {k: v for k, v in details.items() if k not in _VOLATILE_DETAILS}
+    finetune = out.get("finetune")
+    if isinstance(finetune, dict) and isinstance(finetune.get("trials"), list):
+        trials = [{k: v for k, v in t.items() if k != "seconds"} for t in finetune["trials"]]
+        out["finetune"] = {**finetune, "trials": trials}
+    return out
+
+
 def bundled_report(report: dict) -> dict:
     """The reproducible subset of a build report that goes into bundles."""
     out = json.loads(json.dumps(report))  # deep copy
@@ -176,6 +192,6 @@ def bundled_report(report: dict) -> dict:
         variant["gates"] = [g for g in variant["gates"] if g["metric"] != "p50_ms"]
         details = variant.get("quantization_details")
         if isinstance(details, dict):  # keep what was decided, drop measured timings
-            variant["quantization_details"] = {k: v for k, v in details.items() if k not in ("cost", "search")}
+            variant["quantization_details"] = _decided(details)
     out["note"] = "latency and wall times vary between runs: see the build's report.json"
     return out

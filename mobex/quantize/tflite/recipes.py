@@ -274,9 +274,9 @@ def _int8_notes(made: Int8Result) -> list[str]:
     if made.fallback:
         names = "; ".join(op.label for op in made.fallback)
         growth = len(made.model) / max(1, made.plain_size)
-        latency = ""
-        if made.p50_ms is not None and made.plain_p50_ms:
-            latency = f", p50 {made.plain_p50_ms:.3g} -> {made.p50_ms:.3g} ms"
+        # Measured p50s and search times are in quantization_details (cost, search_seconds), not in the
+        # note: notes go into bundles, which must be the same bytes when the same model is built again.
+        latency = " (p50: quantization_details.cost)" if made.p50_ms is not None and made.plain_p50_ms else ""
         verdict = "passes" if made.passed else "still misses"
         kept = sum(op.scope in made.int8_weight_ops for op in made.fallback)
         weights = f", {kept} of them with int8 weights" if kept else ""
@@ -285,7 +285,7 @@ def _int8_notes(made: Int8Result) -> list[str]:
         notes.append(
             f"float fallback of {len(made.fallback)} op(s) ({names}{weights}) {verdict} the int8 gate on "
             f"calibration data ({shown}); cost: size x{growth:.3f}{latency}; "
-            f"{len(made.search.trials)} candidates measured in {made.search.seconds:.0f} s"
+            f"{len(made.search.trials)} candidates measured"
         )
     else:
         notes.append(f"no float fallback within max_fallback_layers passes the int8 gate on calibration data ({shown})")
@@ -307,7 +307,7 @@ def _finetune_notes(made: Int8Result) -> list[str]:
         where = f"{len(trial.fallback)} op(s) in float" if trial.fallback else "full int8"
         notes.append(
             f"int8 fine-tuning ({where}; {trial.report.epochs} epochs on {trial.report.samples} training samples, "
-            f"{trial.report.seconds:.0f} s, twin fidelity {trial.report.fidelity_db:.1f} dB): calibration {key} "
+            f"twin fidelity {trial.report.fidelity_db:.1f} dB): calibration {key} "
             f"{trial.before.get(key, float('nan')):.4g} -> {trial.after.get(key, float('nan')):.4g}, held-out "
             f"training samples {trial.held_out.get(key, float('nan')):.4g} "
             f"({'passes the int8 gate on both' if trial.passed else 'misses the int8 gate'})"
