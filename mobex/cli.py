@@ -49,7 +49,23 @@ def build(
     key: Annotated[
         Path | None, typer.Option("--key", help="ECDSA P-256 private key (PEM). Default: a development key.")
     ] = None,
-    jobs: Annotated[int, typer.Option("--jobs", min=1, help="Parallel export processes (android, ios).")] = 2,
+    jobs: Annotated[int, typer.Option("--jobs", min=1, help="Parallel export processes (one per target).")] = 2,
+    baseline: Annotated[
+        list[str] | None,
+        typer.Option("--baseline", help="The release this one replaces: a bundle .zip (repeat per platform), or a "
+                     "registry folder/URL with --baseline-channel. Checked against the recipe's [release] budgets."),
+    ] = None,
+    baseline_channel: Annotated[
+        str | None, typer.Option("--baseline-channel", help="With a registry --baseline: the channel to compare with.")
+    ] = None,
+    baseline_key: Annotated[
+        Path | None,
+        typer.Option("--baseline-key", help="Verifies the baseline: the release public key for bundles (default: "
+                     "the public half of --key), the registry's pinned root key for a registry."),
+    ] = None,
+    baseline_token_file: Annotated[
+        Path | None, typer.Option("--baseline-token-file", help="Bearer token for a registry --baseline.")
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Convert, quantize, validate, gate, bundle and sign everything the recipe asks for."""
@@ -66,7 +82,15 @@ def build(
     if key is not None:
         load_private_key(key)  # fail on a bad key before minutes of work
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    options = BuildOptions(out_dir=out, key=key, jobs=jobs, source_date_epoch=int(epoch) if epoch else None)
+    token = None
+    if baseline_token_file is not None:
+        from mobex.registry.server import read_token_file
+
+        token = read_token_file(baseline_token_file)
+    options = BuildOptions(
+        out_dir=out, key=key, jobs=jobs, source_date_epoch=int(epoch) if epoch else None, baselines=baseline or [],
+        baseline_channel=baseline_channel, baseline_key=baseline_key, baseline_token=token,
+    )  # fmt: skip
     with console.status("starting") as status:
         try:
             result = run_build(parsed, options, on_stage=lambda name: status.update(f"[bold]{name}[/bold]…"))
@@ -101,7 +125,7 @@ def build(
 def export(
     recipe: Annotated[Path, typer.Argument(help="The recipe TOML file.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the exported models.")] = Path("exported"),
-    jobs: Annotated[int, typer.Option("--jobs", min=1, help="Parallel export processes (android, ios).")] = 2,
+    jobs: Annotated[int, typer.Option("--jobs", min=1, help="Parallel export processes (one per target).")] = 2,
     as_json: JsonFlag = False,
 ) -> None:
     """Convert and quantize every variant, without validation or bundles (use `build` to ship)."""
@@ -292,6 +316,7 @@ def inspect(
 def _register_command_groups() -> None:
     """Commands that live in their own modules (registry, drift, serving); each adds itself to `app`."""
     from mobex.cli_registry import register as register_registry
+    from mobex.cli_release import register as register_release
     from mobex.cli_serving import register as register_serving
     from mobex.cli_validate import register as register_validate
     from mobex.init_recipe import register as register_init
@@ -300,6 +325,7 @@ def _register_command_groups() -> None:
     register_init(app)
     register_registry(app)
     register_serving(app)
+    register_release(app)
 
 
 _register_command_groups()

@@ -44,6 +44,11 @@ class BuildOptions:
     key: Path | None = None
     jobs: int = 2
     source_date_epoch: int | None = None
+    # The release this build replaces (mobex.release.baseline): bundle files, or a registry with a channel.
+    baselines: list[str] = field(default_factory=list)
+    baseline_channel: str | None = None
+    baseline_key: Path | None = None  # default for bundle files: the public half of --key (or the dev key)
+    baseline_token: str | None = None
 
 
 @dataclass
@@ -127,12 +132,20 @@ def build(recipe: Recipe, options: BuildOptions, on_stage: Callable[[str], None]
             exports = run_exports(jobs, options.jobs)
         for exp in exports:
             clock.timings[f"export {exp.target}"] = round(exp.seconds, 3)
+        plan = ValidationPlan.of(recipe, names)
         with clock.stage("validate"):
-            variants = _validate(recipe, jobs, exports, validation, reference, names)
+            variants = _validate(recipe, plan, jobs, exports, validation, reference)
         decision = choose_shipped(ship_policies(recipe), variants)
         prune_gate = pruning.gate() if pruning is not None else None
         if prune_gate is not None and not prune_gate["passed"]:  # the pruned model itself is too far off
             decision = decision.blocked(prune_gate["message"])
+        comparisons: dict[str, dict] = {}
+        if options.baselines and decision.shipped:
+            with clock.stage("baseline"):
+                comparisons, breaches = _against_baselines(recipe, options, decision, variants, plan, validation,
+                                                           reference)  # fmt: skip
+            for breach in breaches:
+                decision = decision.blocked(breach)
         inputs = ReportInputs(
             recipe=recipe,
             validation=validation,
@@ -146,6 +159,7 @@ def build(recipe: Recipe, options: BuildOptions, on_stage: Callable[[str], None]
             provenance=provenance(recipe),
             pruning=pruning,
             training=training if pruning is not None else None,
+            baselines=comparisons,
         )
         final = workdir / "final"
         final.mkdir()
@@ -264,10 +278,10 @@ def _check_calibration(recipe: Recipe, calibration: Dataset) -> None:
 
 
 def _validate(
-    recipe: Recipe, jobs: list[ExportJob], exports: list[TargetExport], validation: Dataset, reference, names
-) -> list[VariantResult]:  # noqa: ANN001
+    recipe: Recipe, plan: ValidationPlan, jobs: list[ExportJob], exports: list[TargetExport], validation: Dataset,
+    reference,  # noqa: ANN001
+) -> list[VariantResult]:
     """Every requested variant's result, in recipe order: validated, or failed with its conversion's reason."""
-    plan = ValidationPlan.of(recipe, names)
     options = {job.target: job.options for job in jobs}
     built = {(b.request.platform, b.request.spelled): b for e in exports for b in e.variants}
     failed = {(f.request.platform, f.request.spelled): f.message for e in exports for f in e.failures}
@@ -279,6 +293,44 @@ def _validate(
         else:
             results.append(failed_export_report(request, failed.get(key, "not produced"), plan))
     return results
+
+
+def _against_baselines(
+    recipe: Recipe, options: BuildOptions, decision: ShipDecision, variants: list[VariantResult],
+    plan: ValidationPlan, validation: Dataset, reference,  # noqa: ANN001
+) -> tuple[dict[str, dict], list[str]]:
+    """Each shipped variant next to the release it replaces, and the [release] budgets it breaks (messages)."""
+    from mobex.release.baseline import load_baselines
+    from mobex.release.budgets import evaluate_budgets
+    from mobex.release.compare import compare
+
+    by_id = {v.id: v for v in variants}
+    comparisons, breaches = {}, []
+    key = options.baseline_key or _public_key(options)
+    with load_baselines(options.baselines, key=key, model=recipe.model.name, platforms=list(decision.shipped),
+                        channel=options.baseline_channel, token=options.baseline_token) as baselines:  # fmt: skip
+        for platform, variant_id in decision.shipped.items():
+            if platform not in baselines:
+                continue
+            comparison = compare(baselines[platform], by_id[variant_id], recipe.model.version, plan, validation,
+                                 reference)  # fmt: skip
+            budgets = evaluate_budgets(recipe.release, comparison)
+            comparisons[platform] = replace(comparison, budgets=tuple(b.to_dict() for b in budgets)).to_dict()
+            breaches += [f"{platform}: release budget {b.message}" for b in budgets if not b.passed]
+    return comparisons, breaches
+
+
+def _public_key(options: BuildOptions) -> Path:
+    """The public key that verifies bundle baselines by default: that of the key this build signs with."""
+    from mobex.bundle.keys import dev_key_path, public_path_for
+
+    public = public_path_for(options.key) if options.key else public_path_for(dev_key_path())
+    if not public.is_file():
+        from mobex.errors import UsageError
+
+        raise UsageError(f"--baseline: no public key {public} to verify the previous bundles with",
+                         "pass --baseline-key PUB.pem (the key the previous release was signed with)")  # fmt: skip
+    return public
 
 
 def ship_policies(recipe: Recipe) -> dict[str, str]:

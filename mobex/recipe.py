@@ -355,6 +355,23 @@ class MonitoringSection(_Strict):
     min_labels: int = Field(default=30, ge=1)  # fewer labelled predictions: no accuracy/precision/recall/F1 alert
 
 
+class ReleaseSection(_Strict):
+    """[release]: budgets a build must keep against the release it replaces (`mobex build --baseline`).
+
+    Growth and regression are fractions of the previous value (0.10: at most 10 % larger / slower); drops
+    are absolute (0.01: one point of accuracy). None turns a budget off. A budget that cannot be measured
+    (no labels for accuracy) fails, as a gate does; latency is not checked where the host cannot time the
+    target at all (Core ML off macOS), and the report says so.
+    """
+
+    max_size_growth: float | None = Field(default=None, ge=0)
+    max_latency_regression: float | None = Field(default=None, ge=0)  # p50, measured interleaved in one run
+    max_accuracy_drop: float | None = Field(default=None, ge=0, le=1)  # against the labels, both on this data
+    max_f1_drop: float | None = Field(default=None, ge=0, le=1)
+    min_agreement_with_previous: float | None = Field(default=None, ge=0, le=1)  # top-1 (classifiers)
+    min_cosine_with_previous: float | None = Field(default=None, ge=-1, le=1)  # worst sample's output cosine
+
+
 class Recipe(_Strict):
     model: ModelSection
     inputs: list[InputSpec] = Field(min_length=1)
@@ -368,6 +385,7 @@ class Recipe(_Strict):
     prune: PruneSection | None = None
     quantization: QuantizationSection = Field(default_factory=QuantizationSection)
     monitoring: MonitoringSection = Field(default_factory=MonitoringSection)
+    release: ReleaseSection = Field(default_factory=ReleaseSection)
 
     # Filled in by load_recipe, not by the TOML.
     path: Path = Field(default=Path("recipe.toml"), exclude=True)
