@@ -25,9 +25,7 @@ MAX_NAMES_IN_MESSAGE = 10
 
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 # TOML: multi-line strings first, then one-line basic and literal strings, then comments.
-_TOML_SKIP = re.compile(
-    rb'"""[\s\S]*?"""|\'\'\'[\s\S]*?\'\'\'|"[^"\\\n]*(?:\\.[^"\\\n]*)*"|\'[^\'\n]*\'|#[^\n]*'
-)
+_TOML_SKIP = re.compile(rb'"""[\s\S]*?"""|\'\'\'[\s\S]*?\'\'\'|"[^"\\\n]*(?:\\.[^"\\\n]*)*"|\'[^\'\n]*\'|#[^\n]*')
 _BRACKETS_ONLY = bytes(range(256)).translate(None, b"[]{}")  # every byte except brackets: deleted
 _AS_PARENS = bytes.maketrans(b"[]{}", b"()()")
 
@@ -56,7 +54,9 @@ def nesting_depth(data: bytes, *, skip: re.Pattern[bytes] = _JSON_STRING, stop_a
     return depth
 
 
-def check_json_limits(data: bytes | str, what: str, *, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_DEPTH) -> bytes:
+def check_json_limits(
+    data: bytes | str, what: str, *, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_DEPTH
+) -> bytes:
     """`data` as bytes, after checking its size and nesting depth (LimitExceeded otherwise)."""
     raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
     if len(raw) > max_bytes:

@@ -191,4 +191,3 @@ def _no_code_unpickling() -> Iterator[None]:
             yield
         finally:
             torch.load, package.pickle, torch._C._pickle_load_obj = saved
-

@@ -70,7 +70,9 @@ def _pickled(obj: object, tmp_path: Path) -> bytes:
 def evil_sample_inputs(tmp_path: Path) -> tuple[Path, Path]:
     marker = tmp_path / "PWNED-sample-inputs"
     plain = _plain_pt2(tmp_path / "plain.pt2")
-    evil = _replace_member(plain, tmp_path / "evil.pt2", "data/sample_inputs/model.pt", _pickled(_WritesMarker(marker), tmp_path))
+    evil = _replace_member(
+        plain, tmp_path / "evil.pt2", "data/sample_inputs/model.pt", _pickled(_WritesMarker(marker), tmp_path)
+    )
     return evil, marker
 
 
