@@ -19,7 +19,6 @@ A feature drifts when its PSI exceeds the threshold or its KS p-value is below t
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mobex.errors import DRIFT_EXIT_CODE, DataError, UsageError
+from mobex.errors import DRIFT_EXIT_CODE, DataError, UsageError, VerificationError
 from mobex.validate import stats as stats_mod
 
 REFERENCE_STATS_ASSET = "assets/reference_stats.json"
@@ -226,11 +225,22 @@ def load_new_data(path: Path, manifest_inputs: list[dict]) -> dict[str, np.ndarr
             raise DataError(f"{path.name}: array {name!r} contains NaN or inf", "clean or drop those samples")
         if arr.dtype.kind not in "biuf":
             raise DataError(f"{path.name}: array {name!r} has dtype {arr.dtype}, not numbers")
-        arrays[name] = arr
+        arrays[name] = _as_built(arr, spec)
     counts = {k: a.shape[0] for k, a in arrays.items()}
     if len(set(counts.values())) > 1:
         raise DataError(f"{path.name}: inputs have different sample counts: {counts}")
     return arrays
+
+
+def _as_built(arr: np.ndarray, spec: dict) -> np.ndarray:
+    """Float data in the precision the build computed the reference statistics in (the recipe's input
+    dtype; float32 behind an int8-quantized model input), so equal data gives equal features."""
+    if arr.dtype.kind != "f":
+        return arr
+    if spec.get("quantization"):
+        return arr.astype(np.float32, copy=False)
+    dtype = np.dtype(spec["dtype"])
+    return arr.astype(dtype, copy=False) if dtype.kind == "f" else arr
 
 
 def _runner_for(root: Path, manifest) -> tuple[object, str]:  # noqa: ANN001
@@ -272,6 +282,35 @@ def _model_outputs(runner, arrays: dict[str, np.ndarray], manifest_inputs: list[
     return [np.concatenate(c, axis=0) for c in chunks], usable
 
 
+def _reference_stats(root: Path, manifest, bundle_name: str) -> dict:  # noqa: ANN001 - Manifest
+    """The bundle's reference statistics: only a file the (signed) manifest lists, bounded JSON."""
+    from mobex.bounded import loads_json
+    from mobex.bundle.manifest import check_relative_posix
+
+    rel = str(manifest.model.get("reference_stats_file") or REFERENCE_STATS_ASSET)
+    try:
+        check_relative_posix(rel, "model.reference_stats_file")
+    except ValueError as exc:
+        raise VerificationError(f"{bundle_name}: {exc}") from None
+    if rel not in {f.path for f in manifest.files}:
+        if rel == REFERENCE_STATS_ASSET and not (root / rel).exists():
+            raise UsageError(
+                f"{bundle_name} has no {rel}",
+                "rebuild the bundle with this mobex version: builds now store reference statistics for drift checks",
+            )
+        raise VerificationError(f"{bundle_name}: {rel} is not one of the files the manifest lists and signs")
+    asset = root / rel
+    if asset.is_symlink() or not asset.is_file():
+        raise VerificationError(f"{bundle_name}: {rel} is listed in the manifest but missing from the bundle")
+    try:
+        reference = loads_json(asset.read_bytes(), rel)
+    except ValueError as exc:
+        raise VerificationError(f"{bundle_name}: {rel} is not usable reference statistics: {exc}") from None
+    if not isinstance(reference, dict):
+        raise VerificationError(f"{bundle_name}: {rel} is not a JSON object")
+    return reference
+
+
 def check_bundle_drift(
     bundle: Path,
     data: Path,
@@ -300,14 +339,7 @@ def check_bundle_drift(
     with tempfile.TemporaryDirectory(prefix="mobex-drift-") as work:
         root = Path(work) / "bundle"
         safe_extract(bundle, root)
-        rel = str(manifest.model.get("reference_stats_file") or REFERENCE_STATS_ASSET)
-        asset = root / rel
-        if not asset.is_file():
-            raise UsageError(
-                f"{bundle.name} has no {rel}",
-                "rebuild the bundle with this mobex version: builds now store reference statistics for drift checks",
-            )
-        reference = json.loads(asset.read_text(encoding="utf-8"))
+        reference = _reference_stats(root, manifest, bundle.name)
         if reference.get("schema") != stats_mod.STATS_SCHEMA:
             raise UsageError(f"{REFERENCE_STATS_ASSET} has schema {reference.get('schema')!r}; this mobex reads "
                              f"{stats_mod.STATS_SCHEMA}")  # fmt: skip
