@@ -63,7 +63,7 @@ class ModelSection(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not BUNDLE_NAME.match(v):
+        if not BUNDLE_NAME.fullmatch(v):
             raise ValueError(
                 f"{v!r} is not a bundle name: use lowercase letters, digits, '.', '_' or '-' "
                 "(e.g. 'digits-cnn'), at most 64 characters"
@@ -73,7 +73,7 @@ class ModelSection(_Strict):
     @field_validator("version")
     @classmethod
     def _version(cls, v: str) -> str:
-        if not SEMVER.match(v):
+        if not SEMVER.fullmatch(v):
             raise ValueError(f"{v!r} is not a SemVer version; write MAJOR.MINOR.PATCH, e.g. '1.0.0'")
         return v
 

@@ -13,7 +13,7 @@ COREML_FIXED_VARIANTS: tuple[str, ...] = ("fp32", "fp16", "int8-weights", "int4-
 COREML_PATTERNS: tuple[str, ...] = ("palettize-<2|4|6|8>bit", "sparse-<1..99>")
 
 _PALETTIZE = re.compile(r"^palettize-(2|4|6|8)bit$")
-_SPARSE = re.compile(r"^sparse-(\d{1,2})$")
+_SPARSE = re.compile(r"^sparse-(\d{1,2})$", re.ASCII)
 
 IOS_TARGETS: tuple[str, ...] = ("iOS15", "iOS16", "iOS17", "iOS18")
 
@@ -23,9 +23,9 @@ def is_tflite_variant(name: str) -> bool:
 
 
 def is_coreml_variant(name: str) -> bool:
-    if name in COREML_FIXED_VARIANTS or _PALETTIZE.match(name):
+    if name in COREML_FIXED_VARIANTS or _PALETTIZE.fullmatch(name):
         return True
-    match = _SPARSE.match(name)
+    match = _SPARSE.fullmatch(name)
     return bool(match) and 1 <= int(match.group(1)) <= 99
 
 

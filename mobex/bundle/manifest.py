@@ -35,11 +35,12 @@ MODEL_FORMAT_OF_PLATFORM = {"android": "tflite", "ios": "mlpackage"}
 SEMVER_RE = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
     r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
-    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$",
+    re.ASCII,  # \d is [0-9] only: no other scripts' digits in versions; always used with fullmatch
 )
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-_CREATED_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+_CREATED_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$", re.ASCII)
 _REQUIRED_MODEL_KEYS = ("path", "format", "quantization", "inputs", "outputs", "minimum_os")
 
 
@@ -74,7 +75,7 @@ class FileEntry(BaseModel):
     @field_validator("sha256")
     @classmethod
     def _sha(cls, v: str) -> str:
-        if not _SHA256_RE.match(v):
+        if not _SHA256_RE.fullmatch(v):
             raise ValueError("sha256 must be 64 lowercase hex digits")
         return v
 
@@ -108,7 +109,7 @@ class Manifest(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not NAME_RE.match(v):
+        if not NAME_RE.fullmatch(v):
             raise ValueError(
                 f"bundle name {v!r} must be 1-128 of letters, digits, '.', '_' or '-', starting with a letter or digit"
             )
@@ -117,14 +118,14 @@ class Manifest(BaseModel):
     @field_validator("version")
     @classmethod
     def _version(cls, v: str) -> str:
-        if not SEMVER_RE.match(v):
+        if not SEMVER_RE.fullmatch(v):
             raise ValueError(f"version {v!r} is not SemVer 2.0 (e.g. 1.4.2, 2.0.0-rc.1)")
         return v
 
     @field_validator("created")
     @classmethod
     def _created(cls, v: str) -> str:
-        if not _CREATED_RE.match(v):
+        if not _CREATED_RE.fullmatch(v):
             raise ValueError(f"created {v!r} must be an ISO-8601 UTC time like 2026-01-31T12:00:00Z")
         datetime.strptime(v, "%Y-%m-%dT%H:%M:%SZ")  # rejects month 13 etc.
         return v
@@ -255,7 +256,7 @@ def resolve_source_date_epoch(value: int | None = None) -> int | None:
     env = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
     if not env:
         return None
-    if not env.isdigit():
+    if not (env.isascii() and env.isdigit()) or len(env) > 18:
         raise UsageError(
             f"SOURCE_DATE_EPOCH={env!r} is not a non-negative integer",
             hint="set it to a Unix time, e.g. SOURCE_DATE_EPOCH=$(git log -1 --format=%ct)",

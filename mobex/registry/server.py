@@ -38,7 +38,7 @@ POINTER_MAX_AGE = 60
 IMMUTABLE_MAX_AGE = 31_536_000
 SOCKET_TIMEOUT_S = 30
 _MAX_PATH = 2048
-_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$", re.ASCII)
 _CHUNK = 1 << 16
 
 
@@ -225,7 +225,7 @@ class RegistryHandler(BaseHTTPRequestHandler):
         if_range = self.headers.get("If-Range")
         if if_range is not None and if_range.strip() != etag:
             return None  # the file changed: send it whole
-        m = _RANGE_RE.match(header.strip())
+        m = _RANGE_RE.fullmatch(header.strip())
         if not m or (not m.group(1) and not m.group(2)):
             return None  # several ranges or malformed: ignore Range, send 200
         first, last = m.group(1), m.group(2)
