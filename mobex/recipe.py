@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
+from mobex.bounded import MAX_TOML_BYTES, LimitExceeded, check_toml_limits
 from mobex.bundle.manifest import SEMVER_RE
 from mobex.errors import RecipeError
 from mobex.variants import (
@@ -386,10 +387,14 @@ def load_recipe(path: str | Path) -> Recipe:
     path = Path(path).resolve()
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found", "pass the path of a recipe.toml")
-    raw_bytes = path.read_bytes()
+    with path.open("rb") as f:
+        raw_bytes = f.read(MAX_TOML_BYTES + 1)  # one byte over the cap is enough to refuse it
     try:
+        check_toml_limits(raw_bytes, "the recipe")  # size and nesting first: tomllib recurses per level
         raw = tomllib.loads(raw_bytes.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except LimitExceeded as exc:
+        raise RecipeError(f"{path}: {exc}", "a recipe is a small, flat TOML file (README: Recipe reference)") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise RecipeError(f"{path}: not valid TOML: {exc}") from None
     try:
         recipe = Recipe.model_validate({**raw, "path": path, "sha256": hashlib.sha256(raw_bytes).hexdigest()})

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mobex.artifacts import TensorSpec
+from mobex.bounded import loads_json
 from mobex.bundle.signing import SIGNATURE_FILE
 from mobex.errors import UsageError
 from mobex.files import regular_files, sha256_file
@@ -30,6 +31,7 @@ from mobex.files import regular_files, sha256_file
 SCHEMA_ID = "https://mobex.dev/schemas/bundle-manifest/v1"
 MANIFEST_FILE = "manifest.json"
 MODEL_FORMAT_OF_PLATFORM = {"android": "tflite", "ios": "mlpackage"}
+MAX_MANIFEST_BYTES = 16 << 20
 
 # SemVer 2.0.0, the regex recommended at semver.org.
 SEMVER_RE = re.compile(
@@ -207,8 +209,8 @@ class Manifest(BaseModel):
 
     @classmethod
     def from_json_bytes(cls, data: bytes) -> Manifest:
-        """Parse manifest.json (raises pydantic.ValidationError or ValueError)."""
-        return cls.model_validate(json.loads(data.decode("utf-8")))
+        """Parse manifest.json (raises pydantic.ValidationError or ValueError, also when too large or deep)."""
+        return cls.model_validate(loads_json(data, MANIFEST_FILE, max_bytes=MAX_MANIFEST_BYTES))
 
 
 def model_section(
