@@ -27,6 +27,12 @@ app = typer.Typer(
 )
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+OutsidePathsFlag = Annotated[
+    bool,
+    typer.Option(
+        "--allow-outside-paths", help="Let the recipe name files outside its folder (only for recipes you trust)."
+    ),
+]
 
 
 def _console():  # noqa: ANN202
@@ -50,11 +56,14 @@ def build(
         Path | None, typer.Option("--key", help="ECDSA P-256 private key (PEM). Default: a development key.")
     ] = None,
     jobs: Annotated[int, typer.Option("--jobs", min=1, help="Parallel export processes (android, ios).")] = 2,
+    allow_outside_paths: OutsidePathsFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Convert, quantize, validate, gate, bundle and sign everything the recipe asks for."""
     from mobex.logs import quiet_third_party_logs
+    from mobex.recipe_paths import allow_outside_paths as allow_paths
 
+    allow_paths(allow_outside_paths)
     quiet_third_party_logs()
     from mobex.bundle.keys import load_private_key
     from mobex.pipeline import BuildOptions
@@ -102,11 +111,14 @@ def export(
     recipe: Annotated[Path, typer.Argument(help="The recipe TOML file.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the exported models.")] = Path("exported"),
     jobs: Annotated[int, typer.Option("--jobs", min=1, help="Parallel export processes (android, ios).")] = 2,
+    allow_outside_paths: OutsidePathsFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Convert and quantize every variant, without validation or bundles (use `build` to ship)."""
     from mobex.logs import quiet_third_party_logs
+    from mobex.recipe_paths import allow_outside_paths as allow_paths
 
+    allow_paths(allow_outside_paths)
     quiet_third_party_logs()
     from mobex.pipeline import export_only
     from mobex.recipe import load_recipe

@@ -37,6 +37,7 @@ from mobex.export import (
 )
 from mobex.provenance import provenance
 from mobex.recipe import Recipe
+from mobex.recipe_paths import check_labels_fit
 from mobex.validate.latency import HOST_NOTE
 from mobex.validate.report import REPORT_SCHEMA, bundled_report, report_json_bytes, write_atomic, write_reports
 from mobex.validate.validator import (
@@ -124,6 +125,7 @@ def build(recipe: Recipe, options: BuildOptions, on_stage: Callable[[str], None]
             model = pruning.model
     with clock.stage("reference run"):
         reference = run_reference(model, recipe, validation)
+    check_labels_fit(recipe, reference.outputs)  # issue 12: a labels file must fit the class output
     names = output_names(recipe, len(reference.outputs))
 
     options.out_dir.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, f
 from mobex.bounded import MAX_TOML_BYTES, LimitExceeded, check_toml_limits
 from mobex.bundle.manifest import SEMVER_RE
 from mobex.errors import RecipeError
+from mobex.recipe_paths import check_inside_folder
 from mobex.variants import (
     COREML_FIXED_VARIANTS,
     COREML_PATTERNS,
@@ -445,6 +446,7 @@ def _check_files(recipe: Recipe) -> None:
         if rel is None:
             continue
         full = recipe.resolve(rel)
+        check_inside_folder(recipe.path, field, rel, full)
         if not full.is_file():
             raise RecipeError(
                 f"{recipe.path}: {field}: file not found: {full}",
