@@ -15,7 +15,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mobex import __version__
+from mobex import workdir as workdirs
 from mobex.data import Dataset, load_validation_and_calibration
 from mobex.errors import DataError, GateFailed
 from mobex.export import (
@@ -46,6 +46,7 @@ from mobex.validate.validator import (
     run_reference,
     validate_variant,
 )
+from mobex.workers import pool_options
 
 # Variants that calibrate activation ranges on the recipe's calibration data, per platform.
 STATIC_VARIANTS = {"android": {"int8"}, "ios": {"w8a8"}}
@@ -129,7 +130,7 @@ def build(recipe: Recipe, options: BuildOptions, on_stage: Callable[[str], None]
     names = output_names(recipe, len(reference.outputs))
 
     options.out_dir.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=".mobex-build-", dir=options.out_dir))
+    workdir = workdirs.create(options.out_dir, workdirs.BUILD_PREFIX)  # issue 12: locked; dead builds' removed
     try:
         with clock.stage("export"):
             pruned_path = None
@@ -168,7 +169,7 @@ def build(recipe: Recipe, options: BuildOptions, on_stage: Callable[[str], None]
         write_reports(report, final)
         moved = _move_into(final, options.out_dir)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        workdirs.remove(workdir)
     result = BuildResult(
         report=report,
         bundles=[options.out_dir / path.name for _, path in bundles],
@@ -192,7 +193,7 @@ def export_only(recipe: Recipe, out_dir: Path, jobs: int = 2) -> list[Path]:
     validation, calibration = load_validation_and_calibration(recipe)
     _check_calibration(recipe, calibration)
     out_dir.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=".mobex-export-", dir=out_dir))
+    workdir = workdirs.create(out_dir, workdirs.EXPORT_PREFIX)
     written: list[Path] = []
     try:
         exports = _export(recipe, workdir, jobs)
@@ -209,7 +210,7 @@ def export_only(recipe: Recipe, out_dir: Path, jobs: int = 2) -> list[Path]:
                 os.replace(variant.path, target)
                 written.append(target)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        workdirs.remove(workdir)
     if problems:
         from mobex.errors import ConversionError
 
@@ -231,13 +232,7 @@ def _add_pruning(report: dict, pruning, training: Dataset | None) -> None:  # no
 
 def _check_out_dir(out_dir: Path) -> None:
     """Refuse an output path we cannot write into before any work starts."""
-    from mobex.errors import UsageError
-
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"--out {out_dir} exists and is not a folder", "pass a folder (it is created if missing)")
-    parent = next((p for p in [out_dir, *out_dir.parents] if p.exists()), None)
-    if parent is not None and not os.access(parent, os.W_OK):
-        raise UsageError(f"--out {out_dir}: {parent} is not writable")
+    workdirs.check_out_dir(out_dir)
 
 
 def _check_calibration(recipe: Recipe, calibration: Dataset) -> None:
@@ -261,7 +256,7 @@ def _export(recipe: Recipe, workdir: Path, jobs: int, model_path: str | None = N
     if jobs <= 1 or len(platforms) == 1:
         return [export_platform(str(recipe.path), p, str(workdir), model_path=model_path) for p in platforms]
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=len(platforms), mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=len(platforms), mp_context=ctx, **pool_options()) as pool:  # die with us
         futures = {
             p: pool.submit(
                 export_platform_in_child, str(recipe.path), p, str(workdir), str(workdir / f"{p}.log"), model_path
