@@ -188,6 +188,7 @@ def test_kill_9_of_a_real_build_leaves_no_worker_and_the_next_build_cleans_up(sa
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     build = subprocess.Popen([sys.executable, "-m", "mobex", "build", str(recipe), "--out", str(out)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)  # fmt: skip
+    workers: list[int] = []
     try:
         logs = lambda: list(out.glob(".mobex-build-*/*.log"))  # noqa: E731 - the workers write these first
         assert _wait(lambda: len(logs()) == 2 and len(_spawn_workers(build.pid)) == 2, 240), "export never started"
@@ -199,6 +200,8 @@ def test_kill_9_of_a_real_build_leaves_no_worker_and_the_next_build_cleans_up(sa
         assert _wait(lambda: not any(_alive(w) for w in workers), 5), "export workers outlived the killed build"
     finally:
         build.kill()
+        for pid in [w for w in workers if _alive(w)]:  # only when the test fails: leave no orphan behind
+            os.kill(pid, signal.SIGKILL)
     stale = list(out.glob(".mobex-build-*"))
     assert len(stale) == 1  # nothing removed it: the build was killed
     second = tabular_recipe(sample_copy("tabular_mlp"), android=["fp32"])
