@@ -93,8 +93,13 @@ def check_toml_limits(data: bytes, what: str, *, max_bytes: int = MAX_TOML_BYTES
         raise LimitExceeded(f"{what} nests arrays or inline tables deeper than {max_depth} levels")
 
 
+def short(text: str, limit: int = 200) -> str:
+    """`text` cut to `limit` characters (a hostile name can be 64 KiB long)."""
+    return text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
+
+
 def name_list(names: Iterable[str], limit: int = MAX_NAMES_IN_MESSAGE) -> str:
     """`a, b, c` or `a, b, ... and 9990 more`: an error message stays short whatever the input."""
     items = list(names)
-    shown = ", ".join(n if len(n) <= 200 else n[:200] + "…" for n in items[:limit])
+    shown = ", ".join(short(n) for n in items[:limit])
     return shown if len(items) <= limit else f"{shown} ... and {len(items) - limit} more"

@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from mobex.bounded import name_list
-from mobex.bundle.archive import safe_extract, write_deterministic_zip
+from mobex.bundle.archive import MAX_ENTRIES, check_entry_count, safe_extract, write_deterministic_zip
 from mobex.bundle.keys import load_private_key, load_public_key
 from mobex.bundle.manifest import (
     MANIFEST_FILE,
@@ -121,6 +121,7 @@ def read_manifest(zip_path: Path) -> Manifest:
     zip_path = Path(zip_path)
     if not zip_path.is_file():
         raise UsageError(f"bundle {zip_path} does not exist")
+    check_entry_count(zip_path, MAX_ENTRIES)
     try:
         with zipfile.ZipFile(zip_path) as zf:
             matches = [i for i in zf.infolist() if i.orig_filename == MANIFEST_FILE]
