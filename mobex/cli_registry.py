@@ -215,6 +215,9 @@ def pull(
         typer.Option("--decryption-key-file", help="Key for encrypted bundles (default: $MOBEX_ENCRYPTION_KEY)."),
     ] = None,
     max_bytes: Annotated[int, typer.Option("--max-bytes", min=1, help="Refuse bundles larger than this.")] = 2 << 30,
+    deadline: Annotated[
+        float, typer.Option("--deadline", min=0.001, help="Give up (exit 1) if fetching takes longer (seconds).")
+    ] = 600.0,
     as_json: JsonFlag = False,
 ) -> None:
     """Fetch, verify and install what a channel ships; refuse replays, expired pointers and unsigned bytes."""
@@ -228,7 +231,7 @@ def pull(
         token = read_token_file(token_file)
     result = do_pull(
         name, source, channel, platform, key, out, token=token,
-        decryption_key=encryption.load_key(decryption_key_file), max_bundle_bytes=max_bytes,
+        decryption_key=encryption.load_key(decryption_key_file), max_bundle_bytes=max_bytes, deadline_s=deadline,
     )  # fmt: skip
     if as_json:
         _print_json(result.to_dict())

@@ -87,14 +87,18 @@ def pull(
     now: datetime | None = None,
     skew: timedelta = DEFAULT_SKEW,
     max_bundle_bytes: int = DEFAULT_MAX_BYTES,
+    deadline_s: float | None = fetch.DEFAULT_DEADLINE_S,
 ) -> PullResult:
-    """Install the bundle `channel` ships for `platform` into `out`, or fail leaving `out` as it was."""
+    """Install the bundle `channel` ships for `platform` into `out`, or fail leaving `out` as it was.
+
+    Everything fetched from the registry must arrive within `deadline_s` seconds in total (None: no limit)."""
     layout.check_name(model)
     layout.check_channel(channel)
     layout.check_platform(platform)
     now = now or datetime.now(UTC)
     pin = trust.load_pin(key)
-    src = fetch.open_source(source, token)
+    deadline = fetch.Deadline(deadline_s)
+    src = fetch.open_source(source, token, deadline)
     out = Path(out)
     _check_out(out)
     state_dir = fsutil.ensure_dir(out, STATE_DIR)
@@ -108,6 +112,7 @@ def pull(
                 decryption_key=decryption_key, now=now, skew=skew, max_bundle_bytes=max_bundle_bytes,
             )  # fmt: skip
         finally:
+            deadline.cancel()
             shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
@@ -178,6 +183,12 @@ def _pull_locked(
     zip_path = tmp_dir / "bundle.zip"
     with open(zip_path, "xb") as f:
         digest, size = src.download(ptr.bundle.path, f, ptr.bundle.size)
+    if size < ptr.bundle.size:  # the transfer stopped early: a network problem, nothing to distrust yet
+        raise fetch.RegistryUnavailable(
+            f"the download of {ptr.bundle.path} ended after {size} of the {ptr.bundle.size} bytes the signed "
+            f"pointer names{keep}",
+            hint="retry; nothing was installed",
+        )
     if size != ptr.bundle.size or digest != ptr.bundle.sha256:
         raise VerificationError(
             f"{ptr.bundle.path} is {size} bytes with sha256 {digest[:16]}…; the signed pointer says "
