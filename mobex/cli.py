@@ -287,18 +287,22 @@ def sign(
 @app.command()
 def inspect(
     bundle: Annotated[Path, typer.Argument(help="A bundle .zip.")],
+    key: Annotated[
+        Path | None, typer.Option("--key", help="The signer's public key (PEM): verify before printing.")
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Print a bundle's manifest (without verifying it: use `mobex verify` for that)."""
-    from mobex.bundle.verify import read_manifest
+    """Print a bundle's manifest; with --key only after verifying the bundle (as `mobex verify` does)."""
+    from mobex.bundle.verify import read_manifest, verify_bundle
 
-    manifest = read_manifest(bundle)
+    manifest = verify_bundle(bundle, key) if key is not None else read_manifest(bundle)
     data = manifest.model_dump(mode="json", by_alias=True)
+    note = f"verified with {key}" if key is not None else "NOT verified: pass --key PUB.pem (or run `mobex verify`)"
     if as_json:
-        _print_json(data)
+        _print_json({**data, "verified": key is not None, "verification": note})  # manifests have neither key
     else:
         typer.echo(json.dumps(data, indent=2, sort_keys=True))
-        typer.echo("(not verified: run `mobex verify BUNDLE --key PUB.pem`)", err=True)
+        typer.echo(f"({note})", err=True)
 
 
 def _register_command_groups() -> None:

@@ -3,17 +3,25 @@
 Data files are `.npz` archives (loaded with `allow_pickle=False`) holding one array per model
 input, named after it, with the sample axis first: shape `(N, *shape[1:])` where `shape` is the
 recipe's input shape. Samples are fed `shape[0]` at a time. An optional `labels` array holds the
-ground truth (class indices for classifiers, targets for regression).
+ground truth (class indices for classifiers, targets for regression). Before numpy reads an array,
+`read_npz` checks each member's .npy header: object arrays (pickles) are refused, and the arrays
+may declare at most MAX_DATA_BYTES in total (2 GiB; $MOBEX_MAX_DATA_BYTES raises it), so a small
+compressed file cannot expand into memory without bound.
 
 Checks, in order, each listed in the report with what it found: array names and shapes against the
 recipe's inputs, dtypes (and the cast to the input dtype), NaN/inf, empty and constant arrays, values
 against the range `[preprocessing].range` implies, label count and class-index range against the
 labels file. Problems that make validation meaningless (NaN, wrong shapes, values far outside the
-preprocessing range, labels beyond the labels file) raise DataError; the rest are warnings.
+preprocessing range, labels beyond the labels file, validation data whose every input is constant)
+raise DataError; the rest are warnings. A constant input next to varying ones (an attention mask of
+ones) and constant calibration or training arrays are warnings only: such inputs are legitimate there.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +38,10 @@ LABELS_KEY = "labels"
 RANGE_TOLERANCE = 0.1
 _FLOAT_KINDS = "f"
 _INT_KINDS = "iub"
+MAX_DATA_BYTES = 2 << 30  # declared array bytes per .npz file
+MAX_DATA_BYTES_ENV = "MOBEX_MAX_DATA_BYTES"
+MAX_ARRAYS = 10_000
+_NPY_HEADER_MAX = 10_000
 
 
 @dataclass
@@ -84,18 +96,13 @@ def load_dataset(recipe: Recipe, role: str, path: Path) -> Dataset:
     """Load and check one data file against the recipe. Raises DataError on the first hard problem."""
     full = recipe.resolve(path)
     label = f"[data].{role} ({full.name})"
-    try:
-        with np.load(full, allow_pickle=False) as npz:
-            raw = {key: npz[key] for key in npz.files}
-    except ValueError as exc:
-        raise DataError(f"{label}: {full} needs pickled objects, which mobex refuses to load: {exc}") from None
-    except Exception as exc:
-        raise DataError(f"{label}: {full} is not a readable .npz archive: {exc}") from None
+    raw = read_npz(full, label)
 
     checks: list[Check] = []
     ranges = preprocessing_ranges(recipe)
     batch = recipe.inputs[0].shape[0]
     arrays: dict[str, np.ndarray] = {}
+    constant: list[str] = []
     for spec in recipe.inputs:
         if spec.name not in raw:
             raise DataError(
@@ -120,10 +127,18 @@ def load_dataset(recipe: Recipe, role: str, path: Path) -> Dataset:
         checks.append(Check(f"{role}.{spec.name}.dtype", True, f"{arr.dtype}{cast}"))
         checks.append(_finite_check(label, role, spec.name, arr))
         checks.append(_constant_check(role, spec.name, arr))
+        if not checks[-1].passed:
+            constant.append(spec.name)
         range_check = _preprocessing_range_check(label, role, spec.name, arrays[spec.name], ranges)
         if range_check is not None:
             checks.append(range_check)
 
+    if role == "validation" and len(constant) == len(recipe.inputs):
+        raise DataError(
+            f"{label}: every input is constant ({', '.join(map(repr, constant))}): parity and accuracy on it "
+            "say nothing about the model",
+            "validate on real samples; constant inputs are fine in calibration or training data",
+        )
     counts = {name: a.shape[0] for name, a in arrays.items()}
     if len(set(counts.values())) != 1:
         raise DataError(f"{label}: inputs have different sample counts: {counts}")
@@ -141,6 +156,78 @@ def load_dataset(recipe: Recipe, role: str, path: Path) -> Dataset:
     if unknown:
         checks.append(Check(f"{role}.extra_arrays", True, f"ignored arrays not named after an input: {unknown}"))
     return Dataset(role=role, path=full, arrays=arrays, batch=batch, labels=labels, checks=checks)
+
+
+def max_data_bytes() -> int:
+    """The cap on the array bytes one .npz may declare: MAX_DATA_BYTES, or $MOBEX_MAX_DATA_BYTES."""
+    value = os.environ.get(MAX_DATA_BYTES_ENV, "").strip()
+    return int(value) if value.isascii() and value.isdigit() and len(value) <= 18 else MAX_DATA_BYTES
+
+
+def read_npz(path: Path, label: str) -> dict[str, np.ndarray]:
+    """Every array of an .npz, after checking (from the .npy headers, before reading any data) that none
+    holds pickled objects and that together they declare at most `max_data_bytes()`."""
+    if not path.is_file():
+        raise DataError(f"{label}: {path} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise DataError(
+            f"{label}: {path} is not a .npz archive", "write the arrays with numpy.savez (a zip of .npy files)"
+        )
+    declared = _declared_npz_bytes(path, label)
+    cap = max_data_bytes()
+    if declared > cap:
+        raise DataError(
+            f"{label}: {path} declares {declared} bytes of arrays, more than the {cap} allowed",
+            f"split the data, or raise the cap with {MAX_DATA_BYTES_ENV}=<bytes> if this much is intended",
+        )
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except ValueError as exc:
+        raise DataError(f"{label}: {path} needs pickled objects, which mobex refuses to load: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - corrupt members, bad CRCs
+        raise DataError(f"{label}: {path} is not a readable .npz archive: {exc}") from None
+
+
+def _declared_npz_bytes(path: Path, label: str) -> int:
+    """Sum of the array sizes the members' .npy headers declare (each no larger than the member itself)."""
+    total = 0
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = [i for i in zf.infolist() if not i.is_dir()]
+            if len(infos) > MAX_ARRAYS:
+                raise DataError(f"{label}: {path} holds {len(infos)} arrays, more than the {MAX_ARRAYS} allowed")
+            for info in infos:
+                with zf.open(info) as member:
+                    shape, dtype = _npy_header(member)
+                if dtype.hasobject:
+                    raise DataError(
+                        f"{label}: {path} array {info.filename!r} holds pickled objects (dtype object), which "
+                        "mobex refuses to load",
+                        "store numbers only (numeric dtypes)",
+                    )
+                nbytes = math.prod(shape) * dtype.itemsize
+                if nbytes > info.file_size:
+                    raise DataError(f"{label}: {path} array {info.filename!r} declares more data than it holds")
+                total += nbytes
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a bad header or zip structure
+        raise DataError(f"{label}: {path} is not a readable .npz archive: {exc}") from None
+    return total
+
+
+def _npy_header(member) -> tuple[tuple[int, ...], np.dtype]:  # noqa: ANN001 - a zip member file object
+    from numpy.lib import format as npy
+
+    version = npy.read_magic(member)
+    if version == (1, 0):
+        shape, _, dtype = npy.read_array_header_1_0(member, max_header_size=_NPY_HEADER_MAX)
+    elif version == (2, 0):
+        shape, _, dtype = npy.read_array_header_2_0(member, max_header_size=_NPY_HEADER_MAX)
+    else:
+        raise ValueError(f".npy format version {version} is not supported (numpy.savez writes 1.0 or 2.0)")
+    return tuple(int(d) for d in shape), dtype
 
 
 def _cast(label: str, name: str, arr: np.ndarray, dtype: str) -> np.ndarray:

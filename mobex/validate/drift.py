@@ -195,15 +195,11 @@ def _compare_feature(ref: dict, plan: dict, name: str, kind: str, column: np.nda
 
 def load_new_data(path: Path, manifest_inputs: list[dict]) -> dict[str, np.ndarray]:
     """An .npz with one array per model input (sample axis first), checked against the bundle's inputs."""
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            raw = {k: npz[k] for k in npz.files}
-    except FileNotFoundError:
-        raise UsageError(f"data file {path} does not exist") from None
-    except ValueError as exc:
-        raise DataError(f"{path}: needs pickled objects, which mobex refuses to load: {exc}") from None
-    except Exception as exc:  # noqa: BLE001
-        raise DataError(f"{path} is not a readable .npz archive: {exc}") from None
+    from mobex.data import read_npz
+
+    if not path.exists():
+        raise UsageError(f"data file {path} does not exist")
+    raw = read_npz(path, "new data")
     arrays = {}
     for spec in manifest_inputs:
         name, shape = spec["name"], list(spec["shape"])

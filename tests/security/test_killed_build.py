@@ -161,22 +161,6 @@ def test_stale_folders_of_dead_builds_are_removed_and_live_ones_kept(tmp_path: P
     assert workdir.remove_stale(out) == [live_folder]  # its holder is gone now
 
 
-@pytest.mark.parametrize("kind", ["file", "under-a-file", "broken-symlink"])
-def test_out_that_cannot_be_a_folder_is_refused_before_any_work(sample_copy, tmp_path: Path, kind: str) -> None:
-    recipe = tabular_recipe(sample_copy("tabular_mlp"), android=["fp32"])
-    blocker = tmp_path / "a_file"
-    if kind == "broken-symlink":
-        blocker.symlink_to(tmp_path / "nowhere")
-    else:
-        blocker.write_text("not a folder")
-    out = blocker if kind == "file" else blocker / "sub"
-    start = time.monotonic()
-    run = run_mobex("build", str(recipe), "--out", str(out), "--json")
-    assert run.code == 2, run.stderr
-    assert "--out" in run.stderr and "Traceback" not in run.stderr
-    assert "reference run" not in run.stderr and time.monotonic() - start < 60
-
-
 @pytest.mark.slow
 def test_kill_9_of_a_real_build_leaves_no_worker_and_the_next_build_cleans_up(sample_copy, tmp_path: Path) -> None:
     folder = sample_copy("digits_cnn")
