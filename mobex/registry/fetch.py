@@ -34,6 +34,7 @@ from mobex.registry import fsutil
 TIMEOUT_S = 30.0
 DEFAULT_DEADLINE_S = 600.0
 _CHUNK = 1 << 16
+_SLACK_S = 0.25
 
 
 class RegistryUnavailable(MobexError):
@@ -54,12 +55,13 @@ class Deadline:
     start: float = field(default_factory=time.monotonic)
     _timers: list[threading.Timer] = field(default_factory=list, repr=False)
 
-    def remaining(self, what: str) -> float:
-        """Seconds left; RegistryUnavailable once the budget is spent."""
+    def remaining(self, what: str, slack: float = 0.0) -> float:
+        """Seconds left; RegistryUnavailable once the budget is spent (or within `slack` of it: after a
+        read failed, a socket timeout set to the time left may fire a hair before the deadline)."""
         if self.seconds is None:
             return float("inf")
         left = self.start + self.seconds - time.monotonic()
-        if left <= 0:
+        if left <= slack:
             raise RegistryUnavailable(
                 f"{what}: the pull took longer than its deadline of {self.seconds:g} s",
                 hint="the registry is too slow or stalled; retry, or pass a larger --deadline",
@@ -94,44 +96,34 @@ def _shutdown(sock: socket.socket) -> None:
         pass  # already closed
 
 
-class _WatchedHTTPConnection(http.client.HTTPConnection):
+class _Watched:
+    """Mixin for http.client connections and urllib handlers: every socket they open is watched by a Deadline."""
+
     def __init__(self, *args, deadline: Deadline, **kwargs) -> None:  # noqa: ANN002, ANN003
         super().__init__(*args, **kwargs)
         self._deadline = deadline
 
-    def connect(self) -> None:
-        super().connect()
-        self._deadline.watch(self.sock)
+    def connect(self) -> None:  # the connections' hook; the handlers pass `deadline` on to them
+        super().connect()  # type: ignore[misc]
+        self._deadline.watch(self.sock)  # type: ignore[attr-defined]
 
 
-class _WatchedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args, deadline: Deadline, **kwargs) -> None:  # noqa: ANN002, ANN003
-        super().__init__(*args, **kwargs)
-        self._deadline = deadline
-
-    def connect(self) -> None:
-        super().connect()
-        self._deadline.watch(self.sock)
+class _WatchedHTTPConnection(_Watched, http.client.HTTPConnection):
+    pass
 
 
-class _WatchedHTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, deadline: Deadline) -> None:
-        super().__init__()
-        self._deadline = deadline
+class _WatchedHTTPSConnection(_Watched, http.client.HTTPSConnection):
+    pass
 
+
+class _WatchedHTTPHandler(_Watched, urllib.request.HTTPHandler):
     def http_open(self, req):  # noqa: ANN001, ANN201
         return self.do_open(_WatchedHTTPConnection, req, deadline=self._deadline)
 
 
-class _WatchedHTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, deadline: Deadline) -> None:
-        super().__init__()
-        self._deadline = deadline
-
+class _WatchedHTTPSHandler(_Watched, urllib.request.HTTPSHandler):
     def https_open(self, req):  # noqa: ANN001, ANN201
-        return self.do_open(
-            _WatchedHTTPSConnection, req, deadline=self._deadline, context=self._context,
-        )  # fmt: skip
+        return self.do_open(_WatchedHTTPSConnection, req, deadline=self._deadline, context=self._context)
 
 
 @dataclass(frozen=True)
@@ -203,7 +195,11 @@ class HttpSource:
         self.token = token
         self.deadline = deadline or Deadline()
         self.description = base_url
-        handlers: list = [_NoRedirect(), _WatchedHTTPHandler(self.deadline), _WatchedHTTPSHandler(self.deadline)]
+        handlers: list = [
+            _NoRedirect(),
+            _WatchedHTTPHandler(deadline=self.deadline),
+            _WatchedHTTPSHandler(deadline=self.deadline),
+        ]
         if _is_loopback(parts.hostname):
             handlers.append(urllib.request.ProxyHandler({}))
         self._opener = urllib.request.build_opener(*handlers)
@@ -233,6 +229,7 @@ class HttpSource:
                 raise VerificationError(f"{url} redirected (HTTP {exc.code}); mobex follows no redirects") from None
             raise RegistryUnavailable(f"{url} answered HTTP {exc.code}") from None
         except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
+            self.deadline.remaining(rel, slack=_SLACK_S)  # the deadline cut the connection: say so
             reason = getattr(exc, "reason", exc)
             raise RegistryUnavailable(f"cannot reach {self.description}: {reason}") from None
 
@@ -309,10 +306,10 @@ def _copy_capped(
             dest.write(chunk)
     except (OSError, http.client.HTTPException) as exc:  # TimeoutError included
         if deadline is not None:
-            deadline.remaining(rel)  # say "deadline" when that is what ran out
+            deadline.remaining(rel, slack=_SLACK_S)  # say "deadline" when that is what ran out
         raise RegistryUnavailable(f"download of {rel} failed: {exc!r}") from None
     if deadline is not None:
-        deadline.remaining(rel)  # the watchdog ends a stalled transfer as if the server had closed it
+        deadline.remaining(rel, slack=_SLACK_S)  # the watchdog ends a stalled transfer as if the server closed it
     return h.hexdigest(), size
 
 
