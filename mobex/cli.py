@@ -27,6 +27,12 @@ app = typer.Typer(
 )
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+OutsidePathsFlag = Annotated[
+    bool,
+    typer.Option(
+        "--allow-outside-paths", help="Let the recipe name files outside its folder (only for recipes you trust)."
+    ),
+]
 
 
 def _console():  # noqa: ANN202
@@ -66,11 +72,14 @@ def build(
     baseline_token_file: Annotated[
         Path | None, typer.Option("--baseline-token-file", help="Bearer token for a registry --baseline.")
     ] = None,
+    allow_outside_paths: OutsidePathsFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Convert, quantize, validate, gate, bundle and sign everything the recipe asks for."""
     from mobex.logs import quiet_third_party_logs
+    from mobex.recipe_paths import allow_outside_paths as allow_paths
 
+    allow_paths(allow_outside_paths)
     quiet_third_party_logs()
     from mobex.bundle.keys import load_private_key
     from mobex.pipeline import BuildOptions
@@ -126,11 +135,14 @@ def export(
     recipe: Annotated[Path, typer.Argument(help="The recipe TOML file.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the exported models.")] = Path("exported"),
     jobs: Annotated[int, typer.Option("--jobs", min=1, help="Parallel export processes (one per target).")] = 2,
+    allow_outside_paths: OutsidePathsFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Convert and quantize every variant, without validation or bundles (use `build` to ship)."""
     from mobex.logs import quiet_third_party_logs
+    from mobex.recipe_paths import allow_outside_paths as allow_paths
 
+    allow_paths(allow_outside_paths)
     quiet_third_party_logs()
     from mobex.pipeline import export_only
     from mobex.recipe import load_recipe
@@ -299,18 +311,22 @@ def sign(
 @app.command()
 def inspect(
     bundle: Annotated[Path, typer.Argument(help="A bundle .zip.")],
+    key: Annotated[
+        Path | None, typer.Option("--key", help="The signer's public key (PEM): verify before printing.")
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Print a bundle's manifest (without verifying it: use `mobex verify` for that)."""
-    from mobex.bundle.verify import read_manifest
+    """Print a bundle's manifest; with --key only after verifying the bundle (as `mobex verify` does)."""
+    from mobex.bundle.verify import read_manifest, verify_bundle
 
-    manifest = read_manifest(bundle)
+    manifest = verify_bundle(bundle, key) if key is not None else read_manifest(bundle)
     data = manifest.model_dump(mode="json", by_alias=True)
+    note = f"verified with {key}" if key is not None else "NOT verified: pass --key PUB.pem (or run `mobex verify`)"
     if as_json:
-        _print_json(data)
+        _print_json({**data, "verified": key is not None, "verification": note})  # manifests have neither key
     else:
         typer.echo(json.dumps(data, indent=2, sort_keys=True))
-        typer.echo("(not verified: run `mobex verify BUNDLE --key PUB.pem`)", err=True)
+        typer.echo(f"({note})", err=True)
 
 
 def _register_command_groups() -> None:

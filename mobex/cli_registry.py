@@ -255,6 +255,9 @@ def pull(
     app_version: Annotated[
         str | None, typer.Option("--app-version", help="Version of the app that loads the model (min_app_version).")
     ] = None,
+    deadline: Annotated[
+        float, typer.Option("--deadline", min=0.001, help="Give up (exit 1) if fetching takes longer (seconds).")
+    ] = 600.0,
     as_json: JsonFlag = False,
 ) -> None:
     """Fetch, verify and install what a channel ships; refuse replays, expired pointers and unsigned bytes."""
@@ -268,7 +271,7 @@ def pull(
         token = read_token_file(token_file)
     result = do_pull(
         name, source, channel, platform, key, out, token=token,
-        decryption_key=encryption.load_key(decryption_key_file), max_bundle_bytes=max_bytes,
+        decryption_key=encryption.load_key(decryption_key_file), max_bundle_bytes=max_bytes, deadline_s=deadline,
         device_id=device_id, app_version=app_version,
     )  # fmt: skip
     if as_json:

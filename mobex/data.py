@@ -5,12 +5,17 @@ array per model input, named after it, with the sample axis first, or folders of
 and CSV/Parquet tables put through the recipe's preprocessing contract. Either way the result is one
 array per input of shape `(N, *shape[1:])` where `shape` is the recipe's input shape, fed `shape[0]`
 samples at a time, and optional labels (class indices for classifiers, targets for regression).
+Before numpy reads an `.npz`, each member's .npy header is checked (mobex.datasources.npz): object
+arrays (pickles) are refused, and the arrays may declare at most 2 GiB in total ($MOBEX_MAX_DATA_BYTES
+raises it), so a small compressed file cannot expand into memory without bound.
 
 Checks, in order, each listed in the report with what it found: array names and shapes against the
 recipe's inputs, dtypes (and the cast to the input dtype), NaN/inf, empty and constant arrays, values
 against the range `[preprocessing].range` implies, label count and class-index range against the
 labels file. Problems that make validation meaningless (NaN, wrong shapes, values far outside the
-preprocessing range, labels beyond the labels file) raise DataError; the rest are warnings.
+preprocessing range, labels beyond the labels file, validation data whose every input is constant)
+raise DataError; the rest are warnings. A constant input next to varying ones (an attention mask of
+ones) and constant calibration or training arrays are warnings only: such inputs are legitimate there.
 """
 
 from __future__ import annotations
@@ -84,6 +89,7 @@ def load_dataset(recipe: Recipe, role: str, path: Path) -> Dataset:
     ranges = preprocessing_ranges(recipe)
     batch = recipe.inputs[0].shape[0]
     arrays: dict[str, np.ndarray] = {}
+    constant: list[str] = []
     for spec in recipe.inputs:
         if spec.name not in raw:
             raise DataError(
@@ -108,10 +114,18 @@ def load_dataset(recipe: Recipe, role: str, path: Path) -> Dataset:
         checks.append(Check(f"{role}.{spec.name}.dtype", True, f"{arr.dtype}{cast}"))
         checks.append(_finite_check(label, role, spec.name, arr))
         checks.append(_constant_check(role, spec.name, arr))
+        if not checks[-1].passed:
+            constant.append(spec.name)
         range_check = _preprocessing_range_check(label, role, spec.name, arrays[spec.name], ranges)
         if range_check is not None:
             checks.append(range_check)
 
+    if role == "validation" and len(constant) == len(recipe.inputs):
+        raise DataError(
+            f"{label}: every input is constant ({', '.join(map(repr, constant))}): parity and accuracy on it "
+            "say nothing about the model",
+            "validate on real samples; constant inputs are fine in calibration or training data",
+        )
     counts = {name: a.shape[0] for name, a in arrays.items()}
     if len(set(counts.values())) != 1:
         raise DataError(f"{label}: inputs have different sample counts: {counts}")

@@ -21,6 +21,7 @@ from pathlib import Path
 from mobex import plugins
 from mobex.plugins import VariantRequest
 from mobex.targets.base import BuiltVariant, ExportFailure, ExportJob, JobInputs, TargetExport
+from mobex.workers import pool_options  # workers die with the build
 
 
 def plan_exports(
@@ -114,7 +115,7 @@ def run_exports(jobs: list[ExportJob], parallel: int) -> list[TargetExport]:
     if parallel <= 1 or len(jobs) == 1:
         return [run_export(job) for job in jobs]
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(parallel, len(jobs)), mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=min(parallel, len(jobs)), mp_context=ctx, **pool_options()) as pool:
         futures = [
             (job, pool.submit(run_export_in_child, job, str(Path(job.workdir) / f"{job.target}.log"))) for job in jobs
         ]

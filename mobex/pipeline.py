@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,11 +22,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mobex import plugins
+from mobex import workdir as workdirs
 from mobex.data import Dataset, example_inputs, load_validation_and_calibration
 from mobex.errors import DataError, GateFailed
 from mobex.export import ExportJob, TargetExport, plan_exports, run_exports
 from mobex.provenance import provenance
 from mobex.recipe import SHIP_POLICIES, Recipe
+from mobex.recipe_paths import check_labels_fit
 from mobex.validate.report import ReportInputs, build_report, bundled_report, report_json_bytes, write_reports
 from mobex.validate.validator import (
     ValidationPlan,
@@ -119,10 +120,11 @@ def build(recipe: Recipe, options: BuildOptions, on_stage: Callable[[str], None]
             model = pruning.model
     with clock.stage("reference run"):
         reference = run_reference(model, recipe, validation)
+    check_labels_fit(recipe, reference.outputs)  # a labels file must fit the class output
     names = recipe.output_names(len(reference.outputs))
 
     options.out_dir.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=".mobex-build-", dir=options.out_dir))
+    workdir = workdirs.create(options.out_dir, workdirs.BUILD_PREFIX)  # issue 12: locked; dead builds' removed
     try:
         with clock.stage("export"):
             pruned_path = None
@@ -180,7 +182,7 @@ def build(recipe: Recipe, options: BuildOptions, on_stage: Callable[[str], None]
         write_reports(report, final)
         moved = _move_into(final, options.out_dir)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        workdirs.remove(workdir)
     result = BuildResult(
         report=report,
         bundles=[options.out_dir / path.name for _, path in bundles],
@@ -213,7 +215,7 @@ def export_only(recipe: Recipe, out_dir: Path, jobs: int = 2) -> list[Path]:
     validation, calibration = load_validation_and_calibration(recipe)
     _check_calibration(recipe, calibration)
     out_dir.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=".mobex-export-", dir=out_dir))
+    workdir = workdirs.create(out_dir, workdirs.EXPORT_PREFIX)
     written: list[Path] = []
     try:
         names = recipe.output_names(_output_count(recipe, validation))
@@ -232,7 +234,7 @@ def export_only(recipe: Recipe, out_dir: Path, jobs: int = 2) -> list[Path]:
             os.replace(variant.path, target)
             written.append(target)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        workdirs.remove(workdir)
     if problems:
         from mobex.errors import ConversionError
 
@@ -253,13 +255,7 @@ def _output_count(recipe: Recipe, validation: Dataset) -> int:
 
 def _check_out_dir(out_dir: Path) -> None:
     """Refuse an output path we cannot write into before any work starts."""
-    from mobex.errors import UsageError
-
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"--out {out_dir} exists and is not a folder", "pass a folder (it is created if missing)")
-    parent = next((p for p in [out_dir, *out_dir.parents] if p.exists()), None)
-    if parent is not None and not os.access(parent, os.W_OK):
-        raise UsageError(f"--out {out_dir}: {parent} is not writable")
+    workdirs.check_out_dir(out_dir)
 
 
 def _check_calibration(recipe: Recipe, calibration: Dataset) -> None:

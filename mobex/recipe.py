@@ -16,9 +16,11 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 from mobex import plugins
-from mobex.bundle.manifest import SEMVER_RE
+from mobex.bounded import MAX_TOML_BYTES, LimitExceeded, check_toml_limits
 from mobex.errors import RecipeError
+from mobex.names import SEMVER_RE
 from mobex.preprocessing import NoPreprocessing, PreprocessingContract, parse_preprocessing
+from mobex.recipe_paths import check_inside_folder
 
 SEMVER = SEMVER_RE  # one definition, in the manifest schema
 BUNDLE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -57,7 +59,7 @@ class ModelSection(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not BUNDLE_NAME.match(v):
+        if not BUNDLE_NAME.fullmatch(v):
             raise ValueError(
                 f"{v!r} is not a bundle name: use lowercase letters, digits, '.', '_' or '-' "
                 "(e.g. 'digits-cnn'), at most 64 characters"
@@ -67,7 +69,7 @@ class ModelSection(_Strict):
     @field_validator("version")
     @classmethod
     def _version(cls, v: str) -> str:
-        if not SEMVER.match(v):
+        if not SEMVER.fullmatch(v):
             raise ValueError(f"{v!r} is not a SemVer version; write MAJOR.MINOR.PATCH, e.g. '1.0.0'")
         return v
 
@@ -479,10 +481,14 @@ def load_recipe(path: str | Path) -> Recipe:
     path = Path(path).resolve()
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found", "pass the path of a recipe.toml")
-    raw_bytes = path.read_bytes()
+    with path.open("rb") as f:
+        raw_bytes = f.read(MAX_TOML_BYTES + 1)  # one byte over the cap is enough to refuse it
     try:
+        check_toml_limits(raw_bytes, "the recipe")  # size and nesting first: tomllib recurses per level
         raw = tomllib.loads(raw_bytes.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except LimitExceeded as exc:
+        raise RecipeError(f"{path}: {exc}", "a recipe is a small, flat TOML file (README: Recipe reference)") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise RecipeError(f"{path}: not valid TOML: {exc}") from None
     try:
         recipe = Recipe.model_validate({**raw, "path": path, "sha256": hashlib.sha256(raw_bytes).hexdigest()})
@@ -533,6 +539,7 @@ def _check_files(recipe: Recipe) -> None:
         if rel is None:
             continue
         full = recipe.resolve(rel)
+        check_inside_folder(recipe.path, field, rel, full)
         is_data = field.endswith(("[data].validation", "[data].calibration", "[data].training", ".data"))
         if not (full.is_file() or (is_data and full.is_dir())):  # data may be a folder (mobex.datasources)
             raise RecipeError(

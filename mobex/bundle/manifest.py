@@ -24,22 +24,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from mobex import plugins
 from mobex.artifacts import TensorSpec
+from mobex.bounded import loads_json
 from mobex.bundle.signing import SIGNATURE_FILE
 from mobex.errors import UsageError
 from mobex.files import regular_files, sha256_file
+from mobex.names import NAME_RE, SEMVER_RE
 
 SCHEMA_ID = "https://mobex.dev/schemas/bundle-manifest/v1"
 MANIFEST_FILE = "manifest.json"
+MAX_MANIFEST_BYTES = 16 << 20
 
-# SemVer 2.0.0, the regex recommended at semver.org.
-SEMVER_RE = re.compile(
-    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
-    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
-    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
-)
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-_CREATED_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+_CREATED_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$", re.ASCII)
 _REQUIRED_MODEL_KEYS = ("path", "format", "quantization", "inputs", "outputs", "minimum_os")
 
 
@@ -74,7 +70,7 @@ class FileEntry(BaseModel):
     @field_validator("sha256")
     @classmethod
     def _sha(cls, v: str) -> str:
-        if not _SHA256_RE.match(v):
+        if not _SHA256_RE.fullmatch(v):
             raise ValueError("sha256 must be 64 lowercase hex digits")
         return v
 
@@ -108,7 +104,7 @@ class Manifest(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not NAME_RE.match(v):
+        if not NAME_RE.fullmatch(v):
             raise ValueError(
                 f"bundle name {v!r} must be 1-128 of letters, digits, '.', '_' or '-', starting with a letter or digit"
             )
@@ -117,14 +113,14 @@ class Manifest(BaseModel):
     @field_validator("version")
     @classmethod
     def _version(cls, v: str) -> str:
-        if not SEMVER_RE.match(v):
+        if not SEMVER_RE.fullmatch(v):
             raise ValueError(f"version {v!r} is not SemVer 2.0 (e.g. 1.4.2, 2.0.0-rc.1)")
         return v
 
     @field_validator("created")
     @classmethod
     def _created(cls, v: str) -> str:
-        if not _CREATED_RE.match(v):
+        if not _CREATED_RE.fullmatch(v):
             raise ValueError(f"created {v!r} must be an ISO-8601 UTC time like 2026-01-31T12:00:00Z")
         datetime.strptime(v, "%Y-%m-%dT%H:%M:%SZ")  # rejects month 13 etc.
         return v
@@ -218,8 +214,8 @@ class Manifest(BaseModel):
 
     @classmethod
     def from_json_bytes(cls, data: bytes) -> Manifest:
-        """Parse manifest.json (raises pydantic.ValidationError or ValueError)."""
-        return cls.model_validate(json.loads(data.decode("utf-8")))
+        """Parse manifest.json (raises pydantic.ValidationError or ValueError, also when too large or deep)."""
+        return cls.model_validate(loads_json(data, MANIFEST_FILE, max_bytes=MAX_MANIFEST_BYTES))
 
 
 def model_section(
@@ -267,7 +263,7 @@ def resolve_source_date_epoch(value: int | None = None) -> int | None:
     env = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
     if not env:
         return None
-    if not env.isdigit():
+    if not (env.isascii() and env.isdigit()) or len(env) > 18:
         raise UsageError(
             f"SOURCE_DATE_EPOCH={env!r} is not a non-negative integer",
             hint="set it to a Unix time, e.g. SOURCE_DATE_EPOCH=$(git log -1 --format=%ct)",

@@ -18,7 +18,7 @@ from mobex.monitor.evaluate import GroupMetrics, drift_rows, latency_metrics, ta
 from mobex.monitor.record import PredictionRecord, TelemetryLog, read_telemetry
 from mobex.monitor.thresholds import Thresholds, check_group
 from mobex.monitor.windows import ALL, GroupKey, group_records, parse_window
-from mobex.validate.drift import _json_safe as json_safe  # NaN/inf -> None, as `mobex drift --json` writes
+from mobex.validate.drift import json_safe  # NaN/inf -> None, as `mobex drift --json` writes
 
 _ISO = "%Y-%m-%dT%H:%M:%SZ"
 

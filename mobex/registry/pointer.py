@@ -43,15 +43,15 @@ from pydantic import (
     model_validator,
 )
 
-from mobex.bundle.manifest import SEMVER_RE
 from mobex.errors import UsageError, VerificationError
+from mobex.names import SEMVER_RE
 from mobex.registry import dsse, layout
 
 SCHEMA_ID = "https://mobex.dev/schemas/channel-pointer/v1"
 SCHEMA_V2 = "https://mobex.dev/schemas/channel-pointer/v2"  # with min_app_version and/or rollout
 FULL_PPM = 1_000_000
 MAX_SEQUENCE = (1 << 53) - 1  # exact in every JSON implementation
-_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$", re.ASCII)
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -60,7 +60,7 @@ def format_time(t: datetime) -> str:
 
 
 def parse_time(s: str) -> datetime:
-    if not isinstance(s, str) or not _TIME_RE.match(s):
+    if not isinstance(s, str) or not _TIME_RE.fullmatch(s):
         raise ValueError(f"time {s!r} must look like 2026-01-31T12:00:00Z")
     return datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
@@ -81,7 +81,7 @@ class BundleRef(BaseModel):
     @field_validator("sha256")
     @classmethod
     def _sha(cls, v: str) -> str:
-        if not _SHA_RE.match(v):
+        if not _SHA_RE.fullmatch(v):
             raise ValueError("sha256 must be 64 lowercase hex digits")
         return v
 
@@ -223,7 +223,7 @@ def new_pointer(
 
 def semver_key(version: str) -> tuple:
     """Sort key for SemVer 2.0 precedence (build metadata ignored; pre-releases before the release)."""
-    m = SEMVER_RE.match(version)
+    m = SEMVER_RE.fullmatch(version)
     if not m:
         raise ValueError(f"{version!r} is not SemVer")
     major, minor, patch, pre = int(m.group(1)), int(m.group(2)), int(m.group(3)), m.group(4)

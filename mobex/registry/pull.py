@@ -105,12 +105,14 @@ def pull(
     max_bundle_bytes: int = DEFAULT_MAX_BYTES,
     device_id: str | None = None,
     app_version: str | None = None,
+    deadline_s: float | None = fetch.DEFAULT_DEADLINE_S,
 ) -> PullResult:
     """Install the bundle `channel` ships for `platform` into `out`, or fail leaving `out` as it was.
 
     `device_id` places this device in or out of a staged rollout (without it, a staged pointer
     gives the version devices outside the rollout get); `app_version` is checked against
-    `min_app_version`.
+    `min_app_version`. Everything fetched from the registry must arrive within `deadline_s` seconds
+    in total (None: no limit).
     """
     layout.check_name(model)
     layout.check_channel(channel)
@@ -121,7 +123,8 @@ def pull(
         layout.check_version(app_version)
     now = now or datetime.now(UTC)
     pin = trust.load_pin(key)
-    src = fetch.open_source(source, token)
+    deadline = fetch.Deadline(deadline_s)
+    src = fetch.open_source(source, token, deadline)
     out = Path(out)
     _check_out(out)
     state_dir = fsutil.ensure_dir(out, STATE_DIR)
@@ -136,6 +139,7 @@ def pull(
                 decryption_key=decryption_key, now=now, skew=skew, max_bundle_bytes=max_bundle_bytes,
             )  # fmt: skip
         finally:
+            deadline.cancel()
             shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
@@ -264,6 +268,11 @@ def _fetch_and_verify(
     zip_path = tmp_dir / "bundle.zip"
     with open(zip_path, "xb") as f:
         digest, size = src.download(ref.path, f, ref.size)
+    if size < ref.size:  # the transfer stopped early: a network problem, nothing to distrust yet
+        raise fetch.RegistryUnavailable(
+            f"the download of {ref.path} ended after {size} of the {ref.size} bytes the signed pointer names{keep}",
+            hint="retry; nothing was installed",
+        )
     if size != ref.size or digest != ref.sha256:
         raise VerificationError(
             f"{ref.path} is {size} bytes with sha256 {digest[:16]}…; the signed pointer says "

@@ -9,23 +9,20 @@ from pathlib import Path
 
 import pytest
 
+from tests.system_deps import require_system
+
 from .conftest import ROOT, load_vectors_script
 
 JAVA_SRC = ROOT / "java" / "src"
 # Debian's libandroid-json-org-java: Android's own org.json implementation (apt-get install libandroid-json-org-java)
 ORG_JSON_JARS = [Path("/usr/share/java/json-android.jar")]
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("javac") is None or shutil.which("java") is None,
-    reason="no JDK installed (javac/java not on PATH); .ci/run installs default-jdk-headless",
-)
-
-
 @pytest.fixture(scope="module")
 def classpath(tmp_path_factory: pytest.TempPathFactory) -> str:
+    have_jdk = shutil.which("javac") is not None and shutil.which("java") is not None
+    require_system(have_jdk, "a JDK (javac, java)", "default-jdk-headless")
     jar = next((j for j in ORG_JSON_JARS if j.is_file()), None)
-    if jar is None:
-        pytest.fail("Android's org.json is missing: apt-get install libandroid-json-org-java (see .ci/run)")
+    require_system(jar is not None, "Android's org.json", "libandroid-json-org-java")
     classes = tmp_path_factory.mktemp("java-classes")
     sources = sorted(str(p) for p in JAVA_SRC.rglob("*.java"))
     done = subprocess.run(
