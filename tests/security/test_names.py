@@ -11,10 +11,10 @@ from pydantic import ValidationError
 
 from mobex.bundle.manifest import SEMVER_RE, resolve_source_date_epoch
 from mobex.errors import RecipeError, UsageError
+from mobex.plugins import find_variant
 from mobex.recipe import load_recipe
 from mobex.registry import layout
 from mobex.registry.pointer import parse_time, semver_key
-from mobex.variants import is_coreml_variant
 from tests.security.conftest import tabular_recipe
 
 
@@ -88,6 +88,9 @@ def test_pointer_times_and_versions_must_match_whole() -> None:
 
 
 def test_variant_names_must_match_whole() -> None:
+    def is_coreml_variant(name: str) -> bool:
+        return find_variant("coreml", name) is not None
+
     assert is_coreml_variant("palettize-4bit") and is_coreml_variant("sparse-50")
     assert not is_coreml_variant("palettize-4bit\n") and not is_coreml_variant("sparse-50\n")
     assert not is_coreml_variant("sparse-\u0665\u0660")
