@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -127,8 +128,9 @@ def test_thresholds_come_from_the_recipe_and_the_command_line(digits, served_mod
     recipe = tmp_path / "recipe.toml"
     recipe.write_text((digits.folder / "recipe.toml").read_text() + '\n[monitoring]\nwindow = "30m"\n'
                       "max_accuracy_drop = 0.5\nmax_f1_drop = 0.5\n")  # fmt: skip
-    for name in ("data", "model.py", "weights.safetensors", "labels.txt"):
-        (tmp_path / name).symlink_to(digits.folder / name)
+    for name in ("model.py", "weights.safetensors", "labels.txt"):  # copies: recipe files stay in its folder
+        shutil.copyfile(digits.folder / name, tmp_path / name)
+    shutil.copytree(digits.folder / "data", tmp_path / "data")
     t = thresholds_from(recipe, {})
     assert (t.window, t.max_accuracy_drop, t.psi) == ("30m", 0.5, 0.2)
     report = run_monitor(digits.bundle, folder, t)

@@ -191,7 +191,7 @@ def test_deeply_nested_graph_json_is_refused(tmp_path: Path) -> None:
 
 
 def test_the_pruned_model_hand_off_uses_the_same_loader(tmp_path: Path, evil_sample_inputs) -> None:
-    from mobex.quantize.prune import load_pruned_model
+    from mobex.prune.pruning import load_pruned_model
 
     evil, marker = evil_sample_inputs
     with pytest.raises(UnsafeExportedProgram):
