@@ -14,8 +14,8 @@ from mobex.converters.tflite import convert_tflite
 from mobex.converters.tflite_metadata import TfliteMetadata, apply_model_contract, read_metadata
 from mobex.converters.tflite_names import WRAPPER_PREFIX, io_tensor_names
 from mobex.preprocessing import parse_preprocessing
-from mobex.quantize.tflite.recipes import quantize_tflite
 from mobex.runtime.litert import SIGNATURE_KEY
+from mobex.targets.tflite import quantize_tflite
 
 pytestmark = pytest.mark.slow  # one litert-torch conversion (~15 s) and three quantizations
 

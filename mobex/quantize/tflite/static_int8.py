@@ -280,7 +280,7 @@ class StaticInt8:
             float_ops = with_float_islands(self.graph, float_ops, float_io=not self.int8_io)
         model = self.ai_edge_quantized(float_ops, only)
         graph = TfliteGraph(model)  # parsed once for the three rewrites (~0.3 s on EfficientNet-Lite0)
-        plain = only is None and not float_ops  # the full-int8 model: its rewrites go into the sidecar
+        plain = only is None and not float_ops  # the full-int8 model: its rewrites go into the details
         widened = fit_int32_biases(model, self.graph, graph)  # before GPTQ: it rounds at the widened scales
         if plain:
             self._widened = widened
