@@ -119,125 +119,65 @@ def _linear(dtype: str, granularity: str, **extra: Any) -> Any:
     )
 
 
-def _compression(**fields: Any) -> Compression:
-    from mobex.quantize.coreml.compress import Compression
+def register_compression(name: str, *, family: str, description: str, calibration: bool = False,
+                         **compression: Any) -> None:  # fmt: skip
+    """Register Core ML variant `name` as a compression of the fp16 conversion. `compression` holds the fields of
+    mobex.quantize.coreml.compress.Compression (made when the variant is built, so the registry stays light);
+    its `min_target` and `expected_ops` are also the variant's `min_os` and `expected_ops`."""
+    min_target = compression.setdefault("min_target", "iOS16")
 
-    return Compression(**fields)
+    @register_variant(NAME, name, family=family, min_os=min_target, calibration=calibration,
+                      expected_ops=compression["expected_ops"], description=description)  # fmt: skip
+    def build(session: CoremlSession, out: Path) -> ExportedVariant:
+        from mobex.quantize.coreml.compress import Compression
+
+        return session.compress(name, out, Compression(**compression))
 
 
 _LINEAR_OPS = ("constexpr_affine_dequantize", "constexpr_blockwise_shift_scale")
 
-
-@register_variant(
-    NAME,
-    "int8-weights",
-    family="int8",
-    min_os="iOS16",
-    expected_ops=_LINEAR_OPS,
-    description="linear per-channel int8 weights",
-)
-def _int8_weights(session: CoremlSession, out: Path) -> ExportedVariant:
-    compression = _compression(
-        apply="linear_quantize_weights",
-        config=_linear("int8", "per_channel"),
-        details="int8 symmetric, per output channel",
-        expected_ops=_LINEAR_OPS,
-    )
-    return session.compress("int8-weights", out, compression)
-
-
-@register_variant(
-    NAME,
-    "int4-weights",
-    family="low-bit",
-    min_os="iOS18",
-    expected_ops=("constexpr_blockwise_shift_scale",),
-    description="per-block int4 weights",
-)
-def _int4_weights(session: CoremlSession, out: Path) -> ExportedVariant:
-    compression = _compression(
-        apply="linear_quantize_weights",
-        config=_linear("int4", "per_block", block_size=32),
-        details="int4 symmetric, per block of 32 input channels",
-        expected_ops=("constexpr_blockwise_shift_scale",),
-        min_target="iOS18",
-        min_target_why="per-block int4 weights are an iOS18 Core ML feature",
-        min_target_hint='set [ios] minimum_deployment_target = "iOS18", or use int8-weights / palettize-4bit',
-    )
-    return session.compress("int4-weights", out, compression)
-
-
-@register_variant(
-    NAME,
-    "w8a8",
-    family="int8",
-    min_os="iOS17",
-    calibration=True,
+register_compression(
+    "int8-weights", family="int8", description="linear per-channel int8 weights",
+    apply="linear_quantize_weights", config=_linear("int8", "per_channel"),
+    details="int8 symmetric, per output channel", expected_ops=_LINEAR_OPS,
+)  # fmt: skip
+register_compression(
+    "int4-weights", family="low-bit", description="per-block int4 weights",
+    apply="linear_quantize_weights", config=_linear("int4", "per_block", block_size=32),
+    details="int4 symmetric, per block of 32 input channels", expected_ops=("constexpr_blockwise_shift_scale",),
+    min_target="iOS18", min_target_why="per-block int4 weights are an iOS18 Core ML feature",
+    min_target_hint='set [ios] minimum_deployment_target = "iOS18", or use int8-weights / palettize-4bit',
+)  # fmt: skip
+register_compression(
+    "w8a8", family="int8", description="int8 activations (calibrated) and int8 weights", calibration=True,
+    apply="linear_quantize_weights", config=_linear("int8", "per_channel"),
+    details="int8 activations (calibrated) and int8 symmetric per-channel weights",
     expected_ops=("quantize", "dequantize"),
-    description="int8 activations (calibrated) and int8 weights",
-)
-def _w8a8(session: CoremlSession, out: Path) -> ExportedVariant:
-    compression = _compression(
-        apply="linear_quantize_weights",
-        config=_linear("int8", "per_channel"),
-        details="int8 activations (calibrated) and int8 symmetric per-channel weights",
-        expected_ops=("quantize", "dequantize"),
-        min_target="iOS17",
-        min_target_why="activation quantize/dequantize ops are an iOS17 Core ML feature",
-        min_target_hint='set [ios] minimum_deployment_target = "iOS17", or use int8-weights',
-        activations=True,
-    )
-    return session.compress("w8a8", out, compression)
+    min_target="iOS17", min_target_why="activation quantize/dequantize ops are an iOS17 Core ML feature",
+    min_target_hint='set [ios] minimum_deployment_target = "iOS17", or use int8-weights', activations=True,
+)  # fmt: skip
+def _palette(bits: int) -> Any:
+    return lambda cto, threshold: cto.OpPalettizerConfig(mode="kmeans", nbits=bits, weight_threshold=threshold)
 
 
-def _register_palettized(bits: int) -> None:
-    name = f"palettize-{bits}bit"
-
-    @register_variant(
-        NAME,
-        name,
-        family="int8" if bits == 8 else "low-bit",
-        min_os="iOS16",
-        expected_ops=("constexpr_lut_to_dense",),
-        description=f"k-means palette, {bits} bits",
-    )
-    def build(session: CoremlSession, out: Path) -> ExportedVariant:
-        compression = _compression(
-            apply="palettize_weights",
-            config=lambda cto, threshold: cto.OpPalettizerConfig(mode="kmeans", nbits=bits, weight_threshold=threshold),
-            details=f"k-means palette of {2**bits} values per tensor",
-            expected_ops=("constexpr_lut_to_dense",),
-        )
-        return session.compress(name, out, compression)
-
-
-def _register_sparse(percent: int) -> None:
-    name = f"sparse-{percent}"
-
-    @register_variant(
-        NAME,
-        name,
-        family="low-bit",
-        min_os="iOS16",
-        expected_ops=("constexpr_sparse_to_dense",),
-        description=f"{percent}% of weights pruned, stored sparse",
-    )
-    def build(session: CoremlSession, out: Path) -> ExportedVariant:
-        compression = _compression(
-            apply="prune_weights",
-            config=lambda cto, threshold: cto.OpMagnitudePrunerConfig(
-                target_sparsity=percent / 100, weight_threshold=threshold
-            ),
-            details=f"{percent}% smallest-magnitude weights zeroed, stored as bitmask + values",
-            expected_ops=("constexpr_sparse_to_dense",),
-        )
-        return session.compress(name, out, compression)
+def _pruned(percent: int) -> Any:
+    return lambda cto, threshold: cto.OpMagnitudePrunerConfig(target_sparsity=percent / 100, weight_threshold=threshold)
 
 
 for _bits in PALETTE_BITS:
-    _register_palettized(_bits)
+    register_compression(
+        f"palettize-{_bits}bit", family="int8" if _bits == 8 else "low-bit",
+        description=f"k-means palette, {_bits} bits", apply="palettize_weights", config=_palette(_bits),
+        details=f"k-means palette of {2**_bits} values per tensor",
+        expected_ops=("constexpr_lut_to_dense",),
+    )  # fmt: skip
 for _percent in range(1, 100):
-    _register_sparse(_percent)
+    register_compression(
+        f"sparse-{_percent}", family="low-bit", description=f"{_percent}% of weights pruned, stored sparse",
+        apply="prune_weights", config=_pruned(_percent),
+        details=f"{_percent}% smallest-magnitude weights zeroed, stored as bitmask + values",
+        expected_ops=("constexpr_sparse_to_dense",),
+    )  # fmt: skip
 
 
 def swift_type_name(name: str) -> str:

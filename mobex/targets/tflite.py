@@ -315,19 +315,9 @@ def int8_options(recipe: Recipe) -> Int8Options:
 
     q = recipe.quantization
     limits = {m: v for m, (v, _) in limits_for(variant(NAME, "int8"), recipe.model.task, recipe.gates).items()}
-    finetune = None
+    finetune = None  # the recipe's [quantization.finetune] keys are FinetuneSettings' own, plus two for the search
     if q.finetune is not None:
-        f = q.finetune
-        finetune = FinetuneSettings(
-            epochs=f.epochs,
-            learning_rate=f.learning_rate,
-            bias_learning_rate=f.bias_learning_rate,
-            scale_learning_rate=f.scale_learning_rate,
-            batch_size=f.batch_size,
-            max_samples=f.max_samples,
-            seed=f.seed,
-            threads=f.threads,
-        )
+        finetune = FinetuneSettings(**q.finetune.model_dump(exclude={"fallback_trials", "data"}))
     return Int8Options(
         calibration_samples=q.calibration_samples,
         fallback=q.int8_fallback,
