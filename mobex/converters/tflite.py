@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mobex.artifacts import ExportedVariant, path_size
+from mobex.converters import tflite_lowering
 from mobex.errors import ConversionError, UsageError
 from mobex.runtime.litert import SIGNATURE_KEY, load_tflite_io
 from mobex.runtime.torch_model import flatten_outputs
@@ -86,7 +87,7 @@ def convert_tflite(
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        with _quiet_litert():
+        with _quiet_litert(), tflite_lowering.recurrent_modules_as_custom_ops(model):  # installs every fix
             edge = litert_torch.signature(SIGNATURE_KEY, wrapper, sample_kwargs=dict(example_inputs)).convert()
             edge.export(str(tmp))
     except Exception as e:  # noqa: BLE001 - litert-torch raises anything from AssertionError to jax errors
