@@ -79,8 +79,8 @@ def install() -> tuple[LoweringFix, ...]:
     for op, decomp in (
         (aten.lstm.input, _lstm_to_custom),
         (aten.gru.input, _gru_to_custom),
-        (aten.rnn_tanh.input, _rnn_to_custom("tanh")),
-        (aten.rnn_relu.input, _rnn_to_custom("relu")),
+        (aten.rnn_tanh.input, _rnn_tanh_to_custom),
+        (aten.rnn_relu.input, _rnn_relu_to_custom),
     ):
         _override("pre_convert", op, decomp)
         _override("pre_lower", op, decomp)
@@ -159,7 +159,8 @@ def _table(name: str) -> dict:
 
 def _override(table: str, op: Any, decomposition: Callable | None) -> None:
     target = _table(table)
-    _stock.setdefault((table, op), target.get(op))
+    # torch's CustomDecompTable answers `get` with None for the entries it materializes lazily: index it.
+    _stock.setdefault((table, op), target[op] if op in target else None)
     if decomposition is None:
         target.pop(op, None)
     else:
@@ -285,6 +286,10 @@ def _rnn_to_custom(nonlinearity: str) -> Callable:
         return torch_ops().rnn(x, hx, list(params), has_biases, num_layers, bidirectional, batch_first, nonlinearity)
 
     return decomposition
+
+
+_rnn_tanh_to_custom = _rnn_to_custom("tanh")
+_rnn_relu_to_custom = _rnn_to_custom("relu")
 
 
 def torch_ops() -> Any:

@@ -350,12 +350,73 @@ class MaxPoolDefaultStride(nn.Module):  # max-pool-stride: export drops stride=[
         return nn.functional.max_pool2d(x, 2)
 
 
+class LSTMCellLoop(nn.Module):  # recurrent-cells (export) / unsafe-chunk (trace): LSTMCell stepped with state
+    def __init__(self) -> None:
+        super().__init__()
+        self.init = nn.Linear(8, 32)
+        self.cell = nn.LSTMCell(8, 16)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h, c = self.init(x[:, 0]).tanh().chunk(2, dim=-1)
+        for t in range(x.shape[1]):
+            h, c = self.cell(x[:, t], (h, c))
+        return h, c
+
+
+class GRUCellLoop(nn.Module):  # recurrent-cells (export) / unsafe-chunk (trace)
+    def __init__(self) -> None:
+        super().__init__()
+        self.cell = nn.GRUCell(8, 16)
+        self.h0 = nn.Parameter(torch.full((1, 16), 0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.h0
+        for t in range(x.shape[1]):
+            h = self.cell(x[:, t], h)
+        return h
+
+
+class UnsafeChunk(nn.Module):  # unsafe-chunk: torch.export names it unsafe_split
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b, c = torch._VF.unsafe_chunk(x, 3, 1)
+        return a * b - c[:, :1]
+
+
+class PReLUAfterLinear(nn.Module):  # prelu-rank: per-channel alpha on a rank-2 input
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear, self.act = nn.Linear(8, 6), nn.PReLU(6)
+        with torch.no_grad():
+            self.act.weight.copy_(torch.linspace(-0.5, 0.5, 6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.linear(x))
+
+
+class PReLUAfterConv1d(nn.Module):  # prelu-rank: per-channel alpha on a rank-3 input
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.act = nn.Conv1d(4, 6, 3), nn.PReLU(6)
+        with torch.no_grad():
+            self.act.weight.copy_(torch.linspace(-0.5, 0.5, 6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv(x))
+
+
 SHIM_CASES = {
     "scalar-cast": (ExpandByBatch, (2, 3, 4), "trace", "only 0-dimensional arrays"),
     "new_ones": (NewOnesMask, (2, 3, 4), "export", "new_ones"),
     "bool-bitwise": (MaskAndOr, (2, 3, 4), "export", "kind __and__"),
     "where-scalar": (MaskAndOr, (2, 3, 4), "export", None),
     "max-pool-stride": (MaxPoolDefaultStride, (1, 4, 8, 8), "export", "expected minimum 3 inputs"),
+    "recurrent-cells": (LSTMCellLoop, (1, 5, 8), "export", "Unsupported fx node lstm_cell"),
+    "recurrent-cells/gru": (GRUCellLoop, (1, 5, 8), "export", "Unsupported fx node gru_cell"),
+    "unsafe-chunk": (LSTMCellLoop, (1, 5, 8), "trace", "op 'unsafe_chunk' not implemented"),
+    "unsafe-chunk/gru": (GRUCellLoop, (1, 5, 8), "trace", "op 'unsafe_chunk' not implemented"),
+    "unsafe-chunk/export": (UnsafeChunk, (2, 9), "export", "Unsupported fx node unsafe_split"),
+    "prelu-rank": (PReLUAfterLinear, (2, 8), "export", "rank 3 or rank 5 input is only supported"),
+    "prelu-rank/conv1d": (PReLUAfterConv1d, (1, 4, 10), "trace", "rank 3 or rank 5 input is only supported"),
 }
 
 
@@ -380,7 +441,7 @@ def coreml_stock_registry():
 
 
 def test_every_shim_has_a_case() -> None:
-    assert {s.name for s in coreml_shims.SHIMS} == set(SHIM_CASES)
+    assert {s.name for s in coreml_shims.SHIMS} == {case.split("/")[0] for case in SHIM_CASES}
     assert all(s.upstream for s in coreml_shims.SHIMS)
 
 
@@ -390,7 +451,30 @@ def test_shim_makes_the_graph_convert(tmp_path: Path, shim: str) -> None:
     coreml_shims.install_shims()
     coreml_shims.reset_fired()
     _ct_convert(module().eval(), torch.randn(shape), path)
-    assert shim in coreml_shims.fired()
+    assert shim.split("/")[0] in coreml_shims.fired()
+
+
+@pytest.mark.parametrize("case", ["recurrent-cells", "recurrent-cells/gru", "unsafe-chunk/export", "prelu-rank",
+                                  "prelu-rank/conv1d"])  # fmt: skip
+def test_shimmed_programs_match_torch(tmp_path: Path, case: str) -> None:
+    """The shims' MIL is right, not just accepted: fp32 programs in the reference interpreter match torch."""
+    from mobex.runtime.mil import MilReferenceRunner
+
+    module, shape, _, _ = SHIM_CASES[case]
+    torch.manual_seed(0)
+    model, x = module().eval(), torch.randn(shape)
+    variant = convert_coreml(model, {"x": x}, tmp_path / "m.mlpackage", precision="fp32", metadata=metadata())
+    assert any(case.split("/")[0] in n for n in variant.notes if n.startswith("coremltools 9.0 shims used"))
+    with torch.no_grad():
+        want = [t.numpy() for t in coreml_shims_flat(model(x))]
+    got = MilReferenceRunner(variant.path).run({"x": x.numpy()})
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5)
+
+
+def coreml_shims_flat(value: object) -> list[torch.Tensor]:
+    return list(value) if isinstance(value, tuple) else [value]
 
 
 @pytest.mark.parametrize("shim", sorted(s for s, case in SHIM_CASES.items() if case[3]))
