@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from mobex.artifacts import ExportedVariant, TensorSpec, path_size
+from mobex.converters import op_location
 from mobex.errors import ConversionError, UsageError
 
 if TYPE_CHECKING:
@@ -170,9 +171,12 @@ def convert_coreml(
         break
     if mlmodel is None:
         summary = "; ".join(f"{k}: {v}" for k, v in errors.items())
+        located = op_location.describe(model, args, summary)  # the op and the module path that calls it
+        where = f" ({located[0]})" if located else ""
         raise ConversionError(
-            f"coremltools could not convert the model by either path ({summary})",
-            hint="see the shims in mobex/converters/coreml_shims.py; an unsupported op may need a new one",
+            f"coremltools could not convert the model{where} by either path ({summary})",
+            hint=(f"{located[1]}; " if located else "")
+            + "see the shims in mobex/converters/coreml_shims.py; an unsupported op may need a new one",
         )
 
     apply_metadata(mlmodel, metadata)

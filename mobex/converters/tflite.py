@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mobex.artifacts import ExportedVariant, path_size
-from mobex.converters import tflite_lowering
+from mobex.converters import op_location, tflite_lowering
 from mobex.errors import ConversionError, UsageError
 from mobex.runtime.litert import SIGNATURE_KEY, load_tflite_io
 from mobex.runtime.torch_model import flatten_outputs
@@ -93,7 +93,10 @@ def convert_tflite(
     except Exception as e:  # noqa: BLE001 - litert-torch raises anything from AssertionError to jax errors
         tmp.unlink(missing_ok=True)
         message, op = _summarize_failure(e)
-        raise ConversionError(message, hint=_OP_HINT if op else _HINT) from e
+        located = op_location.describe(model, tuple(example_inputs.values()), str(e))  # the module path
+        if located:
+            message = f"{message} [{located[0]}]"
+        raise ConversionError(message, hint=located[1] if located else (_OP_HINT if op else _HINT)) from e
     try:
         io = load_tflite_io(tmp)
         if [s.name for s in io.inputs] != names or [s.name for s in io.outputs] != out_names:

@@ -97,7 +97,7 @@ def train(entry: ZooEntry, model: Any) -> dict[str, float]:
             loss.backward()
             opt.step()
     model.eval()
-    return {"train_loss": float(loss)}
+    return {"train_loss": float(loss.detach())}
 
 
 # --- a build folder ---------------------------------------------------------------------------------
@@ -156,6 +156,19 @@ def recipe_text(entry: ZooEntry, weights: bool, variants: dict[str, list[str]], 
     if quick_latency:  # the sweep measures parity; latency at one thread, few runs, keeps 50 builds short
         lines += ["", "[latency]", "threads = [1]", "warmup = 1", "runs = 3"]
     return "\n".join(lines) + "\n"
+
+
+def coverage_script() -> Any:
+    """scripts/coverage.py as a module (loaded by path: an installed `coverage` package has the same name)."""
+    import importlib.util
+
+    if "mobex_coverage_script" in sys.modules:
+        return sys.modules["mobex_coverage_script"]
+    spec = importlib.util.spec_from_file_location("mobex_coverage_script", SCRIPTS / "coverage.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def _load_families() -> None:

@@ -177,6 +177,6 @@ register(ZooEntry(
     name="dscnn_kws", family="audio", factory=_dscnn, inputs=(Input("mfcc", (1, 49, 10)),),
     data=lambda split, n: data.features(split, n, (49, 10), "mfcc"), samples=16,
     data_note="SYNTHETIC MFCC-like frames", covers=("depthwise Conv1d", "pointwise Conv1d", "BatchNorm1d"),
-    needs="classification without labels: top-1 agreement", fast=True,
+    needs="classification without labels: top-1 agreement",
 ))  # fmt: skip
 

@@ -90,7 +90,7 @@ def _pairs(split: str, n: int) -> dict:
 
 DIGITS = "real: scikit-learn digits (8x8)"
 for name, factory, covers, fast in (
-    ("depthwise_cnn", DepthwiseCNN, ("depthwise Conv2d", "ReLU6", "BatchNorm2d", "AdaptiveAvgPool2d"), True),
+    ("depthwise_cnn", DepthwiseCNN, ("depthwise Conv2d", "ReLU6", "BatchNorm2d", "AdaptiveAvgPool2d"), False),
     ("tiny_resnet", TinyResNet, ("residual adds", "BatchNorm2d", "1x1 projection skip"), False),
     ("mlp_mixer", Mixer, ("patch Conv2d", "token-mixing transposes", "LayerNorm", "GELU"), False),
 ):

@@ -85,7 +85,7 @@ def _entry(name: str, factory, covers: tuple, size: int = 32, channels: int = 3,
 
 
 _entry("unet_bilinear_ac", lambda: UNet("bilinear-ac"), ("U-Net skips (concat)", "bilinear align_corners=True"))
-_entry("unet_bilinear", lambda: UNet("bilinear"), ("U-Net skips", "bilinear align_corners=False"), fast=True)
+_entry("unet_bilinear", lambda: UNet("bilinear"), ("U-Net skips", "bilinear align_corners=False"))
 _entry("unet_nearest", lambda: UNet("nearest"), ("U-Net skips", "nearest upsampling"))
 _entry("unet_nearest_exact", lambda: UNet("nearest-exact"), ("U-Net skips", "nearest-exact upsampling"))
 _entry("unet_convtranspose", lambda: UNet("transpose"), ("U-Net skips", "ConvTranspose2d stride 2"))

@@ -117,8 +117,7 @@ _entry("blaze_multihead", BlazeStyle, (64, 64), ("scores", "boxes", "landmarks")
 _entry("centernet_grid", CenterNetStyle, (64, 64), ("heatmap", "size", "offset"),
        ("anchor-free grid heads", "max-pool peak map (==, cast)", "SiLU"))  # fmt: skip
 _entry("yolo_grid_decode", YoloGridDecode, (64, 64), ("scores", "boxes"),
-       ("grid decode in graph: meshgrid buffer, sigmoid, exp, clamp", "softmax x objectness", "LeakyReLU"),
-       fast=True)  # fmt: skip
+       ("grid decode in graph: meshgrid buffer, sigmoid, exp, clamp", "softmax x objectness", "LeakyReLU"))
 _entry("face_fcn_240x320", FaceDetectorFCN, (240, 320), ("scores", "boxes", "landmarks"),
        ("fully convolutional at 240x320", "PReLU per channel after Conv2d", "two-scale heads", "softmax scores"),
        samples=4)  # fmt: skip

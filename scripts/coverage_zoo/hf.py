@@ -99,7 +99,7 @@ def _model(cls: str, config: object) -> torch.nn.Module:
 
 
 # --- text -----------------------------------------------------------------------------------------
-_text("roberta", lambda: _model("RobertaModel", _cfg("RobertaConfig", **T, pad_token_id=1)), fast=True)
+_text("roberta", lambda: _model("RobertaModel", _cfg("RobertaConfig", **T, pad_token_id=1)))
 _text("albert", lambda: _model("AlbertModel", _cfg("AlbertConfig", **T, embedding_size=16)))
 _text("electra", lambda: _model("ElectraModel", _cfg("ElectraConfig", **T, embedding_size=16)))
 _text("mobilebert", lambda: _model("MobileBertModel", _cfg(

@@ -41,7 +41,6 @@ for kind, layers, bidir, bf in (("lstm", 1, False, True), ("lstm", 2, True, Fals
         samples=48, data_note=ROWS,
         covers=(f"nn.{kind.upper()}", f"{layers} layer(s)", "bidirectional" if bidir else "unidirectional",
                 "batch_first" if bf else "time-major"),
-        fast=tag == "gru1_tm",
     ))  # fmt: skip
 
 

@@ -289,6 +289,29 @@ def test_falls_back_to_trace_when_export_fails(tmp_path: Path) -> None:
     ct.utils.load_spec(str(variant.path))
 
 
+class _InverseHead(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.inv(x)
+
+
+class _DeepInverse(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Module()
+        self.encoder.blocks = nn.ModuleList([nn.Identity(), nn.Identity(), _InverseHead()])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder.blocks[2](x + 1)
+
+
+def test_conversion_error_names_the_module_path_and_a_workaround(tmp_path: Path) -> None:
+    with pytest.raises(ConversionError) as info:
+        convert_coreml(_DeepInverse(), {"x": torch.eye(3)[None]}, tmp_path / "m.mlpackage", precision="fp32",
+                       metadata=metadata())  # fmt: skip
+    assert "op linalg_inv in module encoder.blocks.2" in info.value.message
+    assert "invert outside the model" in info.value.hint
+
+
 def test_conversion_error_names_both_paths(tmp_path: Path) -> None:
     with pytest.raises(ConversionError) as info:
         convert_coreml(
@@ -505,3 +528,24 @@ def test_install_and_uninstall_are_idempotent() -> None:
     coreml_shims.uninstall_shims()
     coreml_shims.install_shims()
     assert registry == shimmed
+
+
+def test_coremltools_imports_without_the_converters_mobex_never_uses() -> None:
+    """A fresh process: coremltools comes up without scikit-learn, ExecuTorch or transformers, which import
+    normally afterwards (checked in a subprocess: this one imported coremltools the ordinary way)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from mobex.converters.coreml_shims import UNUSED_BY_MOBEX, import_coremltools\n"
+        "ct = import_coremltools()\n"
+        "assert not any(name in sys.modules for name in UNUSED_BY_MOBEX), sorted(sys.modules)\n"
+        "from coremltools import _deps\n"
+        "assert not _deps._HAS_SKLEARN and not _deps._HAS_EXECUTORCH and _deps._HAS_TORCH\n"
+        "import sklearn, transformers\n"
+        "assert import_coremltools() is ct\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert out.stdout.strip().endswith("ok"), out.stderr[-2000:]
