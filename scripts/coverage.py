@@ -8,7 +8,8 @@ and on Core ML (MIL reference interpreter), gates, shipped, and the failure reas
 
 Usage:
     python scripts/coverage.py [--only a,b] [--family recurrent] [--fast] [--json-out FILE]
-    python scripts/coverage.py --from-json FILE      # print the table of an earlier run
+    python scripts/coverage.py --from-json FILE...   # print the table of earlier runs
+    python scripts/coverage.py --zoo-table           # what each model covers, its data, what it needs
 
 Results are appended to --json-out after every model, so a long sweep can be resumed (--resume).
 """
@@ -139,6 +140,14 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def zoo_table(entries: list) -> str:
+    """What each zoo model covers, where its data comes from, and what issue 13 parts 4-6 would add for it."""
+    lines = ["| model | task | covers | data | needs (issue 13 parts 4-6) |", "|---|---|---|---|---|"]
+    for e in entries:
+        lines.append(f"| {e.name} | {e.task} | {', '.join(e.covers)} | {e.data_note} | {e.needs or '—'} |")
+    return "\n".join(lines)
+
+
 def _selected(args: argparse.Namespace) -> list:
     from coverage_zoo import ZOO
 
@@ -161,13 +170,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fast", action="store_true", help="only the fast subset the default tests build")
     parser.add_argument("--json-out", type=Path, help="write the rows here (JSON lines, one per model)")
     parser.add_argument("--resume", action="store_true", help="skip models already in --json-out")
-    parser.add_argument("--from-json", type=Path, help="print the table of an earlier --json-out and exit")
+    parser.add_argument("--from-json", type=Path, nargs="+", help="print the table of earlier --json-out files")
+    parser.add_argument("--zoo-table", action="store_true", help="print what each model covers and needs, and exit")
     parser.add_argument("--keep", type=Path, help="keep the build folders here")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per build (default 900)")
     args = parser.parse_args(argv)
     if args.from_json:
-        print(markdown([json.loads(line) for line in args.from_json.read_text().splitlines() if line.strip()]))
+        rows = [json.loads(line) for path in args.from_json for line in path.read_text().splitlines() if line.strip()]
+        print(markdown(rows))
         return 0
+    if args.zoo_table:
+        print(zoo_table(_selected(args)))
+        return 0
+    import torch
+
+    torch.set_num_threads(1)  # training the small entries: one thread, the machine is shared
     entries = _selected(args)
     done: dict[str, dict] = {}
     if args.resume and args.json_out and args.json_out.is_file():
