@@ -71,7 +71,7 @@ def variant_cell(variant: dict | None) -> dict:
     if status.startswith("conversion failed"):
         cell["state"], cell["reason"] = "conversion failed", status.removeprefix("conversion failed: ")
     elif status.startswith(("not run", "failed to run")):
-        cell["state"], cell["reason"] = "not run", status
+        cell["state"], cell["reason"] = "not run", status.removeprefix("not run: ")
     elif not variant["passed"]:
         failed = [g for g in variant.get("gates", []) if not g["passed"]]
         cell["reason"] = "; ".join(f"{g['metric']} {_num(g['value'])} (limit {_num(g['limit'])})" for g in failed)
@@ -116,7 +116,7 @@ def _num(value: float | None) -> str:
 def _cell_text(cell: dict) -> str:
     if cell.get("state") == "pass":
         return f"pass {_num(cell.get('max_abs_error'))}"
-    reason = (cell.get("reason") or "").replace("|", "/")
+    reason = (cell.get("reason") or "").replace("|", "/").removeprefix("not run: ")
     if len(reason) > 90:
         reason = reason[:87] + "..."
     return f"**{cell.get('state')}**: {reason}"
