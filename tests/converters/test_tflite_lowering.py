@@ -94,14 +94,19 @@ def test_prelu_becomes_one_tflite_prelu_op(tmp_path: Path) -> None:
     assert TfliteRunner(path).delegate_partitions() == 1
 
 
-def test_prelu_stays_in_xnnpack_in_dynamic_int8(tmp_path: Path) -> None:
+@pytest.mark.parametrize("variant", ["dynamic-int8", "int8"])
+def test_prelu_stays_in_xnnpack_in_int8(tmp_path: Path, variant: str) -> None:
+    """dynamic-int8 keeps PRELU float; static int8 too (ai-edge-quantizer has no PRELU rule), between
+    QUANTIZE / DEQUANTIZE, which XNNPACK runs as well: one partition either way."""
     from mobex.quantize.tflite.recipes import quantize_tflite
 
-    model, x = PReLUNet().eval(), torch.randn(1, 3, 16, 16)
-    base = convert_tflite(model, {"x": x}, tmp_path / "fp32.tflite")
-    int8 = quantize_tflite(base, "dynamic-int8", tmp_path / "int8.tflite", calibration=[{"x": x.numpy()}])
-    assert op_counts(int8.path)["PRELU"] == 4
-    assert TfliteRunner(int8.path).delegate_partitions() == 1
+    model = PReLUNet().eval()
+    rng = np.random.default_rng(0)
+    calibration = [{"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(32)]
+    base = convert_tflite(model, {"x": torch.from_numpy(calibration[0]["x"])}, tmp_path / "fp32.tflite")
+    quantized = quantize_tflite(base, variant, tmp_path / f"{variant}.tflite", calibration=calibration)
+    assert op_counts(quantized.path)["PRELU"] == 4
+    assert TfliteRunner(quantized.path).delegate_partitions() == 1
 
 
 # --- recurrent layers ------------------------------------------------------------------------------
