@@ -23,6 +23,7 @@ _stock: dict[str, Callable | None] = {}  # registry key -> coremltools' own conv
 _stock_max_pool: Callable | None = None
 _stock_split: Callable | None = None
 _stock_prelu: Callable | None = None
+_stock_upsample_nearest: Callable | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,20 @@ SHIMS: tuple[Shim, ...] = (
         "when all the values of alpha are same'. Here the input is lifted to rank 4 ([B, C, L, 1]) instead. "
         "No upstream issue found.",
     ),
+    Shim(
+        "gelu-tanh",
+        ("gelu",),
+        "torch.export passes gelu's `approximate` as a keyword; 9.0's converter reads positional inputs only, "
+        "so GELU(approximate='tanh') silently becomes the exact (erf) GELU: no error, outputs off by up to "
+        "~1e-3 (found by the coverage zoo, gelu_tanh_regressor). No upstream issue found.",
+    ),
+    Shim(
+        "nearest-exact",
+        ("_upsample_nearest_exact2d", "upsample_nearest_exact2d"),
+        "9.0 has no converter for interpolate(mode='nearest-exact'): 'Unsupported fx node "
+        "_upsample_nearest_exact2d'. For integer scale factors it equals mode='nearest' (floor((i + 0.5) / s) "
+        "= floor(i / s)), which 9.0 converts; other factors still fail. No upstream issue found.",
+    ),
 )
 
 
@@ -163,6 +178,11 @@ def install_shims() -> tuple[Shim, ...]:
     if stock_prelu is not None and stock_prelu is not prelu:
         _stock_prelu = stock_prelu
     _register(prelu)
+    _register(gelu)
+    global _stock_upsample_nearest
+    _stock_upsample_nearest = _stock_upsample_nearest or _registry().get_func("upsample_nearest2d")
+    _register(_upsample_nearest_exact2d, "upsample_nearest_exact2d", "_upsample_nearest_exact2d.vec",
+              "upsample_nearest_exact2d.vec")  # fmt: skip
     stock_max_pool = _registry().get_func("max_pool1d")
     if stock_max_pool is not None and stock_max_pool is not max_pool1d:
         global _stock_max_pool
@@ -462,3 +482,49 @@ def prelu(context: Any, node: Any) -> None:
     axes = list(range(x.rank, 4))
     lifted = mb.prelu(x=mb.expand_dims(x=x, axes=axes), alpha=alpha_c)
     context.add(mb.squeeze(x=lifted, axes=axes, name=node.name))
+
+
+# --- gelu-tanh: GELU(approximate="tanh") converted as the exact GELU on the torch.export path (the
+# --- keyword argument is never read): silently wrong numbers, ~1e-3.
+
+
+def gelu(context: Any, node: Any) -> None:
+    """aten::gelu(x, approximate="none" | "tanh"), the approximation read from positional or keyword input."""
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs, _get_kwinputs
+
+    inputs = _get_inputs(context, node, min_expected=1)
+    positional = inputs[1] if len(inputs) > 1 else None
+    approximate = _get_kwinputs(context, node, "approximate", default=[positional])[0]
+    value = getattr(approximate, "val", approximate)
+    if value == "tanh" and positional is None:  # the case stock 9.0 gets wrong
+        _fired.add("gelu-tanh")
+    if value not in (None, "none", "tanh"):
+        raise NotImplementedError(f"gelu approximate={value!r} is not supported")
+    mode = "TANH_APPROXIMATION" if value == "tanh" else "EXACT"
+    context.add(mb.gelu(x=inputs[0], mode=mode, name=node.name))
+
+
+# --- nearest-exact: 'Unsupported fx node _upsample_nearest_exact2d' (interpolate(mode="nearest-exact")).
+
+
+def _upsample_nearest_exact2d(context: Any, node: Any) -> None:
+    """Integer scale factors: the same pixels as mode="nearest", so 9.0's upsample_nearest2d converts it."""
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs
+
+    inputs = _get_inputs(context, node, min_expected=1)
+    x = inputs[0]
+    size = getattr(inputs[1], "val", None) if len(inputs) > 1 and inputs[1] is not None else None
+    scales = getattr(inputs[2], "val", None) if len(inputs) > 2 and inputs[2] is not None else None
+    if size is not None:
+        integer = all(int(o) % int(i) == 0 for o, i in zip(list(size), list(x.shape)[-2:], strict=True))
+    else:
+        integer = scales is not None and all(float(f).is_integer() for f in list(scales))
+    if not integer:
+        raise NotImplementedError(
+            "interpolate(mode='nearest-exact') converts to Core ML only with integer scale factors; "
+            "use mode='nearest' or an integer factor"
+        )
+    _fired.add("nearest-exact")
+    assert _stock_upsample_nearest is not None, "install_shims() registers _upsample_nearest_exact2d"
+    _stock_upsample_nearest(context, node)

@@ -57,6 +57,12 @@ FIXES: tuple[LoweringFix, ...] = (
         "instead of TFLite's PRELU, which XNNPACK runs as one op",
     ),
     LoweringFix(
+        "conv-string-padding",
+        ("conv1d.padding", "conv2d.padding"),
+        "Conv1d/Conv2d(padding='same' | 'valid') stay aten.conv1d.padding, for which litert-torch 0.10 has no "
+        "lowering ('Lowering not found'; found by the coverage zoo's pitch CNN)",
+    ),
+    LoweringFix(
         "recurrent",
         ("lstm.input", "gru.input", "rnn_tanh.input", "rnn_relu.input"),
         "torch's decomposition unrolls every step before two re-traces of the whole graph: conversion time "
@@ -76,6 +82,9 @@ def install() -> tuple[LoweringFix, ...]:
     aten = torch.ops.aten
     _override("pre_convert", aten._prelu_kernel.default, None)  # keep PReLU whole through the layout passes
     _override("pre_lower", aten._prelu_kernel.default, _prelu_to_tfl)
+    for op in (aten.conv1d.padding, aten.conv2d.padding):
+        _override("pre_convert", op, _conv_explicit_padding)
+        _override("pre_lower", op, _conv_explicit_padding)
     for op, decomp in (
         (aten.lstm.input, _lstm_to_custom),
         (aten.gru.input, _gru_to_custom),
@@ -269,6 +278,30 @@ def _prelu_to_tfl(x: Any, weight: Any) -> Any:
     if shape[0] != 1:
         return torch.relu(x) - weight * torch.relu(-x)
     return torch.ops.mobex_tfl.prelu(x, weight.reshape(shape[1:]))
+
+
+def _conv_explicit_padding(x, weight, bias=None, stride=1, padding="valid", dilation=1, groups=1):  # noqa: ANN001, ANN202
+    """conv with padding="same" / "valid" as an explicit-padding convolution; "same" pads the extra
+    element at the end, as torch does when the total padding is odd."""
+    import torch
+
+    dims = weight.dim() - 2
+
+    def per_dim(v: Any) -> list[int]:
+        return [int(v)] * dims if isinstance(v, int) else [int(d) for d in v]
+
+    stride, dilation = per_dim(stride), per_dim(dilation)
+    if padding == "valid":
+        before = after = [0] * dims
+    else:
+        totals = [d * (k - 1) for d, k in zip(dilation, weight.shape[2:], strict=True)]
+        before = [t // 2 for t in totals]
+        after = [t - b for t, b in zip(totals, before, strict=True)]
+    if before != after:
+        pads = [p for b, a in zip(reversed(before), reversed(after), strict=True) for p in (b, a)]
+        x = torch.nn.functional.pad(x, pads)
+        before = [0] * dims
+    return torch.ops.aten.convolution.default(x, weight, bias, stride, before, dilation, False, [0] * dims, groups)
 
 
 def _lstm_to_custom(x, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):  # noqa: ANN001, ANN202, ARG001

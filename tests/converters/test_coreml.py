@@ -427,6 +427,16 @@ class PReLUAfterConv1d(nn.Module):  # prelu-rank: per-channel alpha on a rank-3 
         return self.act(self.conv(x))
 
 
+class GeluTanh(nn.Module):  # gelu-tanh: torch.export passes approximate="tanh" as a keyword
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.gelu(3 * x, approximate="tanh")
+
+
+class NearestExact(nn.Module):  # nearest-exact: no converter in 9.0
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.interpolate(x, scale_factor=2, mode="nearest-exact") + 1
+
+
 SHIM_CASES = {
     "scalar-cast": (ExpandByBatch, (2, 3, 4), "trace", "only 0-dimensional arrays"),
     "new_ones": (NewOnesMask, (2, 3, 4), "export", "new_ones"),
@@ -440,6 +450,8 @@ SHIM_CASES = {
     "unsafe-chunk/export": (UnsafeChunk, (2, 9), "export", "Unsupported fx node unsafe_split"),
     "prelu-rank": (PReLUAfterLinear, (2, 8), "export", "rank 3 or rank 5 input is only supported"),
     "prelu-rank/conv1d": (PReLUAfterConv1d, (1, 4, 10), "trace", "rank 3 or rank 5 input is only supported"),
+    "gelu-tanh": (GeluTanh, (2, 16), "export", None),  # stock converts it, wrongly: see the test below
+    "nearest-exact": (NearestExact, (1, 3, 4, 5), "trace", "nearest_exact"),
 }
 
 
@@ -478,7 +490,7 @@ def test_shim_makes_the_graph_convert(tmp_path: Path, shim: str) -> None:
 
 
 @pytest.mark.parametrize("case", ["recurrent-cells", "recurrent-cells/gru", "unsafe-chunk/export", "prelu-rank",
-                                  "prelu-rank/conv1d"])  # fmt: skip
+                                  "prelu-rank/conv1d", "gelu-tanh", "nearest-exact"])  # fmt: skip
 def test_shimmed_programs_match_torch(tmp_path: Path, case: str) -> None:
     """The shims' MIL is right, not just accepted: fp32 programs in the reference interpreter match torch."""
     from mobex.runtime.mil import MilReferenceRunner
@@ -515,6 +527,27 @@ def test_stock_where_scalar_other_is_missing(coreml_stock_registry) -> None:
 
     with pytest.raises(NotImplementedError, match="where.scalarother"):
         _ct_convert(WhereScalar().eval(), torch.randn(2, 3), "export")
+
+
+def _gelu_modes() -> list[str]:
+    """The `mode` of every gelu op coremltools emits for GeluTanh (pymil program, torch.export path)."""
+    x = torch.randn(2, 16)
+    program = ct.convert(
+        torch.export.export(GeluTanh().eval(), (x,)).run_decompositions({}),
+        inputs=[ct.TensorType(name="x", shape=tuple(x.shape), dtype=np.float32)], convert_to="milinternal",
+        minimum_deployment_target=ct.target.iOS16,
+    )  # fmt: skip
+    return [op.mode.val for op in program.functions["main"].operations if op.op_type == "gelu"]
+
+
+def test_stock_coremltools_silently_converts_tanh_gelu_as_exact(coreml_stock_registry) -> None:
+    """If this fails after a coremltools upgrade, the keyword is read upstream: delete the gelu-tanh shim."""
+    assert _gelu_modes() == ["EXACT"]
+
+
+def test_gelu_tanh_shim_keeps_the_approximation() -> None:
+    coreml_shims.install_shims()
+    assert _gelu_modes() == ["TANH_APPROXIMATION"]
 
 
 def test_install_and_uninstall_are_idempotent() -> None:

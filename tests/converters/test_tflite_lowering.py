@@ -109,6 +109,31 @@ def test_prelu_stays_in_xnnpack_in_int8(tmp_path: Path, variant: str) -> None:
     assert TfliteRunner(quantized.path).delegate_partitions() == 1
 
 
+# --- conv padding="same" ----------------------------------------------------------------------------
+
+
+class SamePadding(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Conv1d(2, 4, 64, padding="same")  # even kernel: one more pad element at the end
+        self.b = nn.Conv1d(4, 3, 5, padding="same", dilation=2)
+        self.c = nn.Conv1d(3, 3, 3, padding="valid")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(self.b(self.a(x)))
+
+
+def test_stock_litert_torch_has_no_lowering_for_string_padding(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="conv1d.padding"):
+        stock_convert(SamePadding(), torch.randn(1, 2, 100), tmp_path / "stock.tflite")
+
+
+def test_string_padding_converts_and_matches_torch(tmp_path: Path) -> None:
+    model, x = SamePadding().eval(), torch.randn(1, 2, 100)
+    assert_matches_torch(fixed_convert(model, x, tmp_path / "fixed.tflite"), model, x)
+
+
 # --- recurrent layers ------------------------------------------------------------------------------
 
 
