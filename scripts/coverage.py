@@ -148,6 +148,12 @@ def zoo_table(entries: list) -> str:
     return "\n".join(lines)
 
 
+def _zoo_names() -> list[str]:
+    from coverage_zoo import ZOO
+
+    return list(ZOO)
+
+
 def _selected(args: argparse.Namespace) -> list:
     from coverage_zoo import ZOO
 
@@ -177,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.from_json:
         rows = [json.loads(line) for path in args.from_json for line in path.read_text().splitlines() if line.strip()]
-        print(markdown(rows))
+        latest = {r["model"]: r for r in rows}  # a model built again in a later file: its last row counts
+        order = {name: i for i, name in enumerate(_zoo_names())}
+        print(markdown(sorted(latest.values(), key=lambda r: order.get(r["model"], len(order)))))
         return 0
     if args.zoo_table:
         print(zoo_table(_selected(args)))
