@@ -42,6 +42,7 @@ def bench_model(name: str, workdir: Path) -> dict:
         row["status"] = report["status"]
         row["timings"] = report.get("timings", {})
         row["variants"] = {v["id"]: (v.get("export_seconds"), v.get("validate_seconds")) for v in report["variants"]}
+        row["failed"] = {v["id"]: v["status"][:200] for v in report["variants"] if v["status"].startswith("conversion")}
     return row
 
 
