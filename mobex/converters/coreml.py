@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from mobex.artifacts import ExportedVariant, TensorSpec, path_size
+from mobex.converters import op_location
 from mobex.converters.coreml_io import plan_interface
 from mobex.errors import ConversionError, UsageError
 from mobex.preprocessing import NoPreprocessing, PreprocessingContract
@@ -91,12 +92,12 @@ def convert_coreml(
     Input names are the dict keys; float inputs stay float32 I/O even with fp16 compute (apps feed
     float32), integer inputs become int32 (Core ML has no int64 I/O). The model is put in eval mode.
     """
-    import coremltools as ct
     import numpy as np
     import torch
 
     from mobex.converters import coreml_shims
 
+    ct = coreml_shims.import_coremltools()  # without the converters mobex never uses (~12 s less)
     started = time.perf_counter()
     out_path = Path(out_path)
     if out_path.suffix != ".mlpackage":
@@ -189,9 +190,12 @@ def convert_coreml(
         break
     if mlmodel is None:
         summary = "; ".join(f"{k}: {v}" for k, v in errors.items())
+        located = op_location.describe(model, args, summary)  # the op and the module path that calls it
+        where = f" ({located[0]})" if located else ""
         raise ConversionError(
-            f"coremltools could not convert the model by either path ({summary})",
-            hint="see the shims in mobex/converters/coreml_shims.py; an unsupported op may need a new one",
+            f"coremltools could not convert the model{where} by either path ({summary})",
+            hint=(f"{located[1]}; " if located else "")
+            + "see the shims in mobex/converters/coreml_shims.py; an unsupported op may need a new one",
         )
 
     descriptions = interface.output_descriptions(metadata.output_descriptions, output_names)

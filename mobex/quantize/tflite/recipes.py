@@ -241,8 +241,9 @@ def calibrate_weights(
         moment_samples=samples,
         num_threads=num_threads,
     )
-    rounded = round_weights(model, graph, stats.moments)
-    corrected = correct_biases(model, graph, stats.means)
+    quantized = TfliteGraph(model)  # parsed once for both rewrites: they change weight bytes, not the graph
+    rounded = round_weights(model, graph, stats.moments, graph=quantized)
+    corrected = correct_biases(model, graph, stats.means, graph=quantized)
     return rounded, len(corrected)
 
 
