@@ -26,6 +26,7 @@ from mobex.converters import op_location
 from mobex.converters.coreml_io import plan_interface
 from mobex.errors import ConversionError, UsageError
 from mobex.preprocessing import NoPreprocessing, PreprocessingContract
+from mobex.runtime.coremltools_import import import_coremltools
 
 if TYPE_CHECKING:
     import torch
@@ -97,7 +98,7 @@ def convert_coreml(
 
     from mobex.converters import coreml_shims
 
-    ct = coreml_shims.import_coremltools()  # without the converters mobex never uses (~12 s less)
+    ct = import_coremltools()  # without the converters mobex never uses (~12 s less)
     started = time.perf_counter()
     out_path = Path(out_path)
     if out_path.suffix != ".mlpackage":

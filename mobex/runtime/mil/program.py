@@ -68,7 +68,7 @@ class CompiledProgram:
 
 def load_pymil_program(mlpackage_path: Path):
     """(pymil Program | None, spec, load error | None) of a saved .mlpackage, weights from its weight.bin."""
-    from mobex.converters.coreml_shims import import_coremltools
+    from mobex.runtime.coremltools_import import import_coremltools
 
     ct = import_coremltools()  # without the converters mobex never uses (~12 s less in the build's process)
     from coremltools.converters.mil.frontend.milproto.load import load as milproto_load
