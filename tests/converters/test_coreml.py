@@ -571,7 +571,7 @@ def test_coremltools_imports_without_the_converters_mobex_never_uses() -> None:
 
     code = (
         "import sys\n"
-        "from mobex.converters.coreml_shims import UNUSED_BY_MOBEX, import_coremltools\n"
+        "from mobex.runtime.coremltools_import import UNUSED_BY_MOBEX, import_coremltools\n"
         "ct = import_coremltools()\n"
         "assert not any(name in sys.modules for name in UNUSED_BY_MOBEX), sorted(sys.modules)\n"
         "from coremltools import _deps\n"
