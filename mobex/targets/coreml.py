@@ -5,7 +5,8 @@ Variants (registered below): `fp32` and `fp16` are conversions with float32 / fl
 (mobex.quantize.coreml.compress), each with the op config it registers: `int8-weights` (per-channel
 symmetric int8, iOS16), `int4-weights` (per block of 32, iOS18), `palettize-<2|4|6|8>bit` (k-means look-up
 tables, iOS16), `sparse-<1..99>` (magnitude pruning stored sparse, iOS16), `w8a8` (int8 activations
-calibrated in the MIL reference interpreter plus int8 weights, iOS17).
+calibrated in the MIL reference interpreter plus int8 weights, iOS17), `palettize-4bit-grouped` (a 16-value palette per
+group of 16 output channels, iOS18: channels of very different scales no longer share one palette).
 
 Validation: `MLModel.predict` on macOS (backend `coreml-runtime`, not exercised in this project's CI), else
 mobex's MIL reference interpreter of the saved program (backend `mil-reference`), which has no latency.
@@ -38,7 +39,10 @@ INFO = TargetInfo(
     default_for=("ios",),
     file_format="mlpackage",
     title="Core ML",
-    variant_hint=("fp32", "fp16", "int8-weights", "int4-weights", "w8a8", "palettize-<2|4|6|8>bit", "sparse-<1..99>"),
+    variant_hint=(
+        "fp32", "fp16", "int8-weights", "int4-weights", "w8a8", "palettize-<2|4|6|8>bit", "palettize-4bit-grouped",
+        "sparse-<1..99>",
+    ),
     takes_torchscript=True,
     model_is_folder=True,
 )
@@ -171,6 +175,16 @@ for _bits in PALETTE_BITS:
         details=f"k-means palette of {2**_bits} values per tensor",
         expected_ops=("constexpr_lut_to_dense",),
     )  # fmt: skip
+register_compression(
+    "palettize-4bit-grouped", family="low-bit", description="k-means palettes per group of 16 output channels, 4 bits",
+    apply="palettize_weights", details="k-means palette of 16 values per group of 16 output channels",
+    config=lambda cto, threshold: cto.OpPalettizerConfig(
+        mode="kmeans", nbits=4, granularity="per_grouped_channel", group_size=16, weight_threshold=threshold
+    ),
+    expected_ops=("constexpr_lut_to_dense",), min_target="iOS18",
+    min_target_why="palettes per group of channels are an iOS18 Core ML feature",
+    min_target_hint='set [ios] minimum_deployment_target = "iOS18", or use palettize-4bit (one palette per tensor)',
+)  # fmt: skip
 for _percent in range(1, 100):
     register_compression(
         f"sparse-{_percent}", family="low-bit", description=f"{_percent}% of weights pruned, stored sparse",

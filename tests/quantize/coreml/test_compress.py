@@ -120,6 +120,31 @@ def test_int4_weights_on_ios18(coreml_base18, tmp_path: Path) -> None:
         assert np.all(np.abs(restored - original) <= step * 0.51 + 1e-3)
 
 
+def test_grouped_palettes_keep_channels_of_different_scales(tmp_path: Path) -> None:
+    """palettize-4bit-grouped (iOS18): one 16-value palette per 16 output channels. With channel scales spread
+    over 100x, one palette per tensor spends its levels on the large channels and flattens the small ones."""
+    torch.manual_seed(0)
+    model = WideMLP().eval()
+    with torch.no_grad():
+        layer = model.net[2]
+        layer.weight.mul_(torch.logspace(-1, 1, layer.weight.shape[0])[:, None])
+    base = convert_coreml(
+        model, {"features": torch.randn(1, 128)}, tmp_path / "base.mlpackage", precision="fp16",
+        deployment_target="iOS18", metadata=CoreMLMetadata(name="wide", version="2.0.0"),
+    )  # fmt: skip
+    truth = linear_weights(base.path)[1]
+    errors = {}
+    for variant in ("palettize-4bit", "palettize-4bit-grouped"):
+        out = compress_coreml(base, variant, tmp_path / f"{variant}.mlpackage", deployment_target="iOS18")
+        assert constexpr_op_counts(out.path).get("constexpr_lut_to_dense") == 3
+        got = linear_weights(out.path)[1]
+        small = slice(0, 64)  # the channels with the smallest scales
+        errors[variant] = float(np.abs(got[small] - truth[small]).mean() / np.abs(truth[small]).mean())
+    assert errors["palettize-4bit-grouped"] < errors["palettize-4bit"] / 3, errors
+    with pytest.raises(UsageError, match="needs iOS18 or later"):
+        compress_coreml(base, "palettize-4bit-grouped", tmp_path / "x.mlpackage", deployment_target="iOS17")
+
+
 def test_metadata_is_kept(coreml_base16, tmp_path: Path) -> None:
     out = compress_coreml(coreml_base16, "palettize-4bit", tmp_path / "p.mlpackage", deployment_target="iOS16")
     model = ct.models.MLModel(str(out.path), skip_model_load=True)
