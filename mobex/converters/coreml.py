@@ -204,15 +204,20 @@ def convert_coreml(
     mlmodel.user_defined_metadata.update(interface.metadata())
     save_package(mlmodel, out_path)
     notes.append("package made reproducible: conversion date dropped, manifest ids derived from content")
-    inputs, outputs = read_io(out_path)
+    return package_variant(out_path, precision, notes, started)
+
+
+def package_variant(path: Path, quantization: str, notes: list[str], started: float) -> ExportedVariant:
+    """A saved .mlpackage as a variant: its I/O read back from the package, its size, the time since `started`."""
+    inputs, outputs = read_io(path)
     return ExportedVariant(
         target="coreml",
         platform="ios",
-        quantization=precision,
-        path=out_path,
+        quantization=quantization,
+        path=path,
         inputs=inputs,
         outputs=outputs,
-        size_bytes=path_size(out_path),
+        size_bytes=path_size(path),
         seconds=time.perf_counter() - started,
         notes=notes,
     )

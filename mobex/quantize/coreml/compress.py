@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from mobex.artifacts import ExportedVariant, path_size
-from mobex.converters.coreml import read_io, resolve_target, save_package
+from mobex.artifacts import ExportedVariant
+from mobex.converters.coreml import package_variant, resolve_target, save_package
 from mobex.errors import ConversionError, UsageError
 from mobex.quantize.feeds import checked_feeds
 
@@ -120,7 +120,6 @@ def compress_coreml(
     compressed.user_defined_metadata["mobex.compression"] = variant
     save_package(compressed, out_path)
     counts = _compressed_op_counts(out_path, base, compression, weight_threshold, variant)
-    inputs, outputs = read_io(out_path)
     notes = [
         f"{variant} from the {base.quantization} base ({compression.details})",
         f"weight_threshold={weight_threshold} (coremltools' default is {_COREML_DEFAULT_WEIGHT_THRESHOLD}): "
@@ -137,17 +136,7 @@ def compress_coreml(
     else:
         why = 'weight_rounding = "nearest"' if feeds else "no calibration data given for this variant"
         notes.append(f"weights rounded to nearest by coremltools ({why})")
-    return ExportedVariant(
-        target="coreml",
-        platform="ios",
-        quantization=variant,
-        path=out_path,
-        inputs=inputs,
-        outputs=outputs,
-        size_bytes=path_size(out_path),
-        seconds=time.perf_counter() - started,
-        notes=notes,
-    )
+    return package_variant(out_path, variant, notes, started)
 
 
 def _check_arguments(
