@@ -98,7 +98,7 @@ def test_prelu_becomes_one_tflite_prelu_op(tmp_path: Path) -> None:
 def test_prelu_stays_in_xnnpack_in_int8(tmp_path: Path, variant: str) -> None:
     """dynamic-int8 keeps PRELU float; static int8 too (ai-edge-quantizer has no PRELU rule), between
     QUANTIZE / DEQUANTIZE, which XNNPACK runs as well: one partition either way."""
-    from mobex.quantize.tflite.recipes import quantize_tflite
+    from mobex.targets.tflite import quantize_tflite
 
     model = PReLUNet().eval()
     rng = np.random.default_rng(0)

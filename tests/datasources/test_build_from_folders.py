@@ -202,7 +202,10 @@ def test_an_audio_classifier_from_wav_and_flac_files(tmp_path: Path) -> None:
 
 def test_a_tabular_model_from_a_csv(tmp_path: Path) -> None:
     _, names, classes = write_wine_csv(tmp_path / "wine.csv")
-    out, result = _build(tmp_path, tabular_recipe(names), classes, PLATFORMS["other"])
+    # a tabular classifier is an MLClassifier only when asked (the default is for image classifiers)
+    platforms = PLATFORMS["other"].replace("[ios]\n", "[ios]\nclassifier = true\n", 1)
+    assert platforms != PLATFORMS["other"]
+    out, result = _build(tmp_path, tabular_recipe(names), classes, platforms)
     assert result.passed, result.report["failures"]
     report = json.loads((out / "report.json").read_text())
     assert {v["id"]: v["status"] for v in report["variants"]} == {"android/fp32": "validated", "ios/fp32": "validated"}
