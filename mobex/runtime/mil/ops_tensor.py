@@ -426,3 +426,41 @@ def _crop(a: Args, info: OpInfo):
     (top, bottom), (left, right) = ilist(a["crop_height"]), ilist(a["crop_width"])
     h, w = x.shape[-2:]
     return x[..., top : h - bottom, left : w - right]
+
+
+@register("reverse_sequence", exact=True)
+def _reverse_sequence(a: Args, info: OpInfo):
+    """For each index b along batch_axis, reverse the first lengths[b] elements along seq_axis."""
+    x = np.array(a["x"], copy=True)
+    seq_axis = norm_axis(ival(a.get("seq_axis", 0)), x.ndim)
+    batch_axis = norm_axis(ival(a.get("batch_axis", 0)), x.ndim)
+    lengths = ilist(a["lengths"])
+    moved = np.moveaxis(x, (batch_axis, seq_axis), (0, 1))  # a view: writes land in x
+    for b, n in enumerate(lengths):
+        moved[b, :n] = moved[b, :n][::-1].copy()
+    return x
+
+
+@register("space_to_batch", exact=True)
+def _space_to_batch(a: Args, info: OpInfo):
+    """Pad H, W, then move each block offset (bh, bw) into the batch: batch index (bh*Bw + bw)*N + n
+    (TensorFlow's space_to_batch_nd, channel-first)."""
+    x = np.asarray(a["x"])
+    bh, bw = ilist(a["block_shape"])
+    (pt, pb), (pl, pr) = np.asarray(a["paddings"]).astype(np.int64).reshape(2, 2).tolist()
+    x = np.pad(x, [(0, 0), (0, 0), (pt, pb), (pl, pr)])
+    n, c, h, w = x.shape
+    y = x.reshape(n, c, h // bh, bh, w // bw, bw).transpose(3, 5, 0, 1, 2, 4)
+    return y.reshape(bh * bw * n, c, h // bh, w // bw)
+
+
+@register("batch_to_space", exact=True)
+def _batch_to_space(a: Args, info: OpInfo):
+    """The inverse of space_to_batch, then crop H, W."""
+    x = np.asarray(a["x"])
+    bh, bw = ilist(a["block_shape"])
+    (ct, cb), (cl, cr) = np.asarray(a["crops"]).astype(np.int64).reshape(2, 2).tolist()
+    nb, c, h, w = x.shape
+    n = nb // (bh * bw)
+    y = x.reshape(bh, bw, n, c, h, w).transpose(2, 3, 4, 0, 5, 1).reshape(n, c, h * bh, w * bw)
+    return y[:, :, ct : h * bh - cb, cl : w * bw - cr]

@@ -1,0 +1,407 @@
+"""Conformance of the MIL reference interpreter with coremltools' own MIL op tests (a pytest plugin).
+
+coremltools ships its op tests in the wheel (`coremltools/converters/mil/mil/ops/tests/iOS14..iOS18`):
+each builds a program with the MIL builder, converts it, and hands the model and the expected numpy
+outputs to `testing_utils.compare_backend`, which only runs on macOS (Core ML `predict`). Loaded
+with `-p mobex.runtime.mil.conformance`, this plugin makes those comparisons run here:
+
+* `compare_backend` runs the saved .mlpackage through `MilReferenceRunner` and checks every output
+  exactly as coremltools does (same tolerances, fp16 programs at fp16 tolerances, shape checks);
+* `MLModel.predict` / `MLModel.make_state` (tests that call them directly, stateful programs) are
+  served by the interpreter, with state carried across calls;
+* every test case is classified: `pass` (every runtime comparison ran and matched), `wrong` (ran,
+  mismatched or a kernel failed), `unsupported` (an op or feature the interpreter lacks, named),
+  `n/a` (the test never reaches a runtime comparison; the reason is recorded).
+
+The plugin is not imported by `mobex` itself: it patches coremltools globally and sets the
+environment coremltools' test configuration reads, so it belongs in its own pytest process
+(`scripts/mil_conformance.py`, `tests/runtime/mil/test_conformance.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TESTS_PACKAGE = "coremltools.converters.mil.mil.ops.tests"
+OPSET_DIRS = ("iOS14", "iOS15", "iOS16", "iOS17", "iOS18")
+STATUSES = ("pass", "wrong", "unsupported", "n/a")
+# The Core ML version the interpreter stands in for, as the tests' macOS guards see it.
+EMULATED_MACOS = (15, 5)
+
+
+def tests_dir() -> Path:
+    """Where the installed coremltools keeps its MIL op tests."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(TESTS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"{TESTS_PACKAGE} is not installed (it ships in the coremltools wheel)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def set_test_environment() -> None:
+    """coremltools' test configuration (`testing_reqs`) reads these at import: mlprogram backends
+    only (the interpreter runs mlprogram models), fp32 next to fp16, CPU compute unit."""
+    os.environ["PYMIL_TEST_TARGETS"] = "mlprogram"
+    os.environ["INCLUDE_MIL_FP32_UNIT_TESTS"] = "1"
+    os.environ.pop("COMPUTE_UNITS", None)
+    os.environ.pop("RUN_BACKWARD_COMPATIBILITY", None)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+# --------------------------------------------------------------------------- per-case record
+
+
+@dataclass
+class CaseRecord:
+    """What happened in one test case."""
+
+    nodeid: str
+    opset_dir: str
+    status: str = "n/a"
+    detail: str = ""
+    comparisons: int = 0  # runtime comparisons (compare_backend / predict) that ran
+    mismatch: str = ""  # first failed comparison
+    unsupported: list[str] = field(default_factory=list)
+    error: str = ""  # first interpreter error (kernel failure, bad feed)
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ConformanceMismatch(AssertionError):
+    """The interpreter ran the program and its output differs from the test's expectation."""
+
+
+class NotAnMlProgram(Exception):
+    """The test asks for a prediction of a neuralnetwork model: out of the interpreter's scope."""
+
+
+_current: CaseRecord | None = None
+
+
+def _record() -> CaseRecord:
+    global _current
+    if _current is None:
+        _current = CaseRecord(nodeid="<outside a test>", opset_dir="")
+    return _current
+
+
+# --------------------------------------------------------------------------- runtime stand-ins
+
+
+def _runner_of(mlmodel):
+    """The MilReferenceRunner of an MLModel (built once per model and cached on it)."""
+    from mobex.runtime.mil import MilReferenceRunner
+
+    runner = getattr(mlmodel, "_mobex_runner", None)
+    if runner is None:
+        if mlmodel.package_path is None or mlmodel.get_spec().WhichOneof("Type") != "mlProgram":
+            raise NotAnMlProgram(
+                f"the test predicts with a {mlmodel.get_spec().WhichOneof('Type')} model "
+                "(the interpreter runs mlprogram models only)"
+            )
+        runner = MilReferenceRunner(Path(mlmodel.package_path), function_name=mlmodel.function_name or "main")
+        mlmodel._mobex_runner = runner
+    return runner
+
+
+class InterpreterState:
+    """Stands in for coremltools' MLState: the runner's state, carried across `predict` calls."""
+
+    def __init__(self, state) -> None:
+        self.mobex_state = state
+
+
+def _as_feed(runner, data: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Inputs as Core ML receives them: arrays; a 1-element array where the program takes a scalar."""
+    feed = {}
+    shapes = {spec.name: spec.shape for spec in runner.inputs}
+    for name, value in data.items():
+        arr = np.asarray(value)
+        if name in shapes and len(shapes[name]) != arr.ndim and arr.size == int(np.prod(shapes[name] or (1,))):
+            arr = arr.reshape([d if d > 0 else 1 for d in shapes[name]])
+        feed[name] = arr
+    return feed
+
+
+def predict(mlmodel, data, state=None) -> dict[str, np.ndarray]:
+    """`MLModel.predict` served by the MIL reference interpreter."""
+    from mobex.runtime.mil import UnsupportedOpError
+
+    record = _record()
+    record.comparisons += 1
+    try:
+        runner = _runner_of(mlmodel)
+        if runner.unsupported_ops():
+            for op in runner.unsupported_ops():
+                if op not in record.unsupported:
+                    record.unsupported.append(op)
+        feed = _as_feed(runner, data)
+        mobex_state = state.mobex_state if isinstance(state, InterpreterState) else None
+        outputs = runner.run(feed, state=mobex_state) if mobex_state is not None else runner.run(feed)
+    except UnsupportedOpError as exc:
+        if exc.op_type not in record.unsupported:
+            record.unsupported.append(exc.op_type)
+        raise
+    except NotAnMlProgram:
+        record.comparisons -= 1
+        raise
+    except Exception as exc:
+        record.error = record.error or f"{type(exc).__name__}: {exc}"
+        raise
+    return {spec.name: value for spec, value in zip(runner.outputs, outputs, strict=True)}
+
+
+def make_state(mlmodel) -> InterpreterState:
+    """`MLModel.make_state` served by the interpreter: fresh (zero) state buffers."""
+    return InterpreterState(_runner_of(mlmodel).make_state())
+
+
+def _compare_output(name: str, got, expected, atol: float, rtol: float, allow_mismatch_ratio: float) -> None:
+    if isinstance(got, np.ndarray):
+        try:
+            np.testing.assert_allclose(got, expected, atol=atol, rtol=rtol)
+        except AssertionError as exc:
+            mismatched = np.sum(~np.isclose(got, expected, atol=atol, rtol=rtol))
+            if mismatched / np.prod(np.shape(expected)) > allow_mismatch_ratio:
+                raise ConformanceMismatch(_mismatch_summary(name, got, expected, atol, rtol, str(exc))) from None
+    elif isinstance(got, dict):
+        for k, v in got.items():
+            assert k in expected and expected[k] == v, f"output {name!r}: {k}={v} vs {expected.get(k)}"
+    else:
+        assert got == expected, f"output {name!r}: {got} vs {expected}"
+
+
+def _mismatch_summary(name: str, got: np.ndarray, expected, atol: float, rtol: float, message: str) -> str:
+    """One line: how far off, how many elements, at what tolerance."""
+    try:
+        g = np.asarray(got, dtype=np.float64)
+        e = np.broadcast_to(np.asarray(expected, dtype=np.float64), g.shape)
+        bad = ~np.isclose(g, e, atol=atol, rtol=rtol, equal_nan=True)
+        err = np.abs(g - e)
+        worst = float(np.nanmax(np.where(bad, err, 0))) if bad.any() else 0.0
+        return (
+            f"output {name!r} {g.shape} {got.dtype}: {int(bad.sum())}/{bad.size} elements off, "
+            f"max abs error {worst:.4g} (atol={atol:g}, rtol={rtol:g})"
+        )
+    except Exception:  # shapes that do not broadcast, non-numeric outputs
+        return f"output {name!r} (atol={atol:g}, rtol={rtol:g}): {_last_line(message)}"
+
+
+def _compare_shape(mlmodel, name: str, got, expected) -> None:
+    """coremltools' `compare_shapes`: runtime shape vs expected, and vs the shape in the proto."""
+    from coremltools.converters.mil.testing_utils import _get_proto_output_shape
+
+    np_types = (np.generic, np.ndarray)
+    if not (isinstance(got, np_types) and isinstance(expected, np_types)):
+        return
+    if expected.shape == () and got.shape == (1,):
+        return
+    if got.shape != expected.shape:
+        raise ConformanceMismatch(f"output {name!r}: expected shape {expected.shape} != actual shape {got.shape}")
+    spec = mlmodel.get_spec()
+    desc = mlmodel._get_function_description(mlmodel.function_name) if mlmodel._is_multifunction() else spec.description
+    if desc.predictedFeatureName != "":
+        return
+    proto_shape = _get_proto_output_shape(desc, name)
+    if proto_shape != [] and list(proto_shape) != list(got.shape):
+        raise ConformanceMismatch(f"output {name!r}: shape {got.shape} differs from the proto's {list(proto_shape)}")
+
+
+def compare_backend(
+    mlmodel,
+    input_key_values,
+    expected_outputs,
+    dtype="fp32",
+    atol=1e-04,
+    rtol=1e-05,
+    also_compare_shapes=True,
+    state=None,
+    allow_mismatch_ratio=0.0,
+):
+    """coremltools' `testing_utils.compare_backend` with the interpreter in place of Core ML.
+
+    Same checks in the same order; the tolerance widening for fp16 programs is coremltools' own.
+    """
+    import coremltools as ct
+    from coremltools.converters.mil.testing_utils import _get_coreml_out_from_dict, run_core_ml_predict
+
+    if dtype not in ["fp32", "fp16"]:
+        raise ValueError("Unsupported dtype config")
+    pred = run_core_ml_predict(mlmodel, input_key_values, state)
+    if expected_outputs is None:
+        return pred
+    if also_compare_shapes:
+        for name, expected in expected_outputs.items():
+            _compare_shape(mlmodel, name, _get_coreml_out_from_dict(pred, name), expected)
+    # coremltools widens for fp16 backends; an fp16 program under an fp32 backend (fp16 inputs) is
+    # compared at the same fp16 tolerances.
+    if mlmodel.compute_unit != ct.ComputeUnit.CPU_ONLY or dtype == "fp16" or _runner_of(mlmodel).computes_in_fp16:
+        atol = max(atol * 100.0, 5e-1)
+        rtol = max(rtol * 100.0, 5e-2)
+    for name, expected in expected_outputs.items():
+        _compare_output(name, _get_coreml_out_from_dict(pred, name), expected, atol, rtol, allow_mismatch_ratio)
+    return pred
+
+
+def install_patches() -> None:
+    """Point coremltools' runtime calls at the interpreter (process-wide)."""
+    import coremltools.models.utils as ct_utils
+    from coremltools.converters.mil import testing_utils
+    from coremltools.models.model import MLModel
+
+    testing_utils.compare_backend = compare_backend
+    from coremltools.converters.mil.mil.ops.tests import testing_utils as ops_testing_utils
+
+    ops_testing_utils.compare_backend = compare_backend
+    MLModel.predict = predict
+    MLModel.make_state = make_state
+    # The tests' `skipif(_macos_version() < ...)` guards: the interpreter stands in for a current Core ML.
+    ct_utils._macos_version = lambda: EMULATED_MACOS
+
+
+# --------------------------------------------------------------------------- classification
+
+
+def classify(record: CaseRecord, outcome: str, longrepr: str, skip_reason: str) -> None:
+    """Settle `record.status` and `record.detail` from what the case did and how it ended."""
+    if record.unsupported:
+        record.status, record.detail = "unsupported", ", ".join(record.unsupported)
+    elif record.mismatch or (record.comparisons and outcome == "failed"):
+        record.status = "wrong"
+        record.detail = record.mismatch or record.error or longrepr
+    elif record.error:
+        record.status, record.detail = "wrong", record.error
+    elif outcome == "passed" and record.comparisons:
+        record.status, record.detail = "pass", ""
+    elif outcome == "skipped":
+        record.status, record.detail = "n/a", f"skipped: {skip_reason}"
+    elif outcome == "passed":
+        record.status, record.detail = "n/a", "no runtime comparison (type inference, errors or values only)"
+    else:
+        record.status, record.detail = "n/a", f"fails before any runtime call: {longrepr}"
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:400] if lines else ""
+
+
+def _opset_dir(nodeid: str) -> str:
+    for part in nodeid.replace("\\", "/").split("/"):
+        if part in OPSET_DIRS:
+            return part
+    return "other"
+
+
+# --------------------------------------------------------------------------- pytest hooks
+
+
+def pytest_addoption(parser) -> None:
+    group = parser.getgroup("mil-conformance")
+    group.addoption("--mil-report", default=None, help="write one JSON line per test case to this file")
+    group.addoption("--mil-sample", type=int, default=0, help="run every N-th case of each test function only (0: all)")
+
+
+def pytest_configure(config) -> None:
+    set_test_environment()
+    install_patches()
+    config._mil_records = []
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """--mil-sample N: keep every N-th parametrisation of each test function (the first always)."""
+    n = config.getoption("--mil-sample")
+    if n <= 1:
+        return
+    seen: dict[str, int] = {}
+    kept, dropped = [], []
+    for item in items:
+        key = item.nodeid.split("[")[0]
+        i = seen.get(key, 0)
+        seen[key] = i + 1
+        (kept if i % n == 0 else dropped).append(item)
+    config.hook.pytest_deselected(items=dropped)
+    items[:] = kept
+
+
+def pytest_runtest_setup(item) -> None:
+    global _current
+    _current = CaseRecord(nodeid=item.nodeid, opset_dir=_opset_dir(item.nodeid))
+    item._mil_record = _current
+
+
+def _pytest_hookimpl(**kw):
+    import pytest
+
+    return pytest.hookimpl(**kw)
+
+
+@_pytest_hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    record: CaseRecord | None = getattr(item, "_mil_record", None)
+    if record is None:
+        return
+    if call.excinfo is not None and call.excinfo.errisinstance(ConformanceMismatch) and not record.mismatch:
+        record.mismatch = str(call.excinfo.value)[:600]
+    if report.when == "call" or (report.when == "setup" and not report.passed):
+        skip_reason = ""
+        if report.skipped and isinstance(report.longrepr, tuple):
+            skip_reason = str(report.longrepr[2])
+        elif report.skipped:
+            skip_reason = str(getattr(report, "wasxfail", "") or report.longrepr)
+        if hasattr(report, "wasxfail"):
+            skip_reason = "xfail: " + str(report.wasxfail)
+        longrepr = _last_line(str(report.longrepr)) if report.failed else ""
+        classify(record, report.outcome, longrepr, skip_reason)
+        item.config._mil_records.append(record)
+        path = item.config.getoption("--mil-report")
+        if path:
+            with open(path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record.as_json()) + "\n")
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def summarise(records: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """{opset dir: {status: count}} plus a "total" row."""
+    table: dict[str, dict[str, int]] = {}
+    for rec in records:
+        row = table.setdefault(rec["opset_dir"], dict.fromkeys(STATUSES, 0))
+        row[rec["status"]] += 1
+    total = dict.fromkeys(STATUSES, 0)
+    for row in table.values():
+        for k, v in row.items():
+            total[k] += v
+    ordered = {k: table[k] for k in sorted(table)}
+    ordered["total"] = total
+    return ordered
+
+
+def executed_share(row: dict[str, int]) -> float:
+    """Share of the cases that reach a runtime comparison which the interpreter executed."""
+    reached = row["pass"] + row["wrong"] + row["unsupported"]
+    return (row["pass"] + row["wrong"]) / reached if reached else 1.0
+
+
+def format_table(table: dict[str, dict[str, int]]) -> str:
+    lines = [
+        "| opset | pass | wrong | unsupported | n/a | executed |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for opset, row in table.items():
+        lines.append(
+            f"| {opset} | {row['pass']} | {row['wrong']} | {row['unsupported']} | {row['n/a']} "
+            f"| {100 * executed_share(row):.1f} % |"
+        )
+    return "\n".join(lines)
