@@ -319,6 +319,17 @@ def _l2_norm(a: Args, info: OpInfo):
 
 @register("local_response_norm")
 def _local_response_norm(a: Args, info: OpInfo):
+    """x / (k + alpha/size * sum of x^2 over `size` neighbouring channels)^beta, channels on axis 1.
+
+    Which axis, settled from the op's specification (`ops/defs/iOS15/normalization.py`): x is
+    `tensor<[n, C, *D]>` with 1 <= rank(*D) <= 2, and the sum runs over neighbouring channels C,
+    i.e. axis 1, with torch's window (size//2 before, (size-1)//2 after), which is also what
+    coremltools' torch frontend assumes when it maps nn.LocalResponseNorm 1:1 onto this op. The
+    hand-written expectation of the op tests' fp32 smoke case (input (1, 3, 2)) normalises every
+    value by itself alone, i.e. over axis -3, which has size 1 there: that is the NeuralNetwork
+    LRN layer's rule ("normalization across axis -3"), for which the test was first written, not
+    the MIL op's. For rank 4 the two agree.
+    """
     import torch.nn.functional as F
 
     x = to_torch(f32(a["x"]))

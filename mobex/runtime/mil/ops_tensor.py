@@ -464,3 +464,55 @@ def _batch_to_space(a: Args, info: OpInfo):
     n = nb // (bh * bw)
     y = x.reshape(bh, bw, n, c, h, w).transpose(2, 3, 4, 0, 5, 1).reshape(n, c, h * bh, w * bw)
     return y[:, :, ct : h * bh - cb, cl : w * bw - cr]
+
+
+def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """IoU of one (y1, x1, y2, x2) box with each of `others`."""
+    h = np.maximum(0.0, np.minimum(box[2], others[:, 2]) - np.maximum(box[0], others[:, 0]))
+    w = np.maximum(0.0, np.minimum(box[3], others[:, 3]) - np.maximum(box[1], others[:, 1]))
+    inter = h * w
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(inter > 0, inter / (area + areas - inter), 0.0)
+
+
+def _greedy_nms(corners: np.ndarray, order: list[int], iou_threshold: float) -> list[int]:
+    """Walk `order` (best first), keep a box unless it overlaps a kept one by more than the threshold."""
+    kept: list[int] = []
+    for i in order:
+        if not kept or np.all(_iou(corners[i], corners[kept]) <= iou_threshold):
+            kept.append(int(i))
+    return kept
+
+
+@register("non_maximum_suppression")
+def _non_maximum_suppression(a: Args, info: OpInfo):
+    """Boxes (x, y, w, h centre-size) ranked by their best class score; scores not above
+    `score_threshold` are dropped, then greedy IoU suppression (per class when
+    per_class_suppression), best first, up to `max_boxes`. When nothing survives, the best box is
+    kept (coremltools' reference). Outputs are padded with zeros and index -1."""
+    boxes = np.asarray(a["boxes"], dtype=np.float64)
+    scores = np.asarray(a["scores"], dtype=np.float64)
+    iou_t, score_t = float(np.asarray(a["iou_threshold"])), float(np.asarray(a["score_threshold"]))
+    max_boxes = ival(a["max_boxes"])
+    per_class = bval(a.get("per_class_suppression", False))
+    n_batch, _, n_score = scores.shape
+    out_boxes = np.zeros((n_batch, max_boxes, 4))
+    out_scores = np.zeros((n_batch, max_boxes, n_score))
+    out_idx = -np.ones((n_batch, max_boxes), dtype=np.int32)
+    out_n = np.zeros(n_batch, dtype=np.int32)
+    for b in range(n_batch):
+        cx, cy, w, h = boxes[b].T
+        corners = np.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], axis=1)
+        best = scores[b].max(axis=-1)
+        order = [i for i in np.argsort(-best, kind="stable") if best[i] > score_t]
+        classes = scores[b].argmax(axis=-1)
+        groups = [[i for i in order if classes[i] == c] for c in dict.fromkeys(classes[order])]
+        kept = {i for group in (groups if per_class else [order]) for i in _greedy_nms(corners, group, iou_t)}
+        ids = [i for i in order if i in kept][:max_boxes] or [int(np.argmax(best))]
+        out_boxes[b, : len(ids)] = boxes[b, ids]
+        out_scores[b, : len(ids)] = scores[b, ids]
+        out_idx[b, : len(ids)] = ids
+        out_n[b] = len(ids)
+    return out_boxes, out_scores, out_idx, out_n
