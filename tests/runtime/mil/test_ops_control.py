@@ -19,7 +19,9 @@ def _runner(mil, prog) -> MilReferenceRunner:
 
 
 def test_cond_takes_the_branch_the_predicate_selects(mil):
-    @mb.program(input_specs=[mb.TensorSpec((2,)), mb.TensorSpec((1,), dtype=types.int32)], opset_version=ct.target.iOS16)
+    @mb.program(
+        input_specs=[mb.TensorSpec((2,)), mb.TensorSpec((1,), dtype=types.int32)], opset_version=ct.target.iOS16
+    )
     def prog(x, flag):
         pred = mb.squeeze(x=mb.greater(x=flag, y=0))
         return mb.cond(pred=pred, _true_fn=lambda: mb.mul(x=x, y=2.0), _false_fn=lambda: mb.sub(x=x, y=1.0))
@@ -73,7 +75,9 @@ def test_list_write_grow_scatter_gather(mil):
         ls = mb.list_scatter(ls=ls, indices=[2, 1], value=np.array([[-1, -2], [-4, -5]], np.float32))
         return first, mb.list_gather(ls=ls, indices=[4, 2, 3, 0]), mb.list_length(ls=ls)
 
-    first, gathered, length = _runner(mil, prog).run({"a": np.array([1, 3], np.float32), "b": np.array([2, 4], np.float32)})
+    first, gathered, length = _runner(mil, prog).run(
+        {"a": np.array([1, 3], np.float32), "b": np.array([2, 4], np.float32)}
+    )
     np.testing.assert_array_equal(first, [0, 0])
     np.testing.assert_array_equal(gathered, [[2, 4], [-1, -2], [0, 0], [1, 3]])
     assert int(np.asarray(length).reshape(-1)[0]) == 5

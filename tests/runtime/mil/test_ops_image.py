@@ -59,7 +59,9 @@ def test_resize_linear_over_three_dims_and_inherited_sizes(mil):
 
 
 @pytest.mark.parametrize("align", [True, False])
-@pytest.mark.parametrize(("sampling", "padding"), [("bilinear", "constant"), ("bilinear", "border"), ("nearest", "constant")])
+@pytest.mark.parametrize(
+    ("sampling", "padding"), [("bilinear", "constant"), ("bilinear", "border"), ("nearest", "constant")]
+)
 def test_resample_matches_grid_sample(mil, align, sampling, padding):
     rng = np.random.default_rng(1)
     x = rng.uniform(-1, 1, (2, 3, 5, 6)).astype(np.float32)

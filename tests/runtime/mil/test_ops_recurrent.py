@@ -129,7 +129,9 @@ def test_gru_follows_the_mil_formula(mil, direction):
 
     @mb.program(input_specs=[mb.TensorSpec(x.shape), mb.TensorSpec(h0.shape)], opset_version=ct.target.iOS17)
     def prog(x, h):
-        return mb.gru(x=x, initial_h=h, weight_ih=w_ih, weight_hh=w_hh, bias=b, direction=direction, output_sequence=True)
+        return mb.gru(
+            x=x, initial_h=h, weight_ih=w_ih, weight_hh=w_hh, bias=b, direction=direction, output_sequence=True
+        )
 
     def sigmoid(v):
         return 1 / (1 + np.exp(-v))
@@ -206,7 +208,9 @@ def test_fp16_lstm_rounds_its_state_each_step(mil):
         out, _ = ref(x)
     zeros = np.zeros((batch, hidden), np.float16)
 
-    @mb.program(input_specs=[mb.TensorSpec(x.shape, dtype=ct.converters.mil.mil.types.fp16)], opset_version=ct.target.iOS17)
+    @mb.program(
+        input_specs=[mb.TensorSpec(x.shape, dtype=ct.converters.mil.mil.types.fp16)], opset_version=ct.target.iOS17
+    )
     def prog(x):
         return mb.lstm(
             x=x, initial_h=zeros, initial_c=zeros,
