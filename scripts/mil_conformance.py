@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--opsets", default=",".join(OPSET_DIRS), help="test directories (default: all)")
-    parser.add_argument("--sample", type=int, default=0, help="run every N-th case of each test function")
+    parser.add_argument("--sample", type=int, default=0, help="run every N-th collected case")
     parser.add_argument("-k", dest="select", default=None, help="pytest -k expression")
     parser.add_argument("--save", type=Path, help="write the per-case records (JSON lines) here")
     parser.add_argument("--load", type=Path, help="summarise saved records instead of running")

@@ -31,7 +31,7 @@ def run_suite(
     select: str | None = None,
     timeout: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Run the op tests of `opset_dirs` (every `sample`-th case when > 1; `select` is pytest's -k)
+    """Run the op tests of `opset_dirs` (every `sample`-th collected case when > 1; `select` is pytest -k)
     under the conformance plugin and return one record per case."""
     base = tests_dir()
     with tempfile.TemporaryDirectory(prefix="mobex-mil-conformance-") as tmp:
