@@ -145,19 +145,22 @@ _DTYPE_AGREEMENT = "must have the same data type as the named input"
 def _mixed_precision_inputs():
     """Let coremltools' loader accept ops whose same-domain inputs mix fp16 and fp32.
 
-    coremltools itself writes such programs (fp16 statistics or epsilon next to an fp32 `x` when a
-    program built with fp16 parameters is converted at fp32 precision), and Core ML runs them, but
-    its milproto loader re-checks `InputSpec.validate_inputs` and rejects them. While loading, a
-    mismatch of that one kind is tolerated; every other input check (presence, constness, allowed
-    dtypes) still runs. The kernels compute in float32, and outputs keep their declared dtype.
+    coremltools itself writes such programs: batch_norm with fp16 statistics and the default fp32
+    epsilon, converted at fp32 for iOS15, gets an fp32 `x` (the input made fp32 without a cast)
+    next to fp16 `mean` / `variance`, with its output still declared fp16. Its milproto loader then
+    re-checks `InputSpec.validate_inputs` and the declared output types and rejects the program.
+    While loading, mismatches of exactly that kind (fp16 vs fp32 of the same shape) are tolerated;
+    every other check still runs. The kernels compute in float32; an output takes the dtype
+    coremltools infers for it (that of `x`).
     """
+    from coremltools.converters.mil.mil import types
     from coremltools.converters.mil.mil.input_type import InputSpec, InternalInputType, InternalVar
 
-    original = InputSpec.validate_inputs
+    original_validate, original_compatible = InputSpec.validate_inputs, types.is_compatible_type
 
     def validate(self, op_name, op_type, candidate_kvs):
         try:
-            return original(self, op_name, op_type, candidate_kvs)
+            return original_validate(self, op_name, op_type, candidate_kvs)
         except ValueError as exc:
             if _DTYPE_AGREEMENT not in str(exc):
                 raise
@@ -170,11 +173,24 @@ def _mixed_precision_inputs():
             if not isinstance(var, InternalVar) and not input_type.is_compatible(var):
                 raise ValueError(f"op {op_name} ({op_type}): input {name} has an unsupported type")
 
-    InputSpec.validate_inputs = validate
+    floats = (types.fp16, types.fp32)
+
+    def compatible(t1, t2) -> bool:
+        if original_compatible(t1, t2):
+            return True
+        return (
+            types.is_tensor(t1)
+            and types.is_tensor(t2)
+            and t1.get_primitive() in floats
+            and t2.get_primitive() in floats
+            and t1.get_shape() == t2.get_shape()
+        )
+
+    InputSpec.validate_inputs, types.is_compatible_type = validate, compatible
     try:
         yield
     finally:
-        InputSpec.validate_inputs = original
+        InputSpec.validate_inputs, types.is_compatible_type = original_validate, original_compatible
 
 
 def _mil_dtype(var) -> str:
