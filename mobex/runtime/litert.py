@@ -118,6 +118,8 @@ def load_tflite_io(path: Path) -> TfliteIO:
     return read_tflite_io(interpreter, path)
 
 
+
+
 class TfliteRunner:
     """Runs a .tflite model with the LiteRT interpreter and its default XNNPACK delegate (Android's CPU path).
 

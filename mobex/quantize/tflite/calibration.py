@@ -33,10 +33,10 @@ _SUBSAMPLE = 65536  # values kept per tensor over the whole calibration set
 _VALID = 3e38  # ai-edge-quantizer ignores values beyond this (e.g. -inf padding constants)
 
 
+
 def to_nchw(value: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
     """A TFLite activation (NHWC) as the NCHW input `InputMoments` expects (FC inputs stay as they are)."""
     return value if geometry.is_linear else np.ascontiguousarray(np.transpose(value, (0, 3, 1, 2)))
-
 
 @dataclass
 class Calibration:
