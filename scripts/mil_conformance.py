@@ -3,7 +3,9 @@
 Runs the op tests shipped in the coremltools wheel (coremltools/converters/mil/mil/ops/tests/iOS14..iOS18,
 mlprogram backends, fp16 and fp32) with their Core ML runtime comparison served by mobex's interpreter
 (`mobex.runtime.mil.conformance`), and prints a table per opset directory: pass / wrong / unsupported /
-n/a, then every wrong case, the unsupported ops and the reasons for n/a.
+disputed / n/a, then every wrong and disputed case (a test expectation that contradicts the op's
+specification, listed with the reason in mobex/runtime/mil/conformance_suite.py), the unsupported ops
+and the reasons for n/a.
 
 Usage: python scripts/mil_conformance.py [--opsets iOS14,iOS17] [--sample N] [-k EXPR]
                                          [--save cases.jsonl | --load cases.jsonl] [--json]
@@ -50,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"table": table, "unsupported_ops": op_counts(records, "unsupported")}, indent=2))
         return 0
     print(format_table(table))
-    for status, title in (("wrong", "Wrong"), ("unsupported", "Unsupported"), ("n/a", "Not applicable")):
+    sections = (("wrong", "Wrong"), ("disputed", "Disputed expectations"), ("unsupported", "Unsupported"),
+                ("n/a", "Not applicable"))  # fmt: skip
+    for status, title in sections:
         rows = reasons(records, status)
         if not rows:
             continue

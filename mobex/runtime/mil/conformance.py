@@ -32,7 +32,7 @@ import numpy as np
 
 TESTS_PACKAGE = "coremltools.converters.mil.mil.ops.tests"
 OPSET_DIRS = ("iOS14", "iOS15", "iOS16", "iOS17", "iOS18")
-STATUSES = ("pass", "wrong", "unsupported", "n/a")
+STATUSES = ("pass", "wrong", "disputed", "unsupported", "n/a")
 # The Core ML version the interpreter stands in for, as the tests' macOS guards see it.
 EMULATED_MACOS = (15, 5)
 

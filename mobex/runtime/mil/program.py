@@ -1,4 +1,4 @@
-"""Load a saved `.mlpackage` (mlprogram) into a flat, pre-resolved list of steps.
+"""Load a saved `.mlpackage` (mlprogram) into pre-resolved lists of steps, one per block.
 
 The package is read the way it ships: the protobuf spec plus `weights/weight.bin`, rebuilt into a
 pymil Program by coremltools' own milproto loader (works on Linux). Everything that does not depend
@@ -6,6 +6,11 @@ on the inputs is settled here, once: constants are materialised (fp16 ones widen
 containers), `constexpr_*` weights are decompressed, ops whose inputs are all constant are folded,
 each op's kernel is looked up and its constant arguments prepared, and the last use of every value
 is recorded so `run` can free intermediates early.
+
+Control flow keeps its structure: a `cond` / `while_loop` step carries its nested blocks, compiled
+the same way, and its kernel runs them (`Blocks`). Names are unique across a program, so every
+block reads and writes the one value table; a block frees only the values it defines. State inputs
+(stateful programs) are kept apart from tensor inputs: the runner binds their buffers.
 """
 
 from __future__ import annotations
