@@ -169,44 +169,82 @@ def _slice_by_size(a: Args, info: OpInfo):
     return x[tuple(slices)]
 
 
+IOS17 = 8  # spec version of the iOS17 opset: indices must be non-negative, validate_indices added
+
+
+def _indices(a: Args, info: OpInfo, idx, dims) -> tuple[np.ndarray, np.ndarray | None]:
+    """Indices into axes of sizes `dims` (the last axis of idx when several), and which are in bounds.
+
+    Before iOS17 a negative index counts from the end. From iOS17 only 0 <= i < dim is valid: with
+    `validate_indices` anything else is a runtime error (Core ML fails the prediction); without,
+    the op's result is "undefined but memory safe", and here an out-of-bound index reads 0 (gathers)
+    or its update is dropped (scatters). Returns (indices, mask of valid ones or None when all are).
+    """
+    idx = np.asarray(idx).astype(np.int64)
+    dims_arr = np.asarray(dims, dtype=np.int64)
+    if info.opset < IOS17:
+        return np.where(idx < 0, idx + dims_arr, idx), None
+    bad = (idx < 0) | (idx >= dims_arr)
+    if np.ndim(dims):  # gather_nd / scatter_nd: one index tuple per position
+        bad = bad.any(axis=-1)
+    if not bad.any():
+        return idx, None
+    if bval(a.get("validate_indices", False)):
+        raise IndexError(f"{info.op_type}: indices out of bounds (valid: 0 <= index < {dims})")
+    return np.where(np.expand_dims(bad, -1) if np.ndim(dims) else bad, 0, idx), ~bad
+
+
+def _zero_invalid(res: np.ndarray, valid: np.ndarray | None, lead: int, trail: int) -> np.ndarray:
+    """Zero the gathered positions of invalid indices; `valid` sits after `lead` dims of res."""
+    if valid is None:
+        return res
+    mask = valid.reshape((1,) * lead + valid.shape + (1,) * trail)
+    return np.where(mask, res, np.zeros((), res.dtype))
+
+
 @register("gather", exact=True)
 def _gather(a: Args, info: OpInfo):
     x = np.asarray(a["x"])
-    idx = np.asarray(a["indices"]).astype(np.int64)
     axis = norm_axis(ival(a.get("axis", 0)), x.ndim)
     batch_dims = ival(a.get("batch_dims", 0))
-    idx = np.where(idx < 0, idx + x.shape[axis], idx)
+    idx, valid = _indices(a, info, a["indices"], x.shape[axis])
     if batch_dims == 0:
-        return np.take(x, idx, axis=axis)
+        return _zero_invalid(np.take(x, idx, axis=axis), valid, axis, x.ndim - axis - 1)
     # batch_dims > 0: gather independently per leading batch index (coremltools `compute_gather`).
     bshape = x.shape[:batch_dims]
     xb = x.reshape((-1,) + x.shape[batch_dims:])
     ib = idx.reshape((-1,) + idx.shape[batch_dims:])
     res = np.stack([np.take(p, i, axis=axis - batch_dims) for p, i in zip(xb, ib, strict=True)])
-    return res.reshape(bshape + res.shape[1:])
+    res = res.reshape(bshape + res.shape[1:])
+    if valid is not None:  # valid is [*B, *I]: align it after the batch dims and the axes before `axis`
+        inner = valid.reshape(bshape + (1,) * (axis - batch_dims) + valid.shape[batch_dims:])
+        res = np.where(inner.reshape(inner.shape + (1,) * (res.ndim - inner.ndim)), res, np.zeros((), res.dtype))
+    return res
 
 
 @register("gather_along_axis", exact=True)
 def _gather_along_axis(a: Args, info: OpInfo):
     x = np.asarray(a["x"])
     axis = norm_axis(ival(a.get("axis", 0)), x.ndim)
-    idx = np.asarray(a["indices"]).astype(np.int64)
-    idx = np.where(idx < 0, idx + x.shape[axis], idx)
-    return np.take_along_axis(x, idx, axis=axis)
+    idx, valid = _indices(a, info, a["indices"], x.shape[axis])
+    return _zero_invalid(np.take_along_axis(x, idx, axis=axis), valid, 0, 0)
 
 
 @register("gather_nd", exact=True)
 def _gather_nd(a: Args, info: OpInfo):
     x = np.asarray(a["x"])
-    idx = np.asarray(a["indices"]).astype(np.int64)
+    raw = np.asarray(a["indices"])
     batch_dims = ival(a.get("batch_dims", 0))
+    idx, valid = _indices(a, info, raw, x.shape[batch_dims : batch_dims + raw.shape[-1]])
     if batch_dims:
         bshape = x.shape[:batch_dims]
         xb = x.reshape((-1,) + x.shape[batch_dims:])
         ib = idx.reshape((-1,) + idx.shape[batch_dims:])
         res = np.stack([p[tuple(np.moveaxis(i, -1, 0))] for p, i in zip(xb, ib, strict=True)])
-        return res.reshape(bshape + res.shape[1:])
-    return x[tuple(np.moveaxis(idx, -1, 0))]
+        res = res.reshape(bshape + res.shape[1:])
+    else:
+        res = x[tuple(np.moveaxis(idx, -1, 0))]
+    return _zero_invalid(res, valid, 0, res.ndim - (0 if valid is None else valid.ndim))
 
 
 _SCATTER_MODES = {
@@ -234,11 +272,12 @@ def _scatter_apply(data: np.ndarray, index: tuple, updates: np.ndarray, mode: st
 def _scatter(a: Args, info: OpInfo):
     data = np.array(a["data"], copy=True)
     axis = norm_axis(ival(a.get("axis", 0)), data.ndim)
-    idx = np.asarray(a["indices"]).astype(np.int64).reshape(-1)
-    idx = np.where(idx < 0, idx + data.shape[axis], idx)
-    updates = np.moveaxis(np.asarray(a["updates"]), axis, 0)
+    idx, valid = _indices(a, info, np.asarray(a["indices"]).reshape(-1), data.shape[axis])
     moved = np.moveaxis(data, axis, 0)  # a view: updates land in `data`
-    _scatter_apply(moved, (idx,), updates.reshape((len(idx),) + moved.shape[1:]), sval(a.get("mode", "add")))
+    updates = np.moveaxis(np.asarray(a["updates"]), axis, 0).reshape((len(idx),) + moved.shape[1:])
+    if valid is not None:
+        idx, updates = idx[valid], updates[valid]
+    _scatter_apply(moved, (idx,), updates, sval(a.get("mode", "add")))
     return data
 
 
@@ -246,19 +285,25 @@ def _scatter(a: Args, info: OpInfo):
 def _scatter_along_axis(a: Args, info: OpInfo):
     data = np.array(a["data"], copy=True)
     axis = norm_axis(ival(a.get("axis", 0)), data.ndim)
-    idx = np.asarray(a["indices"]).astype(np.int64)
-    idx = np.where(idx < 0, idx + data.shape[axis], idx)
-    grids = list(np.indices(idx.shape, sparse=True))
+    idx, valid = _indices(a, info, a["indices"], data.shape[axis])
+    grids = [np.broadcast_to(g, idx.shape) for g in np.indices(idx.shape, sparse=True)]
     grids[axis] = idx
-    _scatter_apply(data, tuple(grids), np.asarray(a["updates"]), sval(a.get("mode", "add")))
+    updates = np.broadcast_to(np.asarray(a["updates"]), idx.shape)
+    if valid is not None:
+        grids, updates = [g[valid] for g in grids], updates[valid]
+    _scatter_apply(data, tuple(grids), updates, sval(a.get("mode", "add")))
     return data
 
 
 @register("scatter_nd")
 def _scatter_nd(a: Args, info: OpInfo):
     data = np.array(a["data"], copy=True)
-    idx = np.asarray(a["indices"]).astype(np.int64)
-    _scatter_apply(data, tuple(np.moveaxis(idx, -1, 0)), np.asarray(a["updates"]), sval(a.get("mode", "add")))
+    raw = np.asarray(a["indices"])
+    idx, valid = _indices(a, info, raw, data.shape[: raw.shape[-1]])
+    updates = np.asarray(a["updates"])
+    if valid is not None:
+        idx, updates = idx[valid], updates[valid]
+    _scatter_apply(data, tuple(np.moveaxis(idx, -1, 0)), updates, sval(a.get("mode", "add")))
     return data
 
 

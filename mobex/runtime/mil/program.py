@@ -130,20 +130,44 @@ def load_pymil_program(mlpackage_path: Path):
         )
     try:
         prog = milproto_load(spec, spec.specificationVersion, weights_dir)
-    except ValueError as exc:
-        if _DTYPE_AGREEMENT not in str(exc):
+    except Exception as exc:  # an op or dtype this coremltools cannot parse: report it, do not crash
+        if not any(sign in str(exc) for sign in (_DTYPE_AGREEMENT, _VARIADIC)):
             return None, spec, exc
-        try:  # see _mixed_precision_inputs
-            with _mixed_precision_inputs():
+        try:  # see _mixed_precision_inputs and _variadic_dims
+            with _mixed_precision_inputs(), _variadic_dims():
                 prog = milproto_load(spec, spec.specificationVersion, weights_dir)
         except Exception as retry_exc:
             return None, spec, retry_exc
-    except Exception as exc:  # an op or dtype this coremltools cannot parse: report it, do not crash
-        return None, spec, exc
     return prog, spec, None
 
 
 _DTYPE_AGREEMENT = "must have the same data type as the named input"
+_VARIADIC = "Variadic dimensions not yet implemented"
+
+
+@contextlib.contextmanager
+def _variadic_dims():
+    """Let coremltools' loader read tensors of unknown rank (a variadic dimension in the proto).
+
+    coremltools writes them (e.g. `fill` with a shape of symbolic length), and its builder types them
+    with a variadic symbol, but its milproto loader raises NotImplementedError on reading one back.
+    While loading, such a dimension becomes the same variadic symbol the builder would have used.
+    """
+    from coremltools.converters.mil.frontend.milproto import helper
+    from coremltools.converters.mil.mil.program import get_new_variadic_symbol
+
+    original = helper.get_proto_dim
+
+    def get_proto_dim(dim):
+        if dim.WhichOneof("dimension") != "constant" and dim.unknown.variadic:
+            return get_new_variadic_symbol()
+        return original(dim)
+
+    helper.get_proto_dim = get_proto_dim
+    try:
+        yield
+    finally:
+        helper.get_proto_dim = original
 
 
 @contextlib.contextmanager

@@ -49,7 +49,9 @@ def _record(**kw) -> CaseRecord:
     [
         (_record(comparisons=1), "passed", "pass"),
         (_record(comparisons=1, mismatch="output 'y': 3/4 elements off"), "failed", "wrong"),
-        (_record(comparisons=2), "failed", "wrong"),  # a test's own assertion after predict
+        (_record(comparisons=2), "failed", "wrong"),  # a test's own assertion on predicted values
+        (_record(comparisons=1, matched=1), "failed", "pass"),  # fails later on a check of the program
+        (_record(comparisons=1, mismatch="off"), "passed", "pass"),  # the test expected the mismatch
         (_record(comparisons=1, error="MilExecutionError: op failed"), "failed", "wrong"),
         (_record(comparisons=1, unsupported=["lstm"]), "failed", "unsupported"),
         (_record(), "passed", "n/a"),  # type inference only
@@ -62,6 +64,8 @@ def test_classification(record, outcome, status):
     assert record.status == status
     if status != "pass":
         assert record.detail
+    elif outcome != "passed":
+        assert "outputs matched" in record.detail
 
 
 def test_compare_backend_catches_a_mismatch(mil, monkeypatch):
