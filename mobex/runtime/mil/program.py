@@ -257,12 +257,15 @@ def _const_value(val: Any) -> Any:
     return arr
 
 
+_PASS_THROUGH = (str, OpaqueValue)
+
+
 def finish(value: Any, mil_dtype: str, exact: bool) -> Any:
     """A kernel output in the declared dtype's container; fp16 values rounded to fp16.
 
     Values that are not tensors (lists of make_list, strings) pass through unchanged.
     """
-    if isinstance(value, str | OpaqueValue):
+    if isinstance(value, _PASS_THROUGH):
         return value
     arr = np.asarray(value)
     if mil_dtype == "fp16":
