@@ -56,7 +56,7 @@ def test_sample_recipe_loads(sample_copy) -> None:
         ("shape = [1, 1, 8, 8]", 'shape = [1, 1, "8", 8]', "[inputs][0].shape[2]", "integer"),
         ("shape = [1, 1, 8, 8]", "shape = [1, 0, 8, 8]", "[inputs][0].shape", "positive"),
         ('dtype = "float32"', 'dtype = "float128"', "[inputs][0].dtype", "float32"),
-        ('task = "classification"', 'task = "detection"', "[model].task", "classification"),
+        ('task = "classification"', 'task = "ranking"', "[model].task", "classification"),
         ("[model]", '[model]\ncolour = "red"', "[model].colour", "unknown key"),
         (
             'minimum_deployment_target = "iOS16"',

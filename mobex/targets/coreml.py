@@ -41,6 +41,7 @@ INFO = TargetInfo(
     variant_hint=("fp32", "fp16", "int8-weights", "int4-weights", "w8a8", "palettize-<2|4|6|8>bit", "sparse-<1..99>"),
     takes_torchscript=True,
     model_is_folder=True,
+    int64_as_int32=True,  # Core ML has no int64 multi-arrays: coremltools makes int64 inputs int32
 )
 
 
@@ -175,6 +176,7 @@ def _int4_weights(session: CoremlSession, out: Path) -> ExportedVariant:
     calibration=True,
     expected_ops=("quantize", "dequantize"),
     description="int8 activations (calibrated) and int8 weights",
+    compute="int8",
 )
 def _w8a8(session: CoremlSession, out: Path) -> ExportedVariant:
     compression = _compression(
