@@ -286,9 +286,11 @@ def ship_policies(recipe: Recipe) -> dict[str, str]:
     return {section.PLATFORM: section.ship for section in recipe.sections()}
 
 
-# An int8-compute variant within this fraction of the fastest float variant's p50 is not "slower": two timings
-# of one model in one build differ by about this much on a shared host (docs/validation.md).
+# An int8-compute variant is "slower" than the fastest float variant when its p50 is above by more than this
+# fraction and by more than SLOWER_MIN_MS: two timings of one model in one build differ by several percent on a
+# shared host, and by a microsecond or so for models that run in microseconds (docs/validation.md).
 SLOWER_TOLERANCE = 0.10
+SLOWER_MIN_MS = 0.002
 
 
 def choose_shipped(policies: dict[str, str], variants: list[VariantResult]) -> ShipDecision:
@@ -361,7 +363,8 @@ def _slower_than_float(candidates: list[VariantResult]) -> tuple[dict[str, str],
             uncompared[v.id] = "speed not compared with float: no host latency for both"
         else:
             fastest = min(timed, key=lambda f: f.latency["p50_ms"])
-            if v.latency["p50_ms"] > fastest.latency["p50_ms"] * (1 + SLOWER_TOLERANCE):
+            ours, theirs = v.latency["p50_ms"], fastest.latency["p50_ms"]
+            if ours > theirs * (1 + SLOWER_TOLERANCE) and ours - theirs > SLOWER_MIN_MS:
                 slow[v.id] = slower_line(v, fastest)
     return slow, uncompared
 

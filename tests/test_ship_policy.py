@@ -125,6 +125,12 @@ def test_int8_within_timing_noise_or_faster_ships() -> None:
     assert decision.shipped == {"android": "android/dynamic-int8"} and decision.rejected == ()
     noisy = choose_shipped({"android": "int8"}, variants)
     assert noisy.shipped == {"android": "android/int8"}  # 8 % slower is within SLOWER_TOLERANCE
+    tiny = [_timed("fp32", 400, 0.0070), _timed("int8", 100, 0.0081)]  # 16 % but 1.1 us: a microsecond model
+    assert choose_shipped({"android": "int8"}, tiny).shipped == {"android": "android/int8"}
+    tiny_but_far = [_timed("fp32", 400, 0.0041), _timed("int8", 100, 0.0094)]  # 2.3x, 5 us
+    assert choose_shipped({"android": "int8"}, tiny_but_far).failures == (
+        "android: ship = 'int8' is slower than float",
+    )
 
 
 def test_without_a_float_variant_no_comparison_is_invented() -> None:
