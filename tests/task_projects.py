@@ -19,6 +19,36 @@ import torch
 LATENCY = "\n[latency]\nthreads = [1]\nwarmup = 3\nruns = 20\n"
 
 
+def recipe_text(
+    name: str,
+    inputs: list[tuple[str, list[int], str]],
+    *,
+    model: str = "",
+    outputs: tuple[str, ...] = (),
+    tables: str = "",
+    android: str | None = '["fp32"]',
+    ios: str | None = None,
+    weights: bool = True,
+    latency: bool = True,
+) -> str:
+    """A recipe: `[model]` (source model:build, plus `model` lines), the inputs (name, shape, dtype), named
+    outputs, extra `tables` ([detection], [[state]], ...), val.npz, the platforms' variants, int8 without the
+    fallback search, and short latency runs."""
+    lines = ["[model]", f'name = "{name}"', 'version = "1.0.0"', 'source = "model:build"']
+    lines += ['weights = "weights.safetensors"'] if weights else []
+    lines += [model] if model else []
+    for input_name, shape, dtype in inputs:
+        lines += ["", "[[inputs]]", f'name = "{input_name}"', f"shape = {shape}", f'dtype = "{dtype}"']
+    for output in outputs:
+        lines += ["", "[[outputs]]", f'name = "{output}"']
+    lines += ["", tables.strip(), "", "[data]", 'validation = "val.npz"']
+    for platform, variants in (("android", android), ("ios", ios)):
+        if variants is not None:
+            lines += ["", f"[{platform}]", f"variants = {variants}"]
+    lines += ["", "[quantization]", "int8_fallback = false"]
+    return "\n".join(lines) + "\n" + (LATENCY if latency else "")
+
+
 def _digits() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
 
@@ -47,6 +77,11 @@ def _train(model: torch.nn.Module, steps: int, batch, lr: float = 3e-3) -> None:
         loss.backward()
         opt.step()
     model.eval()
+
+
+def _written(folder: Path, recipe: str) -> Path:
+    (folder / "recipe.toml").write_text(recipe)
+    return folder / "recipe.toml"
 
 
 def _save(model: torch.nn.Module, folder: Path) -> None:
@@ -111,43 +146,17 @@ def multi_head(folder: Path, android: str = '["fp32", "int8"]', ios: str = '["fp
     _save(model, folder)
     np.savez(folder / "val.npz", image=images[1400:1720, None], labels=labels[1400:1720])
     (folder / "labels.txt").write_text("\n".join(str(i) for i in range(10)) + "\n")
-    (folder / "recipe.toml").write_text(
-        f"""
-[model]
-name = "multi-head"
-version = "1.0.0"
-source = "model:build"
-weights = "weights.safetensors"
-task = "classification"
-class_output = "digit"
-labels = "labels.txt"
-
-[[inputs]]
-name = "image"
-shape = [1, 1, 8, 8]
-
-[[outputs]]
-name = "digit"
-[[outputs]]
-name = "box"
-[[outputs]]
-name = "even"
-
-[data]
-validation = "val.npz"
-
-[android]
-variants = {android}
-
-[ios]
-variants = {ios}
-
-[quantization]
-int8_fallback = false
-"""
-        + LATENCY
+    return _written(
+        folder,
+        recipe_text(
+            "multi-head",
+            [("image", [1, 1, 8, 8], "float32")],
+            model='task = "classification"\nclass_output = "digit"\nlabels = "labels.txt"',
+            outputs=("digit", "box", "even"),
+            android=android,
+            ios=ios,
+        ),
     )
-    return folder / "recipe.toml"
 
 
 # --------------------------------------------------------------------------- detection
@@ -225,24 +234,7 @@ def detection(folder: Path) -> Path:
     _save(model, folder)
     val_images, val_labels = _squares(96, 1)
     np.savez(folder / "val.npz", image=val_images, labels=val_labels)
-    (folder / "recipe.toml").write_text(
-        """
-[model]
-name = "squares"
-version = "1.0.0"
-source = "model:build"
-weights = "weights.safetensors"
-task = "detection"
-
-[[inputs]]
-name = "image"
-shape = [1, 1, 32, 32]
-
-[[outputs]]
-name = "scores"
-[[outputs]]
-name = "boxes"
-
+    detection_table = """
 [detection]
 scores = "scores"
 boxes = "boxes"
@@ -250,22 +242,19 @@ box_format = "cxcywh"
 score_activation = "sigmoid"
 score_threshold = 0.5
 iou_threshold = 0.4
-
-[data]
-validation = "val.npz"
-
-[android]
-variants = ["fp32", "int8"]
-
-[ios]
-variants = ["fp16"]
-
-[quantization]
-int8_fallback = false
 """
-        + LATENCY
+    return _written(
+        folder,
+        recipe_text(
+            "squares",
+            [("image", [1, 1, 32, 32], "float32")],
+            model='task = "detection"',
+            outputs=("scores", "boxes"),
+            tables=detection_table,
+            android='["fp32", "int8"]',
+            ios='["fp16"]',
+        ),
     )
-    return folder / "recipe.toml"
 
 
 # --------------------------------------------------------------------------- segmentation
@@ -322,40 +311,18 @@ def segmentation(folder: Path) -> Path:
     _save(model, folder)
     val_images, val_masks = _shapes(64, 1)
     np.savez(folder / "val.npz", image=val_images, labels=val_masks)
-    (folder / "recipe.toml").write_text(
-        """
-[model]
-name = "shapes"
-version = "1.0.0"
-source = "model:build"
-weights = "weights.safetensors"
-task = "segmentation"
-
-[[inputs]]
-name = "image"
-shape = [1, 1, 16, 16]
-
-[[outputs]]
-name = "classes"
-
-[segmentation]
-output = "classes"
-
-[data]
-validation = "val.npz"
-
-[android]
-variants = ["fp32", "int8"]
-
-[ios]
-variants = ["fp16"]
-
-[quantization]
-int8_fallback = false
-"""
-        + LATENCY
+    return _written(
+        folder,
+        recipe_text(
+            "shapes",
+            [("image", [1, 1, 16, 16], "float32")],
+            model='task = "segmentation"',
+            outputs=("classes",),
+            tables='[segmentation]\noutput = "classes"',
+            android='["fp32", "int8"]',
+            ios='["fp16"]',
+        ),
     )
-    return folder / "recipe.toml"
 
 
 # --------------------------------------------------------------------------- embedding, int64 ids, bool mask
@@ -409,43 +376,18 @@ def embedding(folder: Path) -> Path:
     _save(model, folder)
     val_ids, val_mask = tokens(images[1400:1560])
     np.savez(folder / "val.npz", ids=val_ids, mask=val_mask)
-    (folder / "recipe.toml").write_text(
-        """
-[model]
-name = "pixel-tokens"
-version = "1.0.0"
-source = "model:build"
-weights = "weights.safetensors"
-task = "embedding"
-
-[[inputs]]
-name = "ids"
-shape = [1, 64]
-dtype = "int64"
-
-[[inputs]]
-name = "mask"
-shape = [1, 64]
-dtype = "bool"
-
-[[outputs]]
-name = "embedding"
-
-[embedding]
-k = 5
-
-[data]
-validation = "val.npz"
-
-[android]
-variants = ["fp32", "dynamic-int8"]
-
-[ios]
-variants = ["fp32"]
-"""
-        + LATENCY
+    return _written(
+        folder,
+        recipe_text(
+            "pixel-tokens",
+            [("ids", [1, 64], "int64"), ("mask", [1, 64], "bool")],
+            model='task = "embedding"',
+            outputs=("embedding",),
+            tables="[embedding]\nk = 5",
+            android='["fp32", "dynamic-int8"]',
+            ios='["fp32"]',
+        ),
     )
-    return folder / "recipe.toml"
 
 
 # --------------------------------------------------------------------------- streaming
@@ -497,48 +439,18 @@ def streaming(folder: Path, android: str = '["fp32", "int8"]', ios: str = '["fp3
     val = images[1400:1496]  # 96 sequences of 8 rows; no "h" array: every sequence starts at zeros
     np.savez(folder / "val.npz", row=val, labels=np.repeat(labels[1400:1496, None], 8, axis=1))
     (folder / "labels.txt").write_text("\n".join(str(i) for i in range(10)) + "\n")
-    (folder / "recipe.toml").write_text(
-        f"""
-[model]
-name = "row-reader"
-version = "1.0.0"
-source = "model:build"
-weights = "weights.safetensors"
-task = "classification"
-class_output = "logits"
-labels = "labels.txt"
-
-[[inputs]]
-name = "row"
-shape = [1, 8]
-[[inputs]]
-name = "h"
-shape = [1, 32]
-
-[[outputs]]
-name = "logits"
-[[outputs]]
-name = "h_out"
-
-[[state]]
-input = "h"
-output = "h_out"
-
-[data]
-validation = "val.npz"
-
-[android]
-variants = {android}
-
-[ios]
-variants = {ios}
-
-[quantization]
-int8_fallback = false
-"""
-        + LATENCY
+    return _written(
+        folder,
+        recipe_text(
+            "row-reader",
+            [("row", [1, 8], "float32"), ("h", [1, 32], "float32")],
+            model='task = "classification"\nclass_output = "logits"\nlabels = "labels.txt"',
+            outputs=("logits", "h_out"),
+            tables='[[state]]\ninput = "h"\noutput = "h_out"',
+            android=android,
+            ios=ios,
+        ),
     )
-    return folder / "recipe.toml"
 
 
 # --------------------------------------------------------------------------- an int8 model slower than fp32
@@ -563,29 +475,8 @@ def hardswish(folder: Path, android: str = '["fp32", "int8"]') -> Path:
     images, _ = _digits()
     _load(folder, HARDSWISH)
     np.savez(folder / "val.npz", image=images[:96, None])
-    (folder / "recipe.toml").write_text(
-        f"""
-[model]
-name = "hardswish"
-version = "1.0.0"
-source = "model:build"
-
-[[inputs]]
-name = "image"
-shape = [1, 1, 8, 8]
-
-[data]
-validation = "val.npz"
-
-[android]
-variants = {android}
-
-[quantization]
-int8_fallback = false
-"""
-        + LATENCY.replace("runs = 20", "runs = 50")
-    )
-    return folder / "recipe.toml"
+    text = recipe_text("hardswish", [("image", [1, 1, 8, 8], "float32")], android=android, weights=False)
+    return _written(folder, text.replace("runs = 20", "runs = 50"))
 
 
 PROJECTS = {

@@ -149,6 +149,9 @@ def test_dtype_check_says_what_was_cast(sample_copy) -> None:
     assert check.passed and check.detail == "float64, cast to float32"
 
 
+from tests.task_projects import recipe_text  # noqa: E402 - with the tests that use it
+
+
 def _project(tmp_path: Path, recipe: str, **arrays: np.ndarray) -> Path:
     """A recipe with a trivial model source (data checks do not load it) and its validation arrays."""
     (tmp_path / "model.py").write_text("def build():\n    raise AssertionError('data checks never load the model')\n")
@@ -157,27 +160,7 @@ def _project(tmp_path: Path, recipe: str, **arrays: np.ndarray) -> Path:
     return tmp_path / "recipe.toml"
 
 
-TOKENS_RECIPE = """
-[model]
-name = "tokens"
-version = "1.0.0"
-source = "model:build"
-
-[[inputs]]
-name = "ids"
-shape = [1, 6]
-dtype = "int64"
-[[inputs]]
-name = "mask"
-shape = [1, 6]
-dtype = "bool"
-
-[data]
-validation = "val.npz"
-
-[android]
-variants = ["fp32"]
-"""
+TOKENS_RECIPE = recipe_text("tokens", [("ids", [1, 6], "int64"), ("mask", [1, 6], "bool")], weights=False)
 
 
 def test_int64_ids_that_a_target_stores_as_int32_must_fit(tmp_path: Path) -> None:
@@ -211,34 +194,13 @@ def test_a_bool_input_takes_only_zeros_and_ones(tmp_path: Path) -> None:
         load_validation_and_calibration(load_recipe(path))
 
 
-STREAMING_RECIPE = """
-[model]
-name = "stream"
-version = "1.0.0"
-source = "model:build"
-
-[[inputs]]
-name = "x"
-shape = [2, 3]
-[[inputs]]
-name = "h"
-shape = [2, 4]
-
-[[outputs]]
-name = "y"
-[[outputs]]
-name = "h_out"
-
-[[state]]
-input = "h"
-output = "h_out"
-
-[data]
-validation = "val.npz"
-
-[android]
-variants = ["fp32"]
-"""
+STREAMING_RECIPE = recipe_text(
+    "stream",
+    [("x", [2, 3], "float32"), ("h", [2, 4], "float32")],
+    outputs=("y", "h_out"),
+    tables='[[state]]\ninput = "h"\noutput = "h_out"',
+    weights=False,
+)
 
 
 def test_streaming_data_is_sequences_with_optional_initial_states(tmp_path: Path) -> None:

@@ -116,41 +116,15 @@ def test_unknown_gate_metric(sample_copy) -> None:
         load_recipe(folder / "recipe.toml")
 
 
-TASK_RECIPE = """
-[model]
-name = "heads"
-version = "1.0.0"
-source = "model:build"
-{model}
-
-[[inputs]]
-name = "x"
-shape = [1, 4]
-[[inputs]]
-name = "h"
-shape = [1, 3]
-
-[[outputs]]
-name = "scores"
-[[outputs]]
-name = "boxes"
-[[outputs]]
-name = "h_out"
-
-[data]
-validation = "val.npz"
-
-[android]
-variants = ["fp32"]
-{extra}
-"""
-
-
 def _task_recipe(tmp_path: Path, model: str, extra: str = "") -> Path:
+    from tests.task_projects import recipe_text
+
     (tmp_path / "model.py").write_text("def build():\n    pass\n")
     (tmp_path / "val.npz").write_bytes(b"")
     path = tmp_path / "recipe.toml"
-    path.write_text(TASK_RECIPE.format(model=model, extra=extra))
+    inputs = [("x", [1, 4], "float32"), ("h", [1, 3], "float32")]
+    outputs = ("scores", "boxes", "h_out")
+    path.write_text(recipe_text("heads", inputs, model=model, outputs=outputs, tables=extra, weights=False))
     return path
 
 

@@ -114,6 +114,7 @@ def test_an_int8_variant_slower_than_float_never_ships_and_the_report_says_why()
     assert line.startswith("android/int8: not shipped: slower than android/fp32 in this build")
     assert "2.60x" in line and "5 XNNPACK partitions" in line and "4 ops on LiteRT reference kernels (PRELU x4)" in line
     assert "2 ops kept in float (1 between float ops, 1 sensitive)" in line
+    assert line.endswith("(android/fp32: delegation unknown (this runtime does not list its delegated ops))")
     assert decision.notes["android/int8"] == (line,)
     named = choose_shipped({"android": "int8"}, variants)
     assert named.failures == ("android: ship = 'int8' is slower than float",)

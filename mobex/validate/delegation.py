@@ -44,5 +44,6 @@ def slower_line(variant: Any, fastest_float: Any) -> str:
     return (
         f"{variant.id}: not shipped: slower than {fastest_float.id} in this build (p50 {ours['p50_ms']:.4g} ms "
         f"against {theirs['p50_ms']:.4g} ms, {ratio:.2f}x, {ours.get('threads', '?')} thread(s)): "
-        f"{delegation_line(variant.delegation)}; {float_ops_line(variant.quantization_details)}"
+        f"{delegation_line(variant.delegation)}; {float_ops_line(variant.quantization_details)} "
+        f"({fastest_float.id}: {delegation_line(fastest_float.delegation)})"
     )

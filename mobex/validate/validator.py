@@ -365,7 +365,7 @@ def _variant_stats(
     base = reference.input_stats or reference_statistics(
         _used(data), None, None, task=plan.task, preprocessing=plan.preprocessing
     )
-    own = reference_statistics({}, outputs, output_names, task=plan.task)
+    own = reference_statistics({}, outputs, output_names, task=plan.task, class_output=plan.spec.class_output)
     return {**base, "plans": base["plans"] + own["plans"], "features": base["features"] + own["features"]}
 
 
