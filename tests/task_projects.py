@@ -128,7 +128,7 @@ def _ink_boxes(images: np.ndarray) -> np.ndarray:
     return np.stack([first(cols), first(rows), last(cols) + 1, last(rows) + 1], axis=1).astype(np.float32)
 
 
-def multi_head(folder: Path, android: str = '["fp32", "int8"]', ios: str = '["fp32", "fp16"]') -> Path:
+def multi_head(folder: Path, android: str = '["fp32", "int8"]', ios: str = '["fp32"]') -> Path:
     images, labels = _digits()
     module = _load(folder, MULTI_HEAD)
     model = module.build()
@@ -213,7 +213,7 @@ def _squares(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def detection(folder: Path) -> Path:
     module = _load(folder, DETECTOR)
     model = module.build()
-    images, labels = _squares(2048, 0)
+    images, labels = _squares(1024, 0)
     x = torch.from_numpy(images)
     target = torch.zeros(len(images), 64)
     boxes = torch.zeros(len(images), 64, 4)
@@ -230,7 +230,7 @@ def detection(folder: Path) -> Path:
         pos = target[idx] > 0
         return obj + 0.1 * torch.nn.functional.l1_loss(pred[pos], boxes[idx][pos])
 
-    _train(model, 500, batch)
+    _train(model, 300, batch)
     _save(model, folder)
     val_images, val_labels = _squares(96, 1)
     np.savez(folder / "val.npz", image=val_images, labels=val_labels)
