@@ -177,5 +177,11 @@ def bundled_report(report: dict) -> dict:
         details = variant.get("quantization_details")
         if isinstance(details, dict):  # keep what was decided, drop measured timings
             variant["quantization_details"] = {k: v for k, v in details.items() if k not in ("cost", "search")}
+            recurrent = details.get("recurrent")
+            if isinstance(recurrent, dict):  # the decision stays; the candidates' p50 does not
+                variant["quantization_details"]["recurrent"] = {
+                    k: ({m: x for m, x in v.items() if m != "p50_ms"} if isinstance(v, dict) else v)
+                    for k, v in recurrent.items()
+                }
     out["note"] = "latency and wall times vary between runs: see the build's report.json"
     return out

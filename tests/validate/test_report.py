@@ -77,6 +77,16 @@ def test_bundle_report_drops_volatile_fields(built_digits) -> None:
         assert v["parity"] is None or "abs_error_histogram" in v["parity"]["outputs"][0]
 
 
+def test_bundle_report_keeps_the_recurrent_decision_without_its_timings(built_digits) -> None:
+    report = copy.deepcopy(built_digits.report)
+    measured = {"kept_float": True, "why": "int8 was not faster", "int8": {"p50_ms": 0.9, "snr_db": 30.0},
+                "float": {"p50_ms": 0.8, "snr_db": 41.0}}  # fmt: skip
+    report["variants"][1]["quantization_details"] = {"recurrent": measured, "cost": {"p50_ms": {}}}
+    inner = bundled_report(report)["variants"][1]["quantization_details"]
+    assert inner == {"recurrent": {"kept_float": True, "why": "int8 was not faster", "int8": {"snr_db": 30.0},
+                                   "float": {"snr_db": 41.0}}}  # fmt: skip
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install chromium)")
 def test_report_renders_in_headless_chromium(built_digits, tmp_path: Path) -> None:
     out = tmp_path / "reports"
