@@ -46,20 +46,23 @@ class Detections:
 
 
 def to_xyxy(boxes: np.ndarray, box_format: str) -> np.ndarray:
-    """Boxes [..., 4] in `box_format` as (x1, y1, x2, y2)."""
+    """Boxes [..., 4] in `box_format` as (x1, y1, x2, y2) with x1 <= x2 and y1 <= y2 (a negative width or height,
+    as an untrained head gives, becomes the same box the other way round)."""
     b = np.asarray(boxes, dtype=np.float64)
-    if box_format == "xyxy":
-        return b
     if box_format == "cxcywh":
         half = b[..., 2:] / 2
-        return np.concatenate([b[..., :2] - half, b[..., :2] + half], axis=-1)
-    if box_format == "xywh":
-        return np.concatenate([b[..., :2], b[..., :2] + b[..., 2:]], axis=-1)
-    raise ValueError(f"unknown box format {box_format!r}; use xyxy, cxcywh or xywh")
+        b = np.concatenate([b[..., :2] - half, b[..., :2] + half], axis=-1)
+    elif box_format == "xywh":
+        b = np.concatenate([b[..., :2], b[..., :2] + b[..., 2:]], axis=-1)
+    elif box_format != "xyxy":
+        raise ValueError(f"unknown box format {box_format!r}; use xyxy, cxcywh or xywh")
+    lo, hi = np.minimum(b[..., :2], b[..., 2:]), np.maximum(b[..., :2], b[..., 2:])
+    return np.concatenate([lo, hi], axis=-1)
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in a [K, 4] with every box in b [L, 4] (xyxy) -> [K, L]; degenerate boxes give 0."""
+    """IoU of every box in a [K, 4] with every box in b [L, 4] (xyxy) -> [K, L]. Boxes without area overlap
+    nothing, except an identical box (IoU 1): the same point is the same detection."""
     a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
     b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
     lo = np.maximum(a[:, None, :2], b[None, :, :2])
@@ -68,23 +71,23 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
     area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
     union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+    same = np.all(a[:, None, :] == b[None, :, :], axis=2)
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), np.where(same, 1.0, 0.0))
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Indices kept by greedy non-maximum suppression, best score first (ties: the lower index first)."""
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, limit: int | None = None) -> np.ndarray:
+    """Indices kept by greedy non-maximum suppression, best score first (ties: the lower index first), at most
+    `limit` of them. Each kept box is compared with the boxes still left only (no K x K matrix)."""
     order = np.argsort(-scores, kind="stable")
     if iou_threshold >= 1.0 or order.size <= 1:
-        return order
-    ious = iou_matrix(boxes[order], boxes[order])
+        return order[:limit]
     keep: list[int] = []
-    suppressed = np.zeros(order.size, dtype=bool)
-    for i in range(order.size):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        suppressed |= ious[i] > iou_threshold
-    return order[np.asarray(keep, dtype=np.int64)]
+    rest = order
+    while rest.size and (limit is None or len(keep) < limit):
+        keep.append(int(rest[0]))
+        others = rest[1:]
+        rest = others[iou_matrix(boxes[rest[0]][None], boxes[others])[0] <= iou_threshold]
+    return np.asarray(keep, dtype=np.int64)
 
 
 def activated(scores: np.ndarray, activation: str) -> np.ndarray:
@@ -119,7 +122,7 @@ def decode(scores: np.ndarray, boxes: np.ndarray, options: DecodeOptions) -> lis
             hit = np.flatnonzero(sample_scores[:, c] >= options.score_threshold)
             if hit.size == 0:
                 continue
-            keep = hit[nms(sample_boxes[hit], sample_scores[hit, c], options.iou_threshold)]
+            keep = hit[nms(sample_boxes[hit], sample_scores[hit, c], options.iou_threshold, options.max_detections)]
             found_boxes.append(sample_boxes[keep])
             found_scores.append(sample_scores[keep, c])
             found_classes.append(np.full(keep.size, c, dtype=np.int64))

@@ -28,7 +28,10 @@ def test_box_formats_and_iou() -> None:
     assert to_xyxy(np.array([5.0, 5.0, 4.0, 2.0]), "cxcywh").tolist() == [3.0, 4.0, 7.0, 6.0]
     assert to_xyxy(np.array([1.0, 2.0, 3.0, 4.0]), "xywh").tolist() == [1.0, 2.0, 4.0, 6.0]
     ious = iou_matrix(np.array([[0, 0, 2, 2]]), np.array([[1, 0, 3, 2], [0, 0, 2, 2], [5, 5, 6, 6], [3, 3, 3, 3]]))
-    assert ious[0].tolist() == pytest.approx([1 / 3, 1.0, 0.0, 0.0])  # a degenerate box overlaps nothing
+    assert ious[0].tolist() == pytest.approx([1 / 3, 1.0, 0.0, 0.0])  # a degenerate box overlaps nothing...
+    assert iou_matrix(np.array([[3, 3, 3, 3]]), np.array([[3, 3, 3, 3]]))[0, 0] == 1.0  # ...but itself
+    # an untrained head's negative width: the same box the other way round
+    assert to_xyxy(np.array([5.0, 5.0, -4.0, 2.0]), "cxcywh").tolist() == [3.0, 4.0, 7.0, 6.0]
 
 
 def test_nms_keeps_the_best_of_overlapping_boxes() -> None:
