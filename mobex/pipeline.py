@@ -313,8 +313,8 @@ def choose_shipped(policies: dict[str, str], variants: list[VariantResult]) -> S
                 failed = [g["message"] for g in v.gates if not g["passed"]] or [v.status]
                 rejected.append(f"{v.id}: " + "; ".join(failed))
         slow, uncompared = _slower_than_float(candidates)
-        rejected.extend(slow.values())
-        for vid, why in {**slow, **uncompared}.items():
+        rejected.extend(why for vid, why in slow.items() if any(v.id == vid and v.passed for v in candidates))
+        for vid, why in {**slow, **uncompared}.items():  # a variant that failed its gates is told it is slow too
             notes[vid] = (*notes.get(vid, ()), why)
         passing = [v for v in candidates if v.passed and v.id not in slow]
         if ship not in SHIP_POLICIES:
@@ -339,15 +339,15 @@ def choose_shipped(policies: dict[str, str], variants: list[VariantResult]) -> S
 
 
 def _slower_than_float(candidates: list[VariantResult]) -> tuple[dict[str, str], dict[str, str]]:
-    """Passing int8-compute variants slower than the fastest float variant (fp32/fp16 family, float compute) of
-    their target, measured in this build: id -> why. And id -> why no comparison was made (no float variant
-    of that target in the build, or one of the two not timed): no comparison is invented."""
+    """Int8-compute variants slower than the fastest float variant (fp32/fp16 family, float compute) of their
+    target, measured in this build: id -> why. And id -> why no comparison was made (no float variant of that
+    target in the build, or one of the two not timed): no comparison is invented."""
     from mobex.validate.delegation import slower_line
 
     slow: dict[str, str] = {}
     uncompared: dict[str, str] = {}
     for v in candidates:
-        if v.request.spec.compute != "int8" or not v.passed:
+        if v.request.spec.compute != "int8" or v.status.startswith("conversion failed"):
             continue
         floats = [
             f for f in candidates

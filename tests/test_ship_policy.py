@@ -149,3 +149,14 @@ def test_weight_only_variants_are_not_held_to_the_speed_rule() -> None:
     variants = [_timed("fp32", 400, 1.0), _timed("int8-weights", 100, 1.5)]
     decision = choose_shipped({"android": "smallest-passing"}, variants)
     assert decision.shipped == {"android": "android/int8-weights"}  # float compute: it is about size
+
+
+def test_a_gate_failing_int8_is_told_it_is_slow_too_without_a_second_rejection() -> None:
+    failing = VariantResult(
+        parse_request("android", "int8"), "validated", size_bytes=100, passed=False,
+        gates=({"metric": "matched_iou_mean", "passed": False, "message": "matched_iou_mean FAILED"},),
+        latency={"p50_ms": 2.5, "threads": 1}, delegation=DELEGATION,
+    )  # fmt: skip
+    decision = choose_shipped({"android": "smallest-passing"}, [_timed("fp32", 400, 1.0), failing])
+    assert decision.rejected == ("android/int8: matched_iou_mean FAILED",)
+    assert "slower than android/fp32" in decision.notes["android/int8"][0]
