@@ -89,6 +89,10 @@ def _load_inputs(job: ExportJob) -> JobInputs:
         model = load_pruned_model(job.pruned_path)
     else:
         model = load_model(recipe)
+    if recipe.state:  # streaming: calibrate on the states the float model feeds itself, step by step
+        from mobex.runtime.streaming import with_recorded_states
+
+        calibration = with_recorded_states(model, recipe, calibration)
     return JobInputs(model=model, example=example_inputs(recipe, validation), calibration=calibration, recipe=recipe)
 
 

@@ -334,12 +334,21 @@ def ship_policies(recipe: Recipe) -> dict[str, str]:
     return {section.PLATFORM: section.ship for section in recipe.sections()}
 
 
+# An int8-compute variant is "slower" than the fastest float variant when its p50 is above by more than this
+# fraction and by more than SLOWER_MIN_MS: two timings of one model in one build differ by several percent on a
+# shared host, and by a microsecond or so for models that run in microseconds (docs/validation.md).
+SLOWER_TOLERANCE = 0.10
+SLOWER_MIN_MS = 0.002
+
+
 def choose_shipped(policies: dict[str, str], variants: list[VariantResult]) -> ShipDecision:
     """Pick one passing variant per platform by its `ship` setting (a variant name or a policy).
 
-    A candidate that fails its gates is rejected and reported; a platform fails only when it has nothing to
-    ship, or when the recipe names the variant to ship and that one failed. `fastest-passing` needs every
-    passing candidate timed; otherwise it falls back to `smallest-passing` and says so.
+    A candidate that fails its gates is rejected and reported; so is a variant that computes in int8 and is
+    slower than the fastest float variant of the same target in this build (`_slower_than_float`, with the one
+    line that says why). A platform fails only when it has nothing to ship, or when the recipe names the variant
+    to ship and that one was rejected. `fastest-passing` needs every passing candidate timed; otherwise it falls
+    back to `smallest-passing` and says so.
     """
     shipped: dict[str, str] = {}
     failures: list[str] = []
@@ -351,11 +360,18 @@ def choose_shipped(policies: dict[str, str], variants: list[VariantResult]) -> S
             if not v.passed:
                 failed = [g["message"] for g in v.gates if not g["passed"]] or [v.status]
                 rejected.append(f"{v.id}: " + "; ".join(failed))
-        passing = [v for v in candidates if v.passed]
+        slow, uncompared = _slower_than_float(candidates)
+        rejected.extend(why for vid, why in slow.items() if any(v.id == vid and v.passed for v in candidates))
+        for vid, why in {**slow, **uncompared}.items():  # a variant that failed its gates is told it is slow too
+            notes[vid] = (*notes.get(vid, ()), why)
+        passing = [v for v in candidates if v.passed and v.id not in slow]
         if ship not in SHIP_POLICIES:
             chosen = next((v for v in passing if v.request.spelled == ship), None)
             if chosen is None:
-                failures.append(f"{platform}: ship = {ship!r} did not pass its gates")
+                too_slow = any(v.request.spelled == ship and v.id in slow for v in candidates)
+                failures.append(
+                    f"{platform}: ship = {ship!r} " + ("is slower than float" if too_slow else "did not pass its gates")
+                )
                 continue
         elif not passing:
             failures.append(f"{platform}: no variant passed its gates")
@@ -368,6 +384,37 @@ def choose_shipped(policies: dict[str, str], variants: list[VariantResult]) -> S
                 notes[chosen.id] = ("fastest-passing fell back to smallest-passing: no latency on this host",)
         shipped[platform] = chosen.id
     return ShipDecision(shipped, tuple(failures), tuple(rejected), notes)
+
+
+def _slower_than_float(candidates: list[VariantResult]) -> tuple[dict[str, str], dict[str, str]]:
+    """Int8-compute variants slower than the fastest float variant (fp32/fp16 family, float compute) of their
+    target, measured in this build: id -> why. And id -> why no comparison was made (no float variant of that
+    target in the build, or one of the two not timed): no comparison is invented."""
+    from mobex.validate.delegation import slower_line
+
+    slow: dict[str, str] = {}
+    uncompared: dict[str, str] = {}
+    for v in candidates:
+        if v.request.spec.compute != "int8" or v.status.startswith("conversion failed"):
+            continue
+        floats = [
+            f for f in candidates
+            if f.target == v.target and f.request.spec.compute == "float" and f.request.spec.family in ("fp32", "fp16")
+        ]  # fmt: skip
+        timed = [f for f in floats if f.latency and f.latency.get("p50_ms")]
+        if not floats:
+            uncompared[v.id] = (
+                f"speed not compared with float: no float variant of {v.target} in this build "
+                "(add fp32 to the platform's variants to check that int8 is faster)"
+            )
+        elif not timed or not v.latency:
+            uncompared[v.id] = "speed not compared with float: no host latency for both"
+        else:
+            fastest = min(timed, key=lambda f: f.latency["p50_ms"])
+            ours, theirs = v.latency["p50_ms"], fastest.latency["p50_ms"]
+            if ours > theirs * (1 + SLOWER_TOLERANCE) and ours - theirs > SLOWER_MIN_MS:
+                slow[v.id] = slower_line(v, fastest)
+    return slow, uncompared
 
 
 def _bundles(recipe, report_json: bytes, shipped, job_options, workdir: Path, final: Path, options: BuildOptions):  # noqa: ANN001, ANN202

@@ -36,7 +36,9 @@ class VariantSpec:
     ExportedVariant. `calibration`: the variant calibrates static activation ranges, so the build refuses
     to start without enough calibration samples. `expected_ops`: op kinds a correct build of it contains
     (the target's tests check them). `min_os`: the lowest OS version (for the platform the target names,
-    e.g. "iOS16") the variant runs on, or None.
+    e.g. "iOS16") the variant runs on, or None. `compute`: "int8" when the variant computes in int8 to run
+    faster (static or dynamic int8 activations): it never ships when it is slower than a float variant of the
+    same target (mobex.pipeline.choose_shipped); "float" otherwise (weight-only variants compute in float).
     """
 
     target: str
@@ -47,6 +49,7 @@ class VariantSpec:
     calibration: bool = False
     expected_ops: tuple[str, ...] = ()
     description: str = ""
+    compute: str = "float"
 
     @property
     def qualified(self) -> str:
@@ -70,6 +73,7 @@ class TargetInfo:
     title: str = ""  # how messages name it ("TFLite", "Core ML")
     variant_hint: tuple[str, ...] = ()
     takes_torchscript: bool = False  # converts a TorchScript (.pt) source, not only torch.export graphs
+    int64_as_int32: bool = False  # stores int64 inputs as int32: the data must fit (mobex.data checks it)
     model_is_folder: bool = False  # the model is a folder of files (an .mlpackage), not one file
 
 
@@ -103,10 +107,13 @@ def register_variant(
     calibration: bool = False,
     expected_ops: tuple[str, ...] = (),
     description: str = "",
+    compute: str = "float",
 ) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
     """Decorator: register `build(session) -> ExportedVariant` as variant `name` of `target`."""
     if family not in FAMILIES:
         raise ValueError(f"variant {target}:{name}: unknown family {family!r}; valid: {', '.join(FAMILIES)}")
+    if compute not in ("float", "int8"):
+        raise ValueError(f"variant {target}:{name}: compute must be 'float' or 'int8', not {compute!r}")
     if not name or ":" in name or name != name.strip():
         raise ValueError(f"variant name {name!r} must be non-empty, without ':' or surrounding spaces")
 
@@ -114,7 +121,9 @@ def register_variant(
         key = (target, name)
         if key in _VARIANTS:
             raise ValueError(f"variant {target}:{name} is registered twice")
-        _VARIANTS[key] = VariantSpec(target, name, family, build, min_os, calibration, tuple(expected_ops), description)
+        _VARIANTS[key] = VariantSpec(
+            target, name, family, build, min_os, calibration, tuple(expected_ops), description, compute
+        )
         return build
 
     return decorate

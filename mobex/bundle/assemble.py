@@ -87,6 +87,7 @@ def assemble_bundle(
     if epoch is None:
         epoch = int(time.time())
     minimum_os = target.minimum_os(target_options, chosen.platform)
+    inputs, outputs = chosen.io_dicts()  # as the model stores them, and as the original takes and returns them
     manifest = Manifest(
         name=recipe.model.name,
         version=recipe.model.version,
@@ -96,8 +97,8 @@ def assemble_bundle(
             path=rel,
             format=target.info.file_format,
             quantization=chosen.quantization,
-            inputs=artifact.inputs,
-            outputs=artifact.outputs,
+            inputs=inputs,
+            outputs=outputs,
             minimum_os=minimum_os,
             labels_file=LABELS_ASSET if labels is not None else None,
             **({"reference_stats_file": stats_file} if stats_file else {}),

@@ -174,6 +174,12 @@ def _decided(details: dict) -> dict:
     if isinstance(finetune, dict) and isinstance(finetune.get("trials"), list):
         trials = [{k: v for k, v in t.items() if k != "seconds"} for t in finetune["trials"]]
         out["finetune"] = {**finetune, "trials": trials}
+    recurrent = out.get("recurrent")
+    if isinstance(recurrent, dict):  # the decision stays; the candidates' p50 does not
+        out["recurrent"] = {
+            k: ({m: x for m, x in v.items() if m != "p50_ms"} if isinstance(v, dict) else v)
+            for k, v in recurrent.items()
+        }
     return out
 
 
