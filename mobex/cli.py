@@ -50,6 +50,9 @@ def build(
         Path | None, typer.Option("--key", help="ECDSA P-256 private key (PEM). Default: a development key.")
     ] = None,
     jobs: Annotated[int, typer.Option("--jobs", min=1, help="Parallel export processes (android, ios).")] = 2,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Neither reuse nor store build cache entries: run every stage.")
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Convert, quantize, validate, gate, bundle and sign everything the recipe asks for."""
@@ -66,7 +69,9 @@ def build(
     if key is not None:
         load_private_key(key)  # fail on a bad key before minutes of work
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    options = BuildOptions(out_dir=out, key=key, jobs=jobs, source_date_epoch=int(epoch) if epoch else None)
+    options = BuildOptions(
+        out_dir=out, key=key, jobs=jobs, source_date_epoch=int(epoch) if epoch else None, cache=not no_cache
+    )
     with console.status("starting") as status:
         try:
             result = run_build(parsed, options, on_stage=lambda name: status.update(f"[bold]{name}[/bold]…"))

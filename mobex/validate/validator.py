@@ -72,6 +72,8 @@ class VariantResult:
     reference_stats: dict | None = None
     # How a quantized variant was made (int8: calibration, equalization, fallback layers and their cost).
     quantization_details: dict | None = None
+    # Whether its export and validation came from the build cache (mobex.cache; docs/report-schema.md).
+    cache: dict | None = None
 
     @property
     def id(self) -> str:
@@ -110,6 +112,7 @@ class VariantResult:
             "export_seconds": self.export_seconds,
             "validate_seconds": self.validate_seconds,
             "quantization_details": self.quantization_details,
+            "cache": self.cache,
         }
 
 
@@ -133,6 +136,7 @@ class ReferenceResult:
     latency: dict | None
     latency_by_threads: list[dict]
     input_stats: dict | None = None  # reference statistics of the validation inputs (drift asset)
+    cache: str | None = None  # "hit" when read from the build cache (mobex.cache), "miss", "off"; None: not asked
 
 
 def run_reference(model, recipe: Recipe, data: Dataset) -> ReferenceResult:  # noqa: ANN001 - torch module
