@@ -44,7 +44,9 @@ def _print_json(data: object) -> None:
 
 @app.command()
 def build(
-    recipe: Annotated[Path, typer.Argument(help="The recipe TOML file.")],
+    recipes: Annotated[
+        list[Path], typer.Argument(help="The recipe TOML file; several, or workspace files listing them: a fleet.")
+    ],
     out: Annotated[Path, typer.Option("--out", help="Folder for bundles and reports.")] = Path("dist"),
     key: Annotated[
         Path | None, typer.Option("--key", help="ECDSA P-256 private key (PEM). Default: a development key.")
@@ -53,12 +55,25 @@ def build(
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Neither reuse nor store build cache entries: run every stage.")
     ] = False,
+    executor: Annotated[
+        str, typer.Option("--executor", help="Where exports and validations run: local, or ray (a Ray cluster).")
+    ] = "local",
+    ray_address: Annotated[
+        str | None, typer.Option("--ray-address", help="The Ray cluster (default: $RAY_ADDRESS, else auto).")
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Fleet builds: recipes built at once.")] = 2,
     as_json: JsonFlag = False,
 ) -> None:
-    """Convert, quantize, validate, gate, bundle and sign everything the recipe asks for."""
+    """Convert, quantize, validate, gate, bundle and sign everything the recipe asks for (or each recipe's)."""
     from mobex.logs import quiet_third_party_logs
 
     quiet_third_party_logs()
+    from mobex.cli_fleet import fleet_build, single_recipe
+
+    recipe = single_recipe(recipes)
+    if recipe is None:  # several recipes, or a workspace file: mobex.fleet
+        fleet_build(recipes, out, key, jobs, workers, executor, ray_address, not no_cache, as_json)
+        return
     from mobex.bundle.keys import load_private_key
     from mobex.pipeline import BuildOptions
     from mobex.pipeline import build as run_build
@@ -69,8 +84,15 @@ def build(
     if key is not None:
         load_private_key(key)  # fail on a bad key before minutes of work
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    from mobex.fleet.run import make_executor
+
     options = BuildOptions(
-        out_dir=out, key=key, jobs=jobs, source_date_epoch=int(epoch) if epoch else None, cache=not no_cache
+        out_dir=out,
+        key=key,
+        jobs=jobs,
+        source_date_epoch=int(epoch) if epoch else None,
+        cache=not no_cache,
+        executor=make_executor(executor, ray_address),
     )
     with console.status("starting") as status:
         try:
@@ -296,6 +318,7 @@ def inspect(
 
 def _register_command_groups() -> None:
     """Commands that live in their own modules (registry, drift, serving); each adds itself to `app`."""
+    from mobex.cli_cache import register as register_cache
     from mobex.cli_registry import register as register_registry
     from mobex.cli_serving import register as register_serving
     from mobex.cli_validate import register as register_validate
@@ -305,6 +328,7 @@ def _register_command_groups() -> None:
     register_init(app)
     register_registry(app)
     register_serving(app)
+    register_cache(app)
 
 
 _register_command_groups()

@@ -1,0 +1,86 @@
+"""`--executor ray` on a real Ray cluster started by the test on 127.0.0.1: a fleet of two recipes whose
+export jobs and validations run as Ray tasks gives the same bundles as the local process pool."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from mobex.bundle.keys import generate_keypair
+
+ray = pytest.importorskip("ray", reason="the optional 'ray' extra is not installed")
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+SIGNATURE = "signature.sigstore.json"
+# Ray binds a single-node cluster (GCS, raylet, workers) to the loopback address with this switch off.
+LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+@pytest.fixture(scope="module")
+def cluster():  # noqa: ANN201
+    """A Ray cluster of this test process only (2 CPUs, no dashboard), shut down afterwards."""
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in LOOPBACK.items():
+            mp.setenv(k, v)
+        context = ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            address = context.address_info["gcs_address"]
+            assert address.startswith("127.0.0.1:"), address
+            yield address
+        finally:
+            ray.shutdown()
+
+
+def _recipes(sample_copy) -> Path:  # noqa: ANN001
+    tab = sample_copy("tabular_mlp")
+    text = (tab / "recipe.toml").read_text()
+    text = text.replace('variants = ["fp32", "fp16", "dynamic-int8", "int8"]', 'variants = ["fp32", "dynamic-int8"]')
+    (tab / "recipe.toml").write_text(text.replace('variants = ["fp32", "fp16", "int8-weights"]', 'variants = ["fp16"]'))
+    cnn = sample_copy("digits_cnn")
+    text = (cnn / "recipe.toml").read_text()
+    text = text.replace('variants = ["fp32", "fp16", "dynamic-int8", "int8"]', 'variants = ["fp16"]')
+    (cnn / "recipe.toml").write_text(text.replace('variants = ["fp32", "fp16", "int8-weights"]', 'variants = ["fp32"]'))
+    ws = tab.parent / "fleet.toml"
+    ws.write_text('[workspace]\nrecipes = ["*/recipe.toml"]\n')
+    return ws
+
+
+def _fleet(ws: Path, out: Path, key: Path, *extra: str) -> dict:
+    env = {**os.environ, **LOOPBACK, "PYTHONPATH": str(ROOT), "SOURCE_DATE_EPOCH": "1234567890"}
+    args = [sys.executable, "-m", "mobex", "build", str(ws), "--out", str(out), "--key", str(key), "--no-cache"]
+    done = subprocess.run([*args, "--json", *extra], capture_output=True, text=True, env=env, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:] + "".join(
+        p.read_text()[-3000:] for p in (out / "logs").glob("*.log")
+    )
+    return json.loads(done.stdout)
+
+
+def _contents(out: Path) -> dict:
+    found = {}
+    for path in sorted(out.glob("*/*.zip")):
+        with zipfile.ZipFile(path) as zf:
+            found[path.name] = {i.filename: (zf.read(i), i.date_time) for i in zf.infolist() if i.filename != SIGNATURE}
+    return found
+
+
+def test_ray_fleet_gives_the_bundles_of_a_local_fleet(cluster: str, sample_copy, tmp_path: Path) -> None:  # noqa: ANN001
+    ws = _recipes(sample_copy)
+    key, _ = generate_keypair(tmp_path / "key.pem")
+    local = _fleet(ws, tmp_path / "local", key, "--workers", "2")
+    on_ray = _fleet(ws, tmp_path / "ray", key, "--workers", "2", "--executor", "ray", "--ray-address", cluster)
+    assert [r["exit_code"] for r in on_ray["recipes"]] == [0, 0] and local["exit_code"] == 0
+    a, b = _contents(tmp_path / "local"), _contents(tmp_path / "ray")
+    assert len(a) == 4 and sorted(a) == sorted(b)
+    for name in a:
+        assert a[name] == b[name], f"{name} differs between the local pool and Ray"
+    # The exports really ran on the cluster: Ray saw tasks of both kinds from both recipes' drivers.
+    from ray.util.state import list_tasks
+
+    names = [t.name for t in list_tasks(limit=1000, raise_on_missing_output=False)]
+    assert names.count("export_task") >= 4 and names.count("validation_task") >= 5, names
