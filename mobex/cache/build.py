@@ -70,16 +70,17 @@ class BuildCache:
         if not enabled:
             return cls(recipe, None, executor, off_reason="--no-cache")
         try:
-            cache = cls(recipe, CacheStore(), executor)
+            store = CacheStore()
+            cache = cls(recipe, store, executor)
             cache._common = {"schema": KEY_SCHEMA, "mobex": mobex_source_sha256(), "toolchain": _toolchain()}
             if recipe.prune is None:
                 weights = recipe.resolve(recipe.model.weights) if recipe.model.weights is not None else None
-                cache._model = model_source_material(recipe.base_dir, recipe.model.source, weights)
+                cache._model = model_source_material(recipe.base_dir, recipe.model.source, weights, store.file_sha256)
             cache._data = {
                 "example": arrays_sha256(validation.feed(0)),
                 "calibration": arrays_sha256(calibration.arrays, calibration.labels),
                 "validation": arrays_sha256(validation.arrays, validation.labels),
-                "files": _other_data_files(recipe),
+                "files": _other_data_files(recipe, store),
             }
         except (OSError, Unhashable) as exc:
             return cls(recipe, None, executor, off_reason=f"cannot key this build: {exc}")
@@ -317,7 +318,7 @@ def _merged(job: ExportJob, restored: dict, ran: TargetExport | None, restore_se
     return TargetExport(job.target, tuple(variants), failures, seconds, ran.log_tail if ran else "")
 
 
-def _other_data_files(recipe: Any) -> dict:
+def _other_data_files(recipe: Any, store: CacheStore) -> dict:
     """Content hashes of the data files the recipe names besides validation and calibration (read lazily by
     export workers: int8 training data, fine-tuning data), and the `[data]` options they are read with."""
     paths = {"training": recipe.data.training}
@@ -329,7 +330,7 @@ def _other_data_files(recipe: Any) -> dict:
     for role, rel in paths.items():
         if rel is not None:
             path = recipe.resolve(rel)
-            hashes[role] = tree_sha256(path) if path.exists() else "missing"
+            hashes[role] = tree_sha256(path, store.file_sha256) if path.exists() else "missing"
     return {"files": hashes, "read": recipe.data, "preprocessing": recipe.preprocessing.record()}
 
 

@@ -16,7 +16,7 @@ import enum
 import hashlib
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from importlib import metadata, util
 from pathlib import Path, PurePath
@@ -90,14 +90,14 @@ def mobex_source_sha256() -> str:
     return h.hexdigest()
 
 
-def tree_sha256(path: Path) -> str:
+def tree_sha256(path: Path, hash_file: Callable[[Path], str] = sha256_file) -> str:
     """Hex SHA-256 of a file's bytes, or of a folder's sorted (relative path, file hash) listing."""
     path = Path(path)
     if path.is_file():
-        return sha256_file(path)
+        return hash_file(path)
     h = hashlib.sha256()
     for file in sorted((p for p in path.rglob("*") if p.is_file()), key=lambda p: p.relative_to(path).as_posix()):
-        h.update(file.relative_to(path).as_posix().encode() + b"\0" + sha256_file(file).encode() + b"\n")
+        h.update(file.relative_to(path).as_posix().encode() + b"\0" + hash_file(file).encode() + b"\n")
     return h.hexdigest()
 
 
@@ -112,20 +112,22 @@ def arrays_sha256(arrays: dict[str, np.ndarray], labels: np.ndarray | None = Non
     return h.hexdigest()
 
 
-def model_source_material(base_dir: Path, source: str, weights: Path | None) -> dict[str, Any]:
+def model_source_material(
+    base_dir: Path, source: str, weights: Path | None, hash_file: Callable[[Path], str] = sha256_file
+) -> dict[str, Any]:
     """What the recipe's model is made of, by content: the .pt/.pt2 file, or the factory's module and every
     module of the recipe folder it imports (found by reading their `import` statements), the versions of the
-    installed packages they import, and the weights file."""
+    installed packages they import, and the weights file (large files hashed by `hash_file`)."""
     base_dir = Path(base_dir).resolve()
     material: dict[str, Any] = {"source": source}
     if source.endswith((".pt", ".pt2")):
-        material["file"] = sha256_file(base_dir / source)
+        material["file"] = hash_file(base_dir / source)
     else:
         files, external = _factory_files(base_dir, source.partition(":")[0])
         material["files"] = {p.relative_to(base_dir).as_posix(): sha256_file(p) for p in files}
         material["packages"] = _package_versions(external)
     if weights is not None:
-        material["weights"] = sha256_file(weights)
+        material["weights"] = hash_file(weights)
     return material
 
 

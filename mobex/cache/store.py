@@ -33,11 +33,14 @@ from pathlib import Path
 from typing import Any
 
 from mobex.errors import UsageError
+from mobex.files import sha256_file, write_atomic
 
 LAYOUT = "v1"
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 _KIND = re.compile(r"^[a-z][a-z0-9-]*$")
 _STALE_TMP_SECONDS = 24 * 3600
+_NOT_KINDS = ("tmp", "locks", "filehash")
+MEMO_MIN_BYTES = 1 << 20  # smaller files are hashed every time (faster than reading a memo is worth)
 DEFAULT_MAX_SIZE = "5GiB"  # automatic pruning after a build ($MOBEX_CACHE_MAX_SIZE; "0" or "none": off)
 
 
@@ -191,13 +194,38 @@ class CacheStore:
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
 
+    # -- file hashes -----------------------------------------------------------------------------
+
+    def file_sha256(self, path: Path) -> str:
+        """SHA-256 of a file's bytes, remembered for large files by (device, inode, size, mtime, ctime), as git's
+        index does: writing a file sets its ctime, and no utime call can set it back, so a file whose stamp is
+        unchanged has unchanged bytes."""
+        path = Path(path).resolve()
+        st = path.stat()
+        if st.st_size < MEMO_MIN_BYTES:
+            return sha256_file(path)
+        stamp = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+        memo = self.base / "filehash" / f"{hashlib.sha256(str(path).encode()).hexdigest()}.json"
+        try:
+            doc = json.loads(memo.read_text())
+            if doc["path"] == str(path) and doc["stamp"] == stamp and _KEY.match(doc["sha256"]):
+                return doc["sha256"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        sha = sha256_file(path)
+        try:
+            write_atomic(memo, json.dumps({"path": str(path), "stamp": stamp, "sha256": sha}).encode())
+        except OSError:
+            pass  # not remembered: hashed again next time
+        return sha
+
     # -- listing and pruning -------------------------------------------------------------------
 
     def entries(self) -> list[EntryInfo]:
         """Every entry of the build cache and every decoded-data file, oldest use first."""
         out = []
         if self.base.is_dir():
-            for kind_dir in sorted(p for p in self.base.iterdir() if p.is_dir() and p.name not in ("tmp", "locks")):
+            for kind_dir in sorted(p for p in self.base.iterdir() if p.is_dir() and p.name not in _NOT_KINDS):
                 for entry in kind_dir.glob("??/*"):
                     meta = entry / "meta.json"
                     if meta.is_file():

@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -18,11 +17,11 @@ from mobex.cache.store import CacheStore
 from mobex.executor import LocalExecutor
 from mobex.pipeline import BuildOptions, build
 from mobex.recipe import load_recipe
+from tests.bundle_contents import unsigned_contents
 from tests.conftest import SAMPLES
 
 pytestmark = pytest.mark.slow
 EPOCH = "1234567890"
-SIGNATURE = "signature.sigstore.json"
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -59,11 +58,7 @@ def _done(proc: subprocess.Popen) -> None:
 
 
 def _bundles(out: Path) -> dict[str, dict[str, tuple]]:
-    found = {}
-    for path in sorted(out.glob("*.zip")):
-        with zipfile.ZipFile(path) as zf:
-            found[path.name] = {i.filename: (zf.read(i), i.date_time, i.external_attr) for i in zf.infolist()}
-    return found
+    return unsigned_contents(out.glob("*.zip"))  # ECDSA signatures are randomized; everything signed is compared
 
 
 def _same_bundles(a: dict, b: dict) -> None:
@@ -71,8 +66,7 @@ def _same_bundles(a: dict, b: dict) -> None:
     for name in a:
         assert sorted(a[name]) == sorted(b[name])
         for entry in a[name]:
-            if entry != SIGNATURE:  # ECDSA signatures are randomized; everything signed is identical
-                assert a[name][entry] == b[name][entry], f"{name}: {entry} differs"
+            assert a[name][entry] == b[name][entry], f"{name}: {entry} differs"
 
 
 @pytest.fixture(scope="module")

@@ -194,3 +194,19 @@ def test_auto_prune_limit(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bad_entry_names_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         CacheStore(tmp_path).entry_path("export", "../../x")
+
+
+def test_large_file_hashes_are_remembered_until_the_file_changes(tmp_path: Path) -> None:
+    store = CacheStore(tmp_path / "cache")
+    data = tmp_path / "train.npz"
+    data.write_bytes(b"a" * (2 << 20))
+    first = store.file_sha256(data)
+    assert first == hashlib.sha256(data.read_bytes()).hexdigest()
+    assert len(list((tmp_path / "cache/builds/v1/filehash").glob("*.json"))) == 1
+    assert store.file_sha256(data) == first
+    st = data.stat()
+    time.sleep(0.05)  # file times tick at the kernel's clock granularity (a few ms)
+    data.write_bytes(b"b" * (2 << 20))  # same size, and the old modification time put back: the ctime moved on
+    os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert store.file_sha256(data) == hashlib.sha256(data.read_bytes()).hexdigest() != first
+    assert store.info()["entries"] == 0, "remembered hashes are not cache entries"

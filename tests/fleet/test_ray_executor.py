@@ -7,17 +7,16 @@ import json
 import os
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
 
 from mobex.bundle.keys import generate_keypair
+from tests.bundle_contents import unsigned_contents
 
 ray = pytest.importorskip("ray", reason="the optional 'ray' extra is not installed")
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
-SIGNATURE = "signature.sigstore.json"
 # Ray binds a single-node cluster (GCS, raylet, workers) to the loopback address with this switch off.
 LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
@@ -32,7 +31,7 @@ def cluster():  # noqa: ANN201
         try:
             address = context.address_info["gcs_address"]
             assert address.startswith("127.0.0.1:"), address
-            yield address
+            yield address, Path(context.address_info["session_dir"])
         finally:
             ray.shutdown()
 
@@ -62,25 +61,29 @@ def _fleet(ws: Path, out: Path, key: Path, *extra: str) -> dict:
 
 
 def _contents(out: Path) -> dict:
-    found = {}
-    for path in sorted(out.glob("*/*.zip")):
-        with zipfile.ZipFile(path) as zf:
-            found[path.name] = {i.filename: (zf.read(i), i.date_time) for i in zf.infolist() if i.filename != SIGNATURE}
-    return found
+    return unsigned_contents(out.glob("*/*.zip"))
 
 
-def test_ray_fleet_gives_the_bundles_of_a_local_fleet(cluster: str, sample_copy, tmp_path: Path) -> None:  # noqa: ANN001
+def _tasks_run(session: Path) -> list[str]:
+    """Names of the tasks the cluster's workers ran (Ray marks each task's start in its worker's log)."""
+    marks = []
+    for log in (session / "logs").glob("worker-*.out"):
+        marks += [line.split(":task_name:", 1)[1] for line in log.read_text().splitlines() if ":task_name:" in line]
+    return marks
+
+
+def test_ray_fleet_gives_the_bundles_of_a_local_fleet(cluster, sample_copy, tmp_path: Path) -> None:  # noqa: ANN001
+    address, session = cluster
     ws = _recipes(sample_copy)
     key, _ = generate_keypair(tmp_path / "key.pem")
     local = _fleet(ws, tmp_path / "local", key, "--workers", "2")
-    on_ray = _fleet(ws, tmp_path / "ray", key, "--workers", "2", "--executor", "ray", "--ray-address", cluster)
+    assert _tasks_run(session) == []
+    on_ray = _fleet(ws, tmp_path / "ray", key, "--workers", "2", "--executor", "ray", "--ray-address", address)
     assert [r["exit_code"] for r in on_ray["recipes"]] == [0, 0] and local["exit_code"] == 0
     a, b = _contents(tmp_path / "local"), _contents(tmp_path / "ray")
     assert len(a) == 4 and sorted(a) == sorted(b)
     for name in a:
         assert a[name] == b[name], f"{name} differs between the local pool and Ray"
-    # The exports really ran on the cluster: Ray saw tasks of both kinds from both recipes' drivers.
-    from ray.util.state import list_tasks
-
-    names = [t.name for t in list_tasks(limit=1000, raise_on_missing_output=False)]
-    assert names.count("export_task") >= 4 and names.count("validation_task") >= 5, names
+    # The work really ran on the cluster: 2 export jobs (tflite, coreml) and 3 + 2 validations.
+    names = _tasks_run(session)
+    assert names.count("export_task") == 4 and names.count("validation_task") == 5, names
