@@ -1,16 +1,18 @@
 """What the build cache saves: one recipe built without the cache, into an empty cache, and again from it.
 
-    python scripts/bench_cache.py [RECIPE] [--warm-runs 3] [--json OUT]
+    python scripts/bench_cache.py [RECIPE] [--uncached] [--cache-dir DIR] [--warm-runs 3] [--json OUT]
 
 RECIPE defaults to EfficientNet-Lite0 when its weights are there (sample_models/efficientnet_lite0/
-prepare.py), else tabular_mlp. Each build is `mobex build RECIPE` in a fresh output folder with a cache
-folder of this run's own and SOURCE_DATE_EPOCH fixed:
-- uncached: `--no-cache`;
-- cold: an empty cache (the same work, plus storing the entries);
+prepare.py), else tabular_mlp. Each build is `mobex build RECIPE` in a fresh output folder, with
+SOURCE_DATE_EPOCH fixed and the cache in DIR (default: a new folder of this run's own):
+- uncached (with --uncached): `--no-cache`;
+- cold: into the empty cache (the work of an uncached build, plus storing the entries); skipped when DIR
+  already holds entries (filled by an earlier run: to time warm builds on a quieter machine);
 - warm: the unchanged recipe again (median of --warm-runs builds), with where its wall time goes:
   interpreter start and `import mobex.cli` (timed alone), then report.json's stage timings.
-It checks that the warm build's bundles are byte-identical to the uncached build's (signatures aside)
-and that no torch, litert or coremltools module was imported by the warm build (`python -X importtime`).
+It checks that the warm build's bundles are byte-identical (signatures aside) to those of the uncached or
+cold build of this run, and that the warm build imported no torch, litert or coremltools module
+(`python -X importtime`).
 """
 
 from __future__ import annotations
@@ -71,25 +73,30 @@ def main() -> None:
     if not (default.parent / "weights.safetensors").exists():
         default = ROOT / "sample_models/tabular_mlp/recipe.toml"
     parser.add_argument("recipe", type=Path, nargs="?", default=default)
+    parser.add_argument("--uncached", action="store_true", help="also time a --no-cache build")
+    parser.add_argument("--cache-dir", type=Path, help="the cache folder (default: a new one)")
     parser.add_argument("--warm-runs", type=int, default=3)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-cache-"))
+    cache = args.cache_dir or work / "cache"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SOURCE_DATE_EPOCH": "1700000000"}
-    env.update(MOBEX_CACHE_DIR=str(work / "cache"), MOBEX_CONFIG_DIR=str(work / "config"))
-    uncached = build(args.recipe, work / "uncached", env, "--no-cache")
-    cold = build(args.recipe, work / "cold", env)
+    env.update(MOBEX_CACHE_DIR=str(cache), MOBEX_CONFIG_DIR=str(work / "config"))
+    uncached = build(args.recipe, work / "uncached", env, "--no-cache") if args.uncached else None
+    filled = (cache / "builds").is_dir() and any((cache / "builds").rglob("meta.json"))
+    cold = None if filled else build(args.recipe, work / "cold", env)
     warm = [build(args.recipe, work / f"warm{i}", env) for i in range(args.warm_runs)]
     median = sorted(warm, key=lambda w: w[0])[len(warm) // 2]
+    fresh = work / ("uncached" if uncached else "cold")
     rows = {
         "recipe": str(args.recipe.relative_to(ROOT) if args.recipe.is_relative_to(ROOT) else args.recipe),
-        "uncached_s": round(uncached[0], 1),
-        "cold_s": round(cold[0], 1),
+        "uncached_s": round(uncached[0], 1) if uncached else None,
+        "cold_s": round(cold[0], 1) if cold else None,
         "warm_s": [round(w[0], 2) for w in warm],
         "startup_s": round(startup(env), 2),
         "warm_timings": median[1]["timings"],
         "warm_heavy_imports": imported_heavy(median[2]),
-        "identical": bool(bundles(work / "uncached")) and bundles(work / "uncached") == bundles(work / "warm0"),
+        "identical": (bool(bundles(fresh)) and bundles(fresh) == bundles(work / "warm0")) if fresh.is_dir() else None,
         "cache": {v["id"]: v["cache"] for v in median[1]["variants"]},
     }
     print_tables(rows, median[0])
@@ -100,8 +107,10 @@ def main() -> None:
 def print_tables(r: dict, warm: float) -> None:
     print(f"\n{r['recipe']}\n")
     print("| build | wall s |\n|---|---:|")
-    print(f"| uncached (`--no-cache`) | {r['uncached_s']:.1f} |")
-    print(f"| cold (empty cache: build and store) | {r['cold_s']:.1f} |")
+    if r["uncached_s"] is not None:
+        print(f"| uncached (`--no-cache`) | {r['uncached_s']:.1f} |")
+    if r["cold_s"] is not None:
+        print(f"| cold (empty cache: build and store) | {r['cold_s']:.1f} |")
     print(f"| warm (unchanged recipe; median of {len(r['warm_s'])}: {r['warm_s']}) | {warm:.2f} |")
     print(f"\nwarm build, where the {warm:.2f} s go:\n\n| part | s |\n|---|---:|")
     print(f"| interpreter start + `import mobex.cli` | {r['startup_s']:.2f} |")
@@ -112,7 +121,8 @@ def print_tables(r: dict, warm: float) -> None:
     rest = warm - r["startup_s"] - timings.get("total", 0.0)
     print(f"| the rest (recipe parsing, reports moved, exit) | {rest:.2f} |")
     print(f"\nheavy modules imported by the warm build: {', '.join(r['warm_heavy_imports']) or 'none'}")
-    print(f"bundles byte-identical to the uncached build (signatures aside): {'yes' if r['identical'] else 'NO'}")
+    same = {True: "yes", False: "NO", None: "not checked (no uncached or cold build in this run)"}[r["identical"]]
+    print(f"bundles byte-identical to this run's uncached or cold build (signatures aside): {same}")
     hits = sum(1 for c in r["cache"].values() if c and c.get("export") == "hit" and c.get("validation") == "hit")
     print(f"variants from the cache: {hits}/{len(r['cache'])}")
 

@@ -160,8 +160,11 @@ class BuildCache:
             options = plugins.target(target).options(self.recipe)
             job = ExportJob(target, (), "", "", self.recipe.model.name, names, options)
             names_of = {r.name for r in self.recipe.requests() if r.target == target}
-            if all(self._has("export", self._export_key(job, n)) for n in names_of):
-                out.add(target)
+            try:
+                if all(self._has("export", self._export_key(job, n)) for n in names_of):
+                    out.add(target)
+            except Unhashable:
+                continue
         return out
 
     def _has(self, kind: str, key: str) -> bool:
@@ -188,7 +191,7 @@ class BuildCache:
         if pruned is not None:
             self._reference_id = "pruned:" + tree_sha256(Path(pruned))
         restored: dict[tuple[str, str], Any] = {}
-        keys: dict[tuple[str, str], str] = {}
+        keys: dict[tuple[str, str], str | None] = {}
         todo: list[ExportJob] = []
         seconds: dict[str, float] = {}
         for job in jobs:
@@ -197,8 +200,7 @@ class BuildCache:
             for request in job.requests:
                 k = (job.target, request.name)
                 if k not in keys:
-                    keys[k] = self._export_key(job, request.name)
-                    restored[k] = self._restore_export(keys[k], job, request)
+                    keys[k], restored[k] = self._lookup_export(job, request)
                 if restored[k] is None:
                     misses.append(request)
             seconds[job.target] = time.perf_counter() - start
@@ -209,11 +211,20 @@ class BuildCache:
         for export in ran.values():
             for built in export.variants:
                 k = (export.target, built.request.name)
-                if k not in stored:  # a variant two platforms share is stored once
+                if k not in stored and keys[k] is not None:  # a variant two platforms share is stored once
                     stored.add(k)
                     self._exports[k].update(self._store_export(keys[k], built.artifact))
         self._prune_if_large()
         return [_merged(job, restored, ran.get(job.target), seconds[job.target]) for job in jobs]
+
+    def _lookup_export(self, job: ExportJob, request: VariantRequest) -> tuple[str | None, Any]:
+        """(key, restored variant or None); no key when the target's options have no canonical form."""
+        try:
+            key = self._export_key(job, request.name)
+        except Unhashable as exc:
+            self._exports[(job.target, request.name)] = {"export": "off", "note": f"not cached: {exc}"}
+            return None, None
+        return key, self._restore_export(key, job, request)
 
     def _restore_export(self, key: str, job: ExportJob, request: VariantRequest) -> Any:
         dest = Path(job.workdir) / "cached" / job.target / request.name
@@ -268,7 +279,10 @@ class BuildCache:
         todo: list[tuple[int, str | None]] = []
         for i, task in enumerate(tasks):
             status = dict(self._exports.get((task.built.request.target, task.built.request.name), {"export": "off"}))
-            key = self._validation_key(task, plan) if self.store is not None else None
+            try:
+                key = self._validation_key(task, plan) if self.store is not None else None
+            except Unhashable:
+                key = None
             found = self.store.get("validation", key) if key is not None else None
             if found is not None:
                 result = records.result_from_json(found[0], task.built)
