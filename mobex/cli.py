@@ -68,32 +68,26 @@ def build(
     from mobex.logs import quiet_third_party_logs
 
     quiet_third_party_logs()
+    from mobex.bundle.keys import load_private_key
     from mobex.cli_fleet import fleet_build, single_recipe
 
+    if key is not None:
+        load_private_key(key)  # fail on a bad key before minutes of work
+    epoch_text = os.environ.get("SOURCE_DATE_EPOCH")
+    epoch = int(epoch_text) if epoch_text else None
     recipe = single_recipe(recipes)
     if recipe is None:  # several recipes, or a workspace file: mobex.fleet
-        fleet_build(recipes, out, key, jobs, workers, executor, ray_address, not no_cache, as_json)
+        fleet_build(recipes, out, key, jobs, workers, executor, ray_address, not no_cache, epoch, as_json)
         return
-    from mobex.bundle.keys import load_private_key
+    from mobex.fleet.run import make_executor
     from mobex.pipeline import BuildOptions
     from mobex.pipeline import build as run_build
     from mobex.recipe import load_recipe
 
     console = _console()
     parsed = load_recipe(recipe)
-    if key is not None:
-        load_private_key(key)  # fail on a bad key before minutes of work
-    epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    from mobex.fleet.run import make_executor
-
-    options = BuildOptions(
-        out_dir=out,
-        key=key,
-        jobs=jobs,
-        source_date_epoch=int(epoch) if epoch else None,
-        cache=not no_cache,
-        executor=make_executor(executor, ray_address),
-    )
+    executor_object = make_executor(executor, ray_address)
+    options = BuildOptions(out, key, jobs, epoch, cache=not no_cache, executor=executor_object)
     with console.status("starting") as status:
         try:
             result = run_build(parsed, options, on_stage=lambda name: status.update(f"[bold]{name}[/bold]…"))

@@ -7,7 +7,6 @@ module prints the one summary table (or `--json`) and exits with the fleet's exi
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -32,29 +31,17 @@ def fleet_build(
     executor: str,
     ray_address: str | None,
     cache: bool,
+    source_date_epoch: int | None,
     as_json: bool,
 ) -> None:
     """Build every recipe, print the summary, exit with the worst recipe's exit code."""
     from rich.console import Console
 
-    from mobex.bundle.keys import load_private_key
     from mobex.fleet.run import FleetOptions, build_fleet
     from mobex.fleet.workspace import expand
 
     recipes = expand(paths)
-    if key is not None:
-        load_private_key(key)  # fail on a bad key before minutes of work
-    epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    options = FleetOptions(
-        out_dir=out,
-        key=key,
-        jobs=jobs,
-        workers=workers,
-        executor=executor,
-        ray_address=ray_address,
-        cache=cache,
-        source_date_epoch=int(epoch) if epoch else None,
-    )
+    options = FleetOptions(out, key, jobs, workers, executor, ray_address, cache, source_date_epoch)
     console = Console(stderr=True)
     with console.status(f"building {len(recipes)} recipes, {workers} at a time ({executor})"):
         result = build_fleet(recipes, options)

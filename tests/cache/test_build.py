@@ -18,7 +18,7 @@ from mobex.executor import LocalExecutor
 from mobex.pipeline import BuildOptions, build
 from mobex.recipe import load_recipe
 from tests.bundle_contents import unsigned_contents
-from tests.conftest import SAMPLES
+from tests.sample_recipes import reduced_sample
 
 pytestmark = pytest.mark.slow
 EPOCH = "1234567890"
@@ -75,12 +75,7 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from mobex.bundle.keys import generate_keypair
 
     tmp = tmp_path_factory.mktemp("cachebuild")
-    folder = tmp / "tabular_mlp"
-    shutil.copytree(SAMPLES / "tabular_mlp", folder)
-    recipe = folder / "recipe.toml"
-    text = recipe.read_text()
-    text = text.replace('variants = ["fp32", "fp16", "dynamic-int8", "int8"]', 'variants = ["fp32", "dynamic-int8"]')
-    recipe.write_text(text.replace('variants = ["fp32", "fp16", "int8-weights"]', 'variants = ["fp16"]'))
+    recipe = reduced_sample("tabular_mlp", tmp, android=["fp32", "dynamic-int8"], ios=["fp16"])
     key, _ = generate_keypair(tmp / "key.pem")
     cache = tmp / "cache"
     _done(_cli(str(recipe), "--out", str(tmp / "uncached"), "--no-cache", cache=cache, key=key))

@@ -13,6 +13,7 @@ import pytest
 
 from mobex.bundle.keys import generate_keypair
 from tests.bundle_contents import unsigned_contents
+from tests.sample_recipes import reduced_sample
 
 ray = pytest.importorskip("ray", reason="the optional 'ray' extra is not installed")
 pytestmark = pytest.mark.slow
@@ -36,16 +37,10 @@ def cluster():  # noqa: ANN201
             ray.shutdown()
 
 
-def _recipes(sample_copy) -> Path:  # noqa: ANN001
-    tab = sample_copy("tabular_mlp")
-    text = (tab / "recipe.toml").read_text()
-    text = text.replace('variants = ["fp32", "fp16", "dynamic-int8", "int8"]', 'variants = ["fp32", "dynamic-int8"]')
-    (tab / "recipe.toml").write_text(text.replace('variants = ["fp32", "fp16", "int8-weights"]', 'variants = ["fp16"]'))
-    cnn = sample_copy("digits_cnn")
-    text = (cnn / "recipe.toml").read_text()
-    text = text.replace('variants = ["fp32", "fp16", "dynamic-int8", "int8"]', 'variants = ["fp16"]')
-    (cnn / "recipe.toml").write_text(text.replace('variants = ["fp32", "fp16", "int8-weights"]', 'variants = ["fp32"]'))
-    ws = tab.parent / "fleet.toml"
+def _recipes(folder: Path) -> Path:
+    reduced_sample("tabular_mlp", folder, android=["fp32", "dynamic-int8"], ios=["fp16"])
+    reduced_sample("digits_cnn", folder, android=["fp16"], ios=["fp32"])
+    ws = folder / "fleet.toml"
     ws.write_text('[workspace]\nrecipes = ["*/recipe.toml"]\n')
     return ws
 
@@ -72,9 +67,9 @@ def _tasks_run(session: Path) -> list[str]:
     return marks
 
 
-def test_ray_fleet_gives_the_bundles_of_a_local_fleet(cluster, sample_copy, tmp_path: Path) -> None:  # noqa: ANN001
+def test_ray_fleet_gives_the_bundles_of_a_local_fleet(cluster, tmp_path: Path) -> None:  # noqa: ANN001
     address, session = cluster
-    ws = _recipes(sample_copy)
+    ws = _recipes(tmp_path / "recipes")
     key, _ = generate_keypair(tmp_path / "key.pem")
     local = _fleet(ws, tmp_path / "local", key, "--workers", "2")
     assert _tasks_run(session) == []

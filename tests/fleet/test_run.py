@@ -17,6 +17,7 @@ from mobex.errors import UsageError
 from mobex.fleet.junit import combined_junit
 from mobex.fleet.run import FleetOptions, RecipeOutcome, build_fleet, worst_exit_code
 from mobex.validate.report import render_junit
+from tests.sample_recipes import reduced_sample
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,19 +58,15 @@ def test_combined_junit_names_each_recipe_and_reports_builds_that_wrote_no_repor
     assert error.get("message") == "[data].validation: NaN" and error.get("type") == "exit 2"
 
 
-def _two_recipes(sample_copy, tmp_path: Path) -> tuple[Path, Path]:  # noqa: ANN001
-    good = sample_copy("tabular_mlp")
-    text = (good / "recipe.toml").read_text()
-    text = text.replace('variants = ["fp32", "fp16", "dynamic-int8", "int8"]', 'variants = ["fp32"]')
-    text = text.replace('variants = ["fp32", "fp16", "int8-weights"]', 'variants = ["fp16"]')
-    (good / "recipe.toml").write_text(text)
+def _two_recipes(tmp_path: Path) -> tuple[Path, Path]:
+    good = reduced_sample("tabular_mlp", tmp_path, android=["fp32"], ios=["fp16"])
     bad = tmp_path / "broken"
-    shutil.copytree(good, bad)
-    (bad / "recipe.toml").write_text(text.replace('name = "tabular-mlp"', 'name = "broken-mlp"'))
-    val = dict(np.load(good / "data" / "val.npz"))
+    shutil.copytree(good.parent, bad)
+    (bad / "recipe.toml").write_text(good.read_text().replace('name = "tabular-mlp"', 'name = "broken-mlp"'))
+    val = dict(np.load(good.parent / "data" / "val.npz"))
     val["features"][3, 2] = np.nan
     np.savez(bad / "data" / "val.npz", **val)
-    return good / "recipe.toml", bad / "recipe.toml"
+    return good, bad / "recipe.toml"
 
 
 def test_recipes_with_one_model_name_are_refused_before_any_build(tmp_path: Path, sample_copy) -> None:  # noqa: ANN001
@@ -82,8 +79,8 @@ def test_recipes_with_one_model_name_are_refused_before_any_build(tmp_path: Path
 
 
 @pytest.mark.slow
-def test_fleet_build_on_the_process_pool(sample_copy, tmp_path: Path) -> None:  # noqa: ANN001
-    good, bad = _two_recipes(sample_copy, tmp_path)
+def test_fleet_build_on_the_process_pool(tmp_path: Path) -> None:
+    good, bad = _two_recipes(tmp_path)
     ws = tmp_path / "fleet.toml"
     ws.write_text(f'[workspace]\nrecipes = ["{good.relative_to(tmp_path)}", "{bad.relative_to(tmp_path)}"]\n')
     out = tmp_path / "out"
