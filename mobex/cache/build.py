@@ -71,6 +71,7 @@ class BuildCache:
             return cls(recipe, None, executor, off_reason="--no-cache")
         try:
             store = CacheStore()
+            store.base.mkdir(parents=True, exist_ok=True)  # an unwritable cache folder turns the cache off
             cache = cls(recipe, store, executor)
             cache._common = {"schema": KEY_SCHEMA, "mobex": mobex_source_sha256(), "toolchain": _toolchain()}
             if recipe.prune is None:
@@ -83,8 +84,14 @@ class BuildCache:
                 "files": _other_data_files(recipe, store),
             }
         except (OSError, Unhashable) as exc:
-            return cls(recipe, None, executor, off_reason=f"cannot key this build: {exc}")
+            log.warning("build cache off for this build: %s: %s", type(exc).__name__, exc)
+            return cls(recipe, None, executor, off_reason=f"cache off: {type(exc).__name__}: {exc}")
         return cache
+
+    def _off(self) -> dict:
+        """A variant's status when the cache is off (with why, unless it was asked for with --no-cache)."""
+        note = {"note": self.off_reason} if self.off_reason and self.off_reason != "--no-cache" else {}
+        return {"export": "off", **note}
 
     def _key(self, kind: str, material: dict) -> str:
         return digest({"kind": kind, **self._common, **material}, self.recipe.base_dir)
@@ -124,8 +131,11 @@ class BuildCache:
             payload, files = found
             return replace(records.reference_from_json(payload, files[records.OUTPUTS_FILE]), cache="hit")
         result = compute()
-        payload, outputs = records.reference_to_json(result)
-        self.store.put("reference", key, payload, {records.OUTPUTS_FILE: outputs})
+        try:
+            payload, outputs = records.reference_to_json(result)
+            self.store.put("reference", key, payload, {records.OUTPUTS_FILE: outputs})
+        except (OSError, TypeError, ValueError) as exc:
+            _not_stored(exc)
         return replace(result, cache="miss")
 
     # -- exports -------------------------------------------------------------------------------
@@ -185,7 +195,7 @@ class BuildCache:
         """Every job's result: variants with an intact entry restored from the cache, the rest built (by the
         executor: no worker process starts when everything is cached) and stored."""
         if self.store is None:
-            self._exports = {(j.target, r.name): {"export": "off"} for j in jobs for r in j.requests}
+            self._exports = {(j.target, r.name): self._off() for j in jobs for r in j.requests}
             return self.executor.run_exports(jobs, parallel)
         pruned = next((j.pruned_path for j in jobs if j.pruned_path), None)
         if pruned is not None:
