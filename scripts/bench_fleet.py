@@ -91,11 +91,11 @@ def main() -> None:
 
 
 def ray_rows(paths: list[Path], work: Path, env: dict, sizes: list[int]) -> list[dict]:
+    os.environ.update(LOOPBACK)  # read when ray is imported (here, and by the cluster's processes)
     import ray
 
     rows = []
     for cpus in sizes:
-        os.environ.update(LOOPBACK)
         context = ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
         try:
             address = context.address_info["gcs_address"]

@@ -27,7 +27,8 @@ def cluster():  # noqa: ANN201
     """A Ray cluster of this test process only (2 CPUs, no dashboard), shut down afterwards."""
     with pytest.MonkeyPatch.context() as mp:
         for k, v in LOOPBACK.items():
-            mp.setenv(k, v)
+            mp.setenv(k, v)  # for the cluster's processes (they read it when they import ray)
+        mp.setattr(ray._private.ray_constants, "ENABLE_RAY_CLUSTER", False)  # this process imported ray already
         context = ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
             address = context.address_info["gcs_address"]
