@@ -143,7 +143,7 @@ class CacheStore:
                     got = (hashlib.sha256(data).hexdigest(), len(data))
                     out[rel] = data
                 else:
-                    got = _copy_hashing(source, restore_to / rel)
+                    got = _restore_hashing(source, restore_to / rel)
             except OSError as exc:
                 raise _Corrupt(f"{rel}: {exc.strerror or exc}") from None
             if got != (want["sha256"], want["size"]):
@@ -315,6 +315,24 @@ def _copy_hashing(source: Path, dest: Path) -> tuple[str, int]:
         for chunk in iter(lambda: src.read(1 << 20), b""):
             h.update(chunk)
             out.write(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def _restore_hashing(source: Path, dest: Path) -> tuple[str, int]:
+    """Put an entry's file at `dest` and return the SHA-256 and size of its bytes: a hard link when the cache
+    and `dest` share a filesystem (no bytes written; both names stay valid if the other is removed, and
+    nothing writes to a restored model in place), else a copy."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, dest)
+    except OSError:
+        return _copy_hashing(source, dest)
+    h = hashlib.sha256()
+    size = 0
+    with dest.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
             size += len(chunk)
     return h.hexdigest(), size
 

@@ -11,8 +11,9 @@ model code, weights and data files) must be at the same path on every node: one 
 filesystem. Every node needs the same mobex and toolchain (the tasks get the driver's PYTHONPATH).
 
 Results are the same as a local build's (byte-identical bundles): the same job runs the same code. The
-int8 fallback search still runs inside its export task (its candidates are sequential steps of one
-bisection, and each needs the in-memory quantizer state of that task).
+int8 fallback search still runs inside its export task, not as Ray tasks of its own: its growth and
+bisection steps depend on each other, and its sensitivity pass (one independent candidate per op)
+would need the quantizer's in-memory state shipped to each task, which is not done yet.
 """
 
 from __future__ import annotations
