@@ -71,7 +71,11 @@ def run_export(job: ExportJob) -> TargetExport:
         if isinstance(made, str):
             failures.append(ExportFailure(request, made))
         else:
-            variants.append(BuiltVariant(request, replace(made.artifact, platform=request.platform)))
+            extras = made.artifact.manifest_extras
+            if extras is None:  # read here, where the converter is loaded (bundling a cached variant needs none)
+                extras = target.manifest_extras(made.artifact.path)
+            artifact = replace(made.artifact, platform=request.platform, manifest_extras=extras)
+            variants.append(BuiltVariant(request, artifact))
     return TargetExport(job.target, tuple(variants), tuple(failures), time.perf_counter() - start)
 
 

@@ -65,6 +65,8 @@ def build_report(r: ReportInputs) -> dict:
         "latency": reference.latency,
         "latency_by_threads": reference.latency_by_threads,
     }
+    if reference.cache is not None:
+        reference_entry["cache"] = reference.cache
     if r.pruning is not None:
         reference_entry["model"] = "pruned"  # variants are compared with the pruned float model
         if r.training is not None:
@@ -161,7 +163,7 @@ def render_junit(report: dict) -> bytes:
 # Fields that change from run to run (wall times, latency measurements, absolute paths of this
 # machine). The copy of the report inside a bundle leaves them out, so that two builds of the
 # same recipe with the same SOURCE_DATE_EPOCH give byte-identical bundles (signature aside).
-_VOLATILE_VARIANT_KEYS = ("latency", "latency_by_threads", "export_seconds", "validate_seconds")
+_VOLATILE_VARIANT_KEYS = ("latency", "latency_by_threads", "export_seconds", "validate_seconds", "cache")
 
 
 # Measured (not decided) parts of a variant's quantization_details: latencies, wall times.

@@ -87,6 +87,8 @@ class VariantResult:
     delegation: dict | None = None
     # Per input/output what the original model takes or returns (torch dtype, checked integer range).
     io_contract: dict | None = None
+    # Whether its export and validation came from the build cache (mobex.cache; docs/report-schema.md).
+    cache: dict | None = None
 
     @property
     def id(self) -> str:
@@ -127,6 +129,7 @@ class VariantResult:
             "quantization_details": self.quantization_details,
             "gates_not_applied": list(self.gates_not_applied),
             "delegation": self.delegation,
+            "cache": self.cache,
         }
 
     def io_dicts(self) -> tuple[list[dict], list[dict]]:
@@ -176,6 +179,7 @@ class ReferenceResult:
     latency_by_threads: list[dict]
     input_stats: dict | None = None  # reference statistics of the validation inputs (drift asset)
     step_outputs: list[np.ndarray] | None = None  # streaming: [S, T, ...] per output, on the model's own states
+    cache: str | None = None  # "hit" when read from the build cache (mobex.cache), "miss", "off"; None: not asked
 
 
 def run_reference(model, recipe: Recipe, data: Dataset) -> ReferenceResult:  # noqa: ANN001 - torch module
