@@ -512,11 +512,12 @@ class Recipe(_Strict):
         if self.ios is not None and (self.ios.detection_layout == "vision" or self.ios.nms):
             if task != "detection":
                 raise ValueError(
-                    f'[ios] detection_layout = "vision" and nms = true are for task = "detection", but the task is {task!r}'
+                    '[ios] detection_layout = "vision" and nms = true are for task = "detection", '
+                    f"but the task is {task!r}"
                 )
             if self.ios.nms and self.ios.detection_layout == "raw":
                 raise ValueError(
-                    '[ios] nms = true needs the Vision layout (the NMS model reads confidence and coordinates): '
+                    "[ios] nms = true needs the Vision layout (the NMS model reads confidence and coordinates): "
                     'drop detection_layout = "raw" or set nms = false'
                 )
         if self.model.class_output is not None and task != "classification":

@@ -381,3 +381,10 @@ def nms_layout(program: Path) -> DetectionLayout | None:
     spec = ct.utils.load_spec(str(program))
     layout = read_layout(spec) if spec.WhichOneof("Type") == "mlProgram" else None
     return layout if layout is not None and layout.nms is not None else None
+
+
+def has_detection_layout(package: Path) -> bool:
+    """Whether a saved package has the Vision detection layout (a `mobex.detection` record)."""
+    import coremltools as ct
+
+    return read_layout(ct.utils.load_spec(str(package))) is not None

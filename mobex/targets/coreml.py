@@ -40,7 +40,13 @@ INFO = TargetInfo(
     file_format="mlpackage",
     title="Core ML",
     variant_hint=(
-        "fp32", "fp16", "int8-weights", "int4-weights", "w8a8", "palettize-<2|4|6|8>bit", "palettize-4bit-grouped",
+        "fp32",
+        "fp16",
+        "int8-weights",
+        "int4-weights",
+        "w8a8",
+        "palettize-<2|4|6|8>bit",
+        "palettize-4bit-grouped",
         "sparse-<1..99>",
     ),
     takes_torchscript=True,
@@ -113,9 +119,9 @@ class CoremlSession:
         weights' rounding and corrects the biases (mobex.quantize.coreml.gptq), besides calibrating w8a8."""
         from mobex.quantize.coreml.compress import DEFAULT_WEIGHT_THRESHOLD, W8A8_MAX_SAMPLES, compress_coreml
 
-        program = out.with_name(out.stem + "-program.mlpackage") if self.base("fp16").path.stem.endswith(
-            "-program"
-        ) else out
+        program = (
+            out.with_name(out.stem + "-program.mlpackage") if self.base("fp16").path.stem.endswith("-program") else out
+        )
         made = compress_coreml(
             self.base("fp16"),
             name,
@@ -282,8 +288,11 @@ class CoremlTarget:
         # A detector with the NMS pipeline ships `<stem>-<variant>.mlpackage` as a pipeline of the ML program
         # converted (and compressed) under `...-program.mlpackage` (CoremlSession.ship).
         meta = options.metadata
-        wraps = meta is not None and meta.task == "detection" and meta.detection is not None and (
-            meta.detection.nms is not False and meta.detection.layout != "raw"
+        wraps = (
+            meta is not None
+            and meta.task == "detection"
+            and meta.detection is not None
+            and (meta.detection.nms is not False and meta.detection.layout != "raw")
         )
         suffix = "-program" if wraps else ""
 
@@ -302,9 +311,11 @@ class CoremlTarget:
         return CoremlSession(options, calibration, convert)
 
     def runner(self, path: Path, options: CoremlOptions | None, num_threads: int = 1) -> RunnerInfo:
+        from mobex.converters.coreml_detection import has_detection_layout
         from mobex.targets.base import NotRunnable, RunnerInfo
 
-        if host_platform.system() == "Darwin":
+        vision = has_detection_layout(path)
+        if host_platform.system() == "Darwin" and not vision:
             from mobex.runtime.coreml_runtime import CoreMLRuntimeRunner
 
             units = (options or CoremlOptions()).compute_units
@@ -315,10 +326,28 @@ class CoremlTarget:
         unsupported = runner.unsupported_ops()
         if unsupported:
             raise NotRunnable(f"unsupported op {', '.join(unsupported)}", "mil-reference")
+        view, notes = None, ()
+        if runner.detection is not None:
+            from mobex.metrics.vision_detection import VisionDetectionView
+
+            nms = runner.detection.nms
+            view = VisionDetectionView(runner.detection.layout, nms.record() if nms is not None else None)
+            notes = (
+                "Vision detection layout validated in the MIL reference interpreter"
+                + (" and mobex's numpy NMS stage (the NonMaximumSuppression spec as mobex reads it)" if nms else "")
+                + ": Core ML's own predict and Vision do not run here"
+                + (
+                    " (on macOS the Core ML runtime runner does not map this layout yet, so the interpreter runs it)"
+                    if host_platform.system() == "Darwin"
+                    else ""
+                ),
+            )
         return RunnerInfo(
             runner,
             "mil-reference",
+            notes=notes,
             latency_note="latency not measured: the MIL reference interpreter is not the Core ML runtime",
+            view=view,
         )
 
     def latency_runner(self, path: Path, options: CoremlOptions | None) -> Any:
