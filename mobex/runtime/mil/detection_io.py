@@ -162,6 +162,8 @@ class DetectionIO:
                 )
         if raw is None and nms is None:
             return None
+        if nms is None and [o.name for o in program_spec.description.output] != [CONFIDENCE, COORDINATES]:
+            return None  # a copy of the program with more outputs (gptq's probe): plain outputs
         return cls(json.loads(raw) if raw else {}, nms)
 
     @property
