@@ -257,7 +257,8 @@ iou_threshold = 0.4
         ios='["fp16"]' if not vision else '["fp16", "int8-weights"]',
     )
     if vision:
-        text = text.replace('variants = ["fp16", "int8-weights"]\n', 'variants = ["fp16", "int8-weights"]\n' + vision + "\n")
+        ios_line = 'variants = ["fp16", "int8-weights"]\n'
+        text = text.replace(ios_line, ios_line + vision + "\n")
     return _written(folder, text)
 
 
