@@ -289,6 +289,13 @@ def save_package(mlmodel: Any, out_path: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def wrap_nms(program: Path, out_path: Path, layout: Any) -> None:
+    """Write `out_path`: the NMS pipeline of a Vision-layout ML program (coreml_detection.nms_pipeline)."""
+    from mobex.converters.coreml_detection import nms_pipeline
+
+    save_package(nms_pipeline(Path(program), layout), out_path)
+
+
 def make_reproducible(package: Path) -> None:
     """Drop the ExecuTorch debug map and give Manifest.json item ids derived from the package content.
 

@@ -252,15 +252,14 @@ def vision_module(model: Any, layout: DetectionLayout, output_names: list[str]) 
 # --------------------------------------------------------------------------- the NMS pipeline
 
 
-def wrap_nms(program: Path, out_path: Path, layout: DetectionLayout) -> None:
-    """Write `out_path`: a pipeline of the ML program at `program` (Vision layout) and a NonMaximumSuppression
-    model, with the program's metadata, its image input, and the optional threshold inputs."""
+def nms_pipeline(program: Path, layout: DetectionLayout) -> Any:
+    """A pipeline (MLModel, not loaded) of the ML program at `program` (Vision layout) and a NonMaximumSuppression
+    model, with the program's metadata, its image input, and the optional threshold inputs; save it with
+    mobex.converters.coreml.save_package (`wrap_nms`)."""
     import coremltools as ct
     from coremltools.models import datatypes
     from coremltools.models.pipeline import Pipeline
     from coremltools.proto import Model_pb2
-
-    from mobex.converters.coreml import save_package
 
     assert layout.nms is not None
     params = layout.nms
@@ -322,8 +321,7 @@ def wrap_nms(program: Path, out_path: Path, layout: DetectionLayout) -> None:
     for name, default in ((IOU_INPUT, params.iou_threshold), (CONFIDENCE_INPUT, params.confidence_threshold)):
         feature = next(f for f in root.description.input if f.name == name)
         feature.shortDescription = f"(optional) overrides the {name} of the NMS stage (default {default:g})"
-    model = ct.models.MLModel(root, weights_dir=stage.weights_dir, skip_model_load=True)
-    save_package(model, out_path)
+    return ct.models.MLModel(root, weights_dir=stage.weights_dir, skip_model_load=True)
 
 
 def _anchors(spec: Any) -> int:

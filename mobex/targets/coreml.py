@@ -87,7 +87,8 @@ class CoremlSession:
     def ship(self, program: ExportedVariant, out: Path) -> ExportedVariant:
         """The variant as shipped: the ML program itself, or (an NMS detection layout) the pipeline of it and a
         NonMaximumSuppression model, written to `out` (mobex.converters.coreml_detection)."""
-        from mobex.converters.coreml_detection import nms_layout, wrap_nms
+        from mobex.converters.coreml import wrap_nms
+        from mobex.converters.coreml_detection import nms_layout
 
         layout = nms_layout(program.path)
         if layout is None:

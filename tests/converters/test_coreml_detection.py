@@ -115,8 +115,8 @@ def test_pixel_boxes_without_an_image_input_are_refused_when_the_vision_layout_i
 def pipeline(tmp_path_factory: pytest.TempPathFactory):
     """The squares detector (random weights, softmax over background + 2 classes) converted with an image input
     and wrapped in the NMS pipeline, as `mobex build` does."""
-    from mobex.converters.coreml import CoreMLMetadata, convert_coreml
-    from mobex.converters.coreml_detection import DetectionOptions, nms_layout, wrap_nms
+    from mobex.converters.coreml import CoreMLMetadata, convert_coreml, wrap_nms
+    from mobex.converters.coreml_detection import DetectionOptions, nms_layout
     from mobex.preprocessing import parse_preprocessing
 
     class ThreeClass(torch.nn.Module):
