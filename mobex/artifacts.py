@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-Target = Literal["tflite", "coreml"]
+Target = Literal["tflite", "coreml", "executorch"]
 Platform = Literal["android", "ios"]
 
 PLATFORM_OF_TARGET: dict[str, str] = {"tflite": "android", "coreml": "ios"}

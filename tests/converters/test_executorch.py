@@ -1,0 +1,173 @@
+"""convert_executorch on real models, with the real torch.export, ExecuTorch lowering (XNNPACK) and runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("executorch.exir", reason="executorch (the optional `executorch` extra) is not installed")
+
+from mobex.converters.executorch import convert_executorch  # noqa: E402
+from mobex.errors import ConversionError, UsageError  # noqa: E402
+from mobex.recipe import load_recipe  # noqa: E402
+from mobex.runtime.executorch import ExecutorchRunner, read_delegation_plan  # noqa: E402
+from mobex.runtime.torch_model import TorchRunner  # noqa: E402
+from mobex.sources import load_model  # noqa: E402
+from tests.conftest import SAMPLES  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+class Recurrent(nn.Module):
+    """A GRU encoder and an LSTM over its outputs: returns the sequence, the LSTM's (h, c) and a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.gru = nn.GRU(6, 8, batch_first=True)
+        self.lstm = nn.LSTM(8, 8, num_layers=2, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor):
+        seq, _ = self.gru(x)
+        seq, (h, c) = self.lstm(seq)
+        return self.head(seq[:, -1]), (h, c), seq
+
+
+class TokensAndFeatures(nn.Module):
+    """int64 ids + float features in; a dict with keys out of alphabetical order, an int64 argmax, a tuple out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(50, 8)
+        self.proj = nn.Linear(4, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, ids: torch.Tensor, features: torch.Tensor):
+        h = self.embed(ids).mean(1) + self.proj(features)
+        logits = self.head(torch.relu(h))
+        return {"z_logits": logits, "a_best": logits.argmax(-1)}, (h,)
+
+
+def _sample(name: str) -> tuple[nn.Module, dict[str, torch.Tensor], list[dict[str, np.ndarray]], list[str]]:
+    recipe = load_recipe(SAMPLES / name / "recipe.toml")
+    data = np.load(SAMPLES / name / "data" / "val.npz")
+    names = [spec.name for spec in recipe.inputs]
+    feeds = [{n: data[n][i : i + 1].astype(np.float32) for n in names} for i in range(32)]
+    example = {n: torch.from_numpy(feeds[0][n]) for n in names}
+    return load_model(recipe), example, feeds, [o.name for o in recipe.outputs]
+
+
+def _assert_matches_torch(model: nn.Module, path: Path, feeds: list[dict[str, np.ndarray]], atol: float) -> None:
+    runner = ExecutorchRunner(path)
+    reference = TorchRunner(model, [s.name for s in runner.inputs])
+    for feed in feeds:
+        got, want = runner.run(feed), reference.run(feed)
+        assert [g.shape for g in got] == [w.shape for w in want]
+        for g, w in zip(got, want, strict=True):
+            assert g.dtype == w.dtype
+            assert np.abs(g.astype(np.float64) - w).max() <= atol
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_vit", "tabular_mlp"])
+def test_sample_models_match_torch(tmp_path: Path, name: str) -> None:
+    model, example, feeds, output_names = _sample(name)
+    out = tmp_path / f"{name}.pte"
+    variant = convert_executorch(model, example, out, output_names=output_names)
+
+    assert (variant.target, variant.platform, variant.quantization) == ("executorch", "android", "fp32")
+    assert variant.path == out and variant.size_bytes == out.stat().st_size
+    assert [(s.name, s.shape, s.dtype) for s in variant.inputs] == [
+        (n, tuple(t.shape), "float32") for n, t in example.items()
+    ]
+    assert [s.name for s in variant.outputs] == output_names
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # nothing else left behind
+    assert any(n.startswith("XnnpackBackend: ") for n in variant.notes)
+    assert read_delegation_plan(out).delegates.get("XnnpackBackend", 0) >= 1
+    _assert_matches_torch(model, out, feeds, atol=1e-4)
+
+
+def test_recurrent_model_with_nested_outputs_matches_torch(tmp_path: Path) -> None:
+    model = Recurrent().eval()
+    variant = convert_executorch(model, {"x": torch.randn(1, 5, 6)}, tmp_path / "rnn.pte")
+
+    assert [(s.name, s.shape) for s in variant.outputs] == [
+        ("output_0", (1, 3)),
+        ("output_1", (2, 1, 8)),
+        ("output_2", (2, 1, 8)),
+        ("output_3", (1, 5, 8)),
+    ]
+    rng = np.random.default_rng(0)
+    _assert_matches_torch(model, variant.path, [{"x": rng.standard_normal((1, 5, 6))} for _ in range(4)], 1e-5)
+
+
+def test_int64_inputs_and_outputs_stay_int64_and_names_follow_torch_order(tmp_path: Path) -> None:
+    model = TokensAndFeatures().eval()
+    example = {"ids": torch.zeros(1, 6, dtype=torch.int64), "features": torch.zeros(1, 4)}
+    names = ["logits", "best", "hidden"]  # torch order: dict values in insertion order, then the tuple
+    variant = convert_executorch(model, example, tmp_path / "tokens.pte", output_names=names)
+
+    assert [(s.name, s.dtype) for s in variant.inputs] == [("ids", "int64"), ("features", "float32")]
+    assert [(s.name, s.dtype) for s in variant.outputs] == [
+        ("logits", "float32"),
+        ("best", "int64"),
+        ("hidden", "float32"),
+    ]
+    assert any("'ids' stays int64" in n for n in variant.notes)
+    plan = read_delegation_plan(variant.path)
+    assert "aten::embedding.out" in plan.kernels  # XNNPACK takes no int64: the lookup runs on portable kernels
+    rng = np.random.default_rng(1)
+    feeds = [{"ids": rng.integers(0, 50, (1, 6)), "features": rng.standard_normal((1, 4))} for _ in range(4)]
+    _assert_matches_torch(model, variant.path, feeds, 1e-5)
+
+
+def test_op_outside_core_aten_names_the_op_and_writes_nothing(tmp_path: Path) -> None:
+    class Median(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.median()
+
+    with pytest.raises(ConversionError, match=r"at op aten\.median\.default") as info:
+        convert_executorch(Median(), {"x": torch.randn(1, 4)}, tmp_path / "median.pte")
+    assert "core ATen" in info.value.hint
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_op_without_a_runtime_kernel_names_the_kernel_and_writes_nothing(tmp_path: Path) -> None:
+    class Sort(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.sort(-1).values
+
+    with pytest.raises(ConversionError, match=r"no kernel for aten::sort\.values"):
+        convert_executorch(Sort(), {"x": torch.randn(1, 4)}, tmp_path / "sort.pte")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_data_dependent_control_flow_is_a_conversion_error_with_a_hint(tmp_path: Path) -> None:
+    class Branchy(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 2 if x.sum() > 0 else x
+
+    with pytest.raises(ConversionError, match="torch.export could not convert") as info:
+        convert_executorch(Branchy(), {"x": torch.randn(1, 4)}, tmp_path / "branchy.pte")
+    assert "control flow" in info.value.hint
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_arguments(tmp_path: Path) -> None:
+    model = nn.Linear(4, 2)
+    with pytest.raises(UsageError, match="at least one"):
+        convert_executorch(model, {}, tmp_path / "m.pte")
+    with pytest.raises(UsageError, match="must be a torch.Tensor"):
+        convert_executorch(model, {"x": np.zeros((1, 4))}, tmp_path / "m.pte")
+    with pytest.raises(UsageError, match="2 output names"):
+        convert_executorch(model, {"x": torch.randn(1, 4)}, tmp_path / "m.pte", output_names=["a", "b"])
+    with pytest.raises(ConversionError, match=r"x\[1, 5\]") as info:  # wrong shape: caught before torch.export
+        convert_executorch(model, {"x": torch.randn(1, 5)}, tmp_path / "m.pte")
+    assert "[[inputs]]" in info.value.hint
+    assert list(tmp_path.iterdir()) == []
