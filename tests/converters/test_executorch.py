@@ -18,6 +18,7 @@ from mobex.runtime.executorch import ExecutorchRunner, read_delegation_plan  # n
 from mobex.runtime.torch_model import TorchRunner  # noqa: E402
 from mobex.sources import load_model  # noqa: E402
 from tests.conftest import SAMPLES  # noqa: E402
+from tests.runtime.test_litert import TokensAndFeatures  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -36,22 +37,6 @@ class Recurrent(nn.Module):
         seq, _ = self.gru(x)
         seq, (h, c) = self.lstm(seq)
         return self.head(seq[:, -1]), (h, c), seq
-
-
-class TokensAndFeatures(nn.Module):
-    """int64 ids + float features in; a dict with keys out of alphabetical order, an int64 argmax, a tuple out."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.embed = nn.Embedding(50, 8)
-        self.proj = nn.Linear(4, 8)
-        self.head = nn.Linear(8, 3)
-
-    def forward(self, ids: torch.Tensor, features: torch.Tensor):
-        h = self.embed(ids).mean(1) + self.proj(features)
-        logits = self.head(torch.relu(h))
-        return {"z_logits": logits, "a_best": logits.argmax(-1)}, (h,)
 
 
 def _sample(name: str) -> tuple[nn.Module, dict[str, torch.Tensor], list[dict[str, np.ndarray]], list[str]]:
@@ -110,7 +95,7 @@ def test_recurrent_model_with_nested_outputs_matches_torch(tmp_path: Path) -> No
 def test_int64_inputs_and_outputs_stay_int64_and_names_follow_torch_order(tmp_path: Path) -> None:
     model = TokensAndFeatures().eval()
     example = {"ids": torch.zeros(1, 6, dtype=torch.int64), "features": torch.zeros(1, 4)}
-    names = ["logits", "best", "hidden"]  # torch order: dict values in insertion order, then the tuple
+    names = ["logits", "best", "hidden"]  # torch order: the dict's values in insertion order, then the tuple
     variant = convert_executorch(model, example, tmp_path / "tokens.pte", output_names=names)
 
     assert [(s.name, s.dtype) for s in variant.inputs] == [("ids", "int64"), ("features", "float32")]
@@ -159,15 +144,18 @@ def test_data_dependent_control_flow_is_a_conversion_error_with_a_hint(tmp_path:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_bad_arguments(tmp_path: Path) -> None:
-    model = nn.Linear(4, 2)
-    with pytest.raises(UsageError, match="at least one"):
-        convert_executorch(model, {}, tmp_path / "m.pte")
-    with pytest.raises(UsageError, match="must be a torch.Tensor"):
-        convert_executorch(model, {"x": np.zeros((1, 4))}, tmp_path / "m.pte")
-    with pytest.raises(UsageError, match="2 output names"):
-        convert_executorch(model, {"x": torch.randn(1, 4)}, tmp_path / "m.pte", output_names=["a", "b"])
-    with pytest.raises(ConversionError, match=r"x\[1, 5\]") as info:  # wrong shape: caught before torch.export
-        convert_executorch(model, {"x": torch.randn(1, 5)}, tmp_path / "m.pte")
-    assert "[[inputs]]" in info.value.hint
+@pytest.mark.parametrize(
+    ("example", "kwargs", "error", "message"),
+    [
+        ({}, {}, UsageError, "at least one"),
+        ({"x": np.zeros((1, 4))}, {}, UsageError, "must be a torch.Tensor"),
+        ({"x": torch.randn(1, 4)}, {"output_names": ["a", "b"]}, UsageError, "2 output names"),
+        ({"x": torch.randn(1, 5)}, {}, ConversionError, r"x\[1, 5\]"),  # wrong shape: caught before torch.export
+    ],
+)
+def test_bad_arguments(tmp_path: Path, example: dict, kwargs: dict, error: type, message: str) -> None:
+    with pytest.raises(error, match=message) as info:
+        convert_executorch(nn.Linear(4, 2), example, tmp_path / "m.pte", **kwargs)
+    if error is ConversionError:
+        assert "[[inputs]]" in info.value.hint
     assert list(tmp_path.iterdir()) == []
