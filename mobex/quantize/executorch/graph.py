@@ -2,9 +2,9 @@
 
 - `export_batched`: torch.export of the model (outputs flattened in torch order, as the converter does)
   with a dynamic batch dimension where the model allows it, so that calibration and every candidate of
-  the fallback search run the calibration data 32 samples at a time instead of one (EfficientNet-Lite0's
-  PT2E model in torch: ~0.4 s per sample one by one). Models whose code fixes the batch size export with
-  static shapes and run one sample at a time.
+  the fallback search run the calibration data several samples per call (digits_cnn: python overhead per
+  call dominates; EfficientNet-Lite0 in torch gets slower per sample beyond a few). Models whose code fixes
+  the batch size export with static shapes and run one sample at a time.
 - `fold_batch_norm`: BatchNorm folded into the convolution before it (torchao's own pass, which
   prepare_pt2e would run on every candidate); equalization (equalize.py) then sees the folded weights.
 - `quantizable_ops`: the ops XNNPACKQuantizer annotates (convolutions and linears with the ReLU/ReLU6
@@ -21,7 +21,7 @@ from typing import Any
 from mobex.converters.executorch import flat_outputs
 from mobex.errors import ConversionError
 
-EVAL_BATCH = 32
+EVAL_BATCH = 8  # measured on EfficientNet-Lite0 in torch, 1 thread: larger batches run slower per sample
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class QuantizableOp:
 
     @property
     def label(self) -> str:
-        return f"{self.kind} {self.module or self.scope}"
+        return f"{self.kind} {self.module}" if self.module else f"{self.kind} (node {self.scope})"
 
 
 @dataclass
