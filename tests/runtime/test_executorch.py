@@ -43,7 +43,8 @@ def cnn(tmp_path_factory) -> tuple[nn.Module, Path]:
 def test_runner_reads_names_and_dtypes_and_follows_torch_order(tokens) -> None:
     model, path = tokens
     runner = ExecutorchRunner(path)
-    assert [(s.name, s.shape, s.dtype) for s in runner.inputs] == [("ids", (1, 6), "int64"), ("features", (1, 4), "float32")]
+    specs = [(s.name, s.shape, s.dtype) for s in runner.inputs]
+    assert specs == [("ids", (1, 6), "int64"), ("features", (1, 4), "float32")]
     assert [s.name for s in runner.outputs] == ["logits", "best", "hidden"]
     feed = sample_feed(np.random.default_rng(0))  # int64 ids and float64 features, as npz files hold them
     got, want = runner.run(feed), TorchRunner(model, ["ids", "features"]).run(feed)
