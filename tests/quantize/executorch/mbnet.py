@@ -10,11 +10,20 @@ from torch import nn
 from tests.conftest import SAMPLES
 
 
+def _batch_norm(channels: int) -> nn.BatchNorm2d:
+    """BatchNorm with statistics far from the identity (seeded), so folding and equalization do real work."""
+    bn = nn.BatchNorm2d(channels)
+    stats = torch.rand(4, channels)
+    bn.running_mean.copy_(stats[0] - 0.5)
+    bn.running_var.copy_(0.2 + 3.8 * stats[1])
+    bn.weight.data.copy_(0.2 + 2.8 * stats[2])
+    bn.bias.data.copy_(stats[3] - 0.5)
+    return bn
+
+
 def _conv_bn(c_in: int, c_out: int, kernel: int, groups: int = 1, relu6: bool = True) -> nn.Sequential:
-    layers: list[nn.Module] = [
-        nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, groups=groups, bias=False),
-        nn.BatchNorm2d(c_out),
-    ]
+    conv = nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, groups=groups, bias=False)
+    layers: list[nn.Module] = [conv, _batch_norm(c_out)]
     return nn.Sequential(*layers, nn.ReLU6()) if relu6 else nn.Sequential(*layers)
 
 
@@ -48,16 +57,9 @@ class MiniMBNet(nn.Module):
 
 
 def mbnet() -> MiniMBNet:
-    """Seeded, with BatchNorm statistics far from the identity, so folding and equalization do real work."""
+    """Seeded weights and BatchNorm statistics."""
     torch.manual_seed(0)
-    model = MiniMBNet()
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.2, 4.0)
-            module.weight.data.uniform_(0.2, 3.0)
-            module.bias.data.uniform_(-0.5, 0.5)
-    return model.eval()
+    return MiniMBNet().eval()
 
 
 def digit_feeds(split: str = "calib", count: int = 64) -> list[dict[str, np.ndarray]]:
