@@ -165,6 +165,7 @@ def lower_program(exported: Any, input_names: list[str], output_names: list[str]
 
     methods = {INPUT_NAMES_METHOD: list(input_names), OUTPUT_NAMES_METHOD: list(output_names)}
     try:
+        keepdim_means(exported)
         edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()], constant_methods=methods)
         delegation = delegation_of(edge.exported_program().graph_module, "XnnpackBackend")
         manager = edge.to_executorch()
@@ -172,6 +173,35 @@ def lower_program(exported: Any, input_names: list[str], output_names: list[str]
         raise _failure("ExecuTorch lowering", e) from e
     _check_kernels(manager.executorch_program)
     return LoweredProgram(buffer=bytes(manager.buffer), delegation=delegation)
+
+
+def keepdim_means(exported: Any) -> None:
+    """Rewrite a global average pool `x.mean(dim=(2, 3))` of a 4-D tensor as `mean(keepdim=True)` + `view`, in place.
+
+    XNNPACK's partitioner takes `mean.dim` only with keepdim=True, so the usual pooling before a classifier
+    ran on ExecuTorch's portable kernels and split the graph into two XNNPACK partitions. Measured on
+    digits_cnn (1 thread): int8 0.166 -> 0.074 ms, fp32 0.34 -> 0.25 ms, one partition. Same function."""
+    import torch
+
+    aten = torch.ops.aten
+    gm = exported.graph_module
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not aten.mean.dim:
+            continue
+        x, dims = node.args[0], node.args[1]
+        val = x.meta.get("val")
+        keepdim = len(node.args) > 2 and bool(node.args[2])
+        if keepdim or node.kwargs or val is None or val.dim() != 4 or sorted(d % 4 for d in dims) != [2, 3]:
+            continue
+        with gm.graph.inserting_before(node):
+            pooled = gm.graph.call_function(aten.mean.dim, (x, dims, True))
+            flat = gm.graph.call_function(aten.view.default, (pooled, list(node.meta["val"].shape)))
+        with val.fake_mode:
+            pooled.meta = {**node.meta, "val": aten.mean.dim(val, dims, True)}
+        flat.meta = dict(node.meta)
+        node.replace_all_uses_with(flat)
+        gm.graph.erase_node(node)
+    gm.recompile()
 
 
 def delegation_of(graph_module: Any, backend: str) -> Delegation:

@@ -112,6 +112,24 @@ def test_int64_inputs_and_outputs_stay_int64_and_names_follow_torch_order(tmp_pa
     _assert_matches_torch(model, variant.path, feeds, 1e-5)
 
 
+def test_global_average_pool_stays_in_the_xnnpack_partition(tmp_path: Path) -> None:
+    class Pooled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Linear(8, 3)
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.relu(self.conv(image)).mean(dim=(2, 3)))
+
+    model = Pooled().eval()
+    variant = convert_executorch(model, {"image": torch.randn(1, 1, 8, 8)}, tmp_path / "pooled.pte")
+    plan = read_delegation_plan(variant.path)
+    assert (plan.delegates, plan.kernels) == ({"XnnpackBackend": 1}, {})  # mean keepdim=False alone is not taken
+    rng = np.random.default_rng(3)
+    _assert_matches_torch(model, variant.path, [{"image": rng.standard_normal((1, 1, 8, 8))} for _ in range(4)], 1e-5)
+
+
 def test_op_outside_core_aten_names_the_op_and_writes_nothing(tmp_path: Path) -> None:
     class Median(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
