@@ -66,11 +66,64 @@ class Delegation:
 
 
 @dataclass(frozen=True)
+class XnnpackDelegate:
+    """ExecuTorch's CPU backend: fp32, or int8 after PT2E. Its `.pte` runs on Android and iOS CPUs alike."""
+
+    id: str = "XnnpackBackend"
+    platform: Platform = "android"
+    precision: str = "fp32"
+    runs_here: bool = True  # ExecuTorch's Python runtime on Linux has this backend
+
+    def partitioner(self) -> Any:
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+        return XnnpackPartitioner()
+
+
+@dataclass(frozen=True)
+class CoreMLDelegate:
+    """ExecuTorch's Core ML backend (iOS): the partition becomes an ML program that Core ML runs on the phone.
+
+    coremltools converts it on Linux (with mobex's shims for torch 2.13, mobex.converters.coreml_shims), but
+    ExecuTorch's Linux runtime has no Core ML backend: the program cannot be loaded here. Its Core ML part is
+    validated by extracting the ML program and running it in mobex's MIL reference interpreter
+    (`mobex.runtime.executorch.CoreMLDelegateRunner`)."""
+
+    minimum_deployment_target: str = "iOS17"
+    precision: str = "fp16"  # Core ML compute precision: "fp16" (its default) or "fp32"
+    id: str = "CoreMLBackend"
+    platform: Platform = "ios"
+    runs_here: bool = False
+
+    def partitioner(self) -> Any:
+        import coremltools as ct
+        from executorch.backends.apple.coreml.compiler import CoreMLBackend
+        from executorch.backends.apple.coreml.partition import CoreMLPartitioner
+
+        from mobex.converters.coreml import resolve_target
+        from mobex.converters.coreml_shims import install_shims
+
+        if self.precision not in _CT_PRECISION:
+            raise UsageError(f"Core ML precision must be one of {', '.join(_CT_PRECISION)}, not {self.precision!r}")
+        install_shims()
+        specs = CoreMLBackend.generate_compile_specs(
+            minimum_deployment_target=resolve_target(self.minimum_deployment_target),
+            compute_precision=getattr(ct.precision, _CT_PRECISION[self.precision]),
+        )
+        return CoreMLPartitioner(compile_specs=specs)
+
+
+_CT_PRECISION = {"fp16": "FLOAT16", "fp32": "FLOAT32"}
+XNNPACK = XnnpackDelegate()
+
+
+@dataclass(frozen=True)
 class LoweredProgram:
     """A serialized `.pte` and what its lowering delegated."""
 
     buffer: bytes
     delegation: Delegation
+    delegate: XnnpackDelegate | CoreMLDelegate = XNNPACK
 
 
 def convert_executorch(
@@ -79,22 +132,23 @@ def convert_executorch(
     out_path: Path,
     *,
     output_names: list[str] | None = None,
-    platform: Platform = "android",
+    delegate: XnnpackDelegate | CoreMLDelegate = XNNPACK,
 ) -> ExportedVariant:
-    """Convert `model` (put in eval mode) to a float32 `.pte` at `out_path`, written atomically.
+    """Convert `model` (put in eval mode) to a float `.pte` at `out_path`, written atomically.
 
     `example_inputs` maps each input name to an example tensor, in call order (`model(*values)`).
-    Raises UsageError for bad arguments or a missing `executorch` package, and ConversionError (naming
-    the failing op when torch.export or ExecuTorch does) when the model cannot be converted."""
+    `delegate`: XNNPACK (Android, fp32) or `CoreMLDelegate(...)` (iOS, fp16 or fp32 compute); the
+    variant's platform and quantization label come from it. Raises UsageError for bad arguments or a
+    missing `executorch` package, and ConversionError (naming the failing op when torch.export or
+    ExecuTorch does) when the model cannot be converted."""
     require_executorch("the ExecuTorch converter")
     start = time.perf_counter()
     names, flat = check_example(model, example_inputs)
     out_names = _output_names(output_names, len(flat))
     program = export_flat(model, example_inputs)
-    lowered = lower_program(program, names, out_names)
-    return write_variant(
-        lowered, out_path, example_inputs, flat, out_names, platform=platform, quantization="fp32", start=start
-    )
+    lowered = lower_program(program, names, out_names, delegate)
+    precision = delegate.precision
+    return write_variant(lowered, out_path, example_inputs, flat, out_names, quantization=precision, start=start)
 
 
 def check_example(model: Any, example_inputs: dict[str, Any]) -> tuple[list[str], list[Any]]:
@@ -156,23 +210,25 @@ def export_flat(model: Any, example_inputs: dict[str, Any]) -> Any:
         raise _failure("torch.export", e) from e
 
 
-def lower_program(exported: Any, input_names: list[str], output_names: list[str]) -> LoweredProgram:
-    """An ExportedProgram lowered with the XNNPACK partitioner, serialized, with its delegation info
-    and the I/O names stored as constant methods. ConversionError when ExecuTorch cannot lower it or
-    its runtime could not run it."""
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+def lower_program(
+    exported: Any, input_names: list[str], output_names: list[str], delegate: XnnpackDelegate | CoreMLDelegate = XNNPACK
+) -> LoweredProgram:
+    """An ExportedProgram lowered with the delegate's partitioner, serialized, with its delegation info and
+    the I/O names stored as constant methods. ConversionError when ExecuTorch cannot lower it or its runtime
+    has no kernel for an op left outside the delegate."""
     from executorch.exir import to_edge_transform_and_lower
 
     methods = {INPUT_NAMES_METHOD: list(input_names), OUTPUT_NAMES_METHOD: list(output_names)}
+    partitioner = delegate.partitioner()
     try:
         keepdim_means(exported)
-        edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()], constant_methods=methods)
-        delegation = delegation_of(edge.exported_program().graph_module, "XnnpackBackend")
+        edge = to_edge_transform_and_lower(exported, partitioner=[partitioner], constant_methods=methods)
+        delegation = delegation_of(edge.exported_program().graph_module, delegate.id)
         manager = edge.to_executorch()
     except Exception as e:  # noqa: BLE001 - SpecViolationError, RuntimeError, partitioner assertions
         raise _failure("ExecuTorch lowering", e) from e
     _check_kernels(manager.executorch_program)
-    return LoweredProgram(buffer=bytes(manager.buffer), delegation=delegation)
+    return LoweredProgram(buffer=bytes(manager.buffer), delegation=delegation, delegate=delegate)
 
 
 def keepdim_means(exported: Any) -> None:
@@ -243,13 +299,13 @@ def write_variant(
     flat: list[Any],
     output_names: list[str],
     *,
-    platform: Platform,
     quantization: str,
     start: float,
     notes: list[str] | None = None,
 ) -> ExportedVariant:
-    """Write the `.pte` atomically once the runtime has loaded it from memory, and describe it as an ExportedVariant."""
-    io = _loaded_io(lowered.buffer)
+    """Write the `.pte` atomically once the runtime has loaded it from memory (its method too, when the
+    delegate runs here), and describe it as an ExportedVariant for the delegate's platform."""
+    io = _loaded_io(lowered.buffer, load_method=lowered.delegate.runs_here)
     out_path = Path(out_path)
     write_atomic(out_path, lowered.buffer)
     all_notes = [f"executorch {executorch_version()}", lowered.delegation.summary(), *(notes or [])]
@@ -257,7 +313,7 @@ def write_variant(
     all_notes += _dtype_notes(io.outputs, flat, "output")
     return ExportedVariant(
         target="executorch",
-        platform=platform,
+        platform=lowered.delegate.platform,
         quantization=quantization,
         path=out_path,
         inputs=io.inputs,
@@ -268,11 +324,12 @@ def write_variant(
     )
 
 
-def _loaded_io(buffer: bytes) -> PteIO:
-    """Load the program and its method once in the runtime (missing kernels for a dtype show up here)."""
+def _loaded_io(buffer: bytes, *, load_method: bool) -> PteIO:
+    """Load the program (and its method: missing kernels for a dtype show up there) in the runtime."""
     try:
         program = load_program(buffer)
-        program.load_method(METHOD)
+        if load_method:
+            program.load_method(METHOD)
     except Exception as e:  # noqa: BLE001 - the runtime raises RuntimeError with an error code
         raise ConversionError(
             f"the ExecuTorch runtime cannot load the converted program: {e}",

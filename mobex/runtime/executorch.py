@@ -257,7 +257,10 @@ class ExecutorchRunner:
     def _load(self) -> None:
         _set_pool_threads(self.num_threads)
         self._program = load_program(self.path)
-        self._method = self._program.load_method(METHOD)
+        try:
+            self._method = self._program.load_method(METHOD)
+        except RuntimeError as e:
+            raise _load_failure(self.path, e) from None
         self._generation = _POOL.generation
 
     def delegation(self) -> DelegationPlan:
@@ -297,9 +300,171 @@ class ExecutorchRunner:
         return RuntimeError(f"ExecuTorch failed to run {self.path}: {error}")
 
 
+def _load_failure(path: Path, error: RuntimeError) -> Exception:
+    """A UsageError when the program needs a backend this runtime lacks (a Core ML .pte on Linux), else `error`."""
+    from executorch.runtime import Runtime
+
+    have = set(Runtime.get().backend_registry.registered_backend_names)
+    missing = sorted(set(read_delegation_plan(path).delegates) - have)
+    if not missing:
+        return RuntimeError(f"ExecuTorch could not load the method of {path}: {error}")
+    hint = "run its ML program with CoreMLDelegateRunner" if COREML_BACKEND in missing else None
+    return UsageError(
+        f"{path} needs the {', '.join(missing)} backend, which this ExecuTorch runtime does not have "
+        f"(it has {', '.join(sorted(have))})",
+        hint=hint,
+    )
+
+
 def _to_numpy(torch: Any, y: Any) -> np.ndarray:
     if not isinstance(y, torch.Tensor):
         return np.asarray(y)
     if y.is_floating_point() and y.dtype != torch.float32:
         y = y.float()
     return y.numpy()
+
+
+# --------------------------------------------------------------------------- the Core ML delegate
+
+COREML_BACKEND = "CoreMLBackend"
+_MAX_NODES = 10_000  # files and folders in one flattened Core ML package
+_MAX_DEPTH = 32
+
+
+def read_flattened_directory(payload: bytes) -> dict[str, bytes]:
+    """The files of ExecuTorch's Core ML delegate payload (its "in-memory filesystem"), relative path -> bytes.
+
+    The payload is the files' bytes followed by their index, a JSON object stored reversed at the end
+    (executorch/backends/apple/coreml/runtime/inmemoryfs). ExecuTorch's own `unflatten_directory_contents`
+    writes whatever names the index holds, `..` included, so mobex reads it here instead, bounded: at most
+    _MAX_NODES entries, _MAX_DEPTH levels, names without separators or dots-only, data inside the payload,
+    every node reached once from the one root. Raises UsageError on anything else."""
+    import json
+
+    try:
+        index, length = json.JSONDecoder().raw_decode(payload[::-1][: 1 << 24].decode("latin-1"))
+        nodes = index["nodes"]
+    except (ValueError, KeyError, TypeError):
+        raise UsageError("the Core ML delegate payload has no readable file index") from None
+    if not isinstance(nodes, list) or not 0 < len(nodes) <= _MAX_NODES:
+        raise UsageError("the Core ML delegate payload's file index is empty or too large")
+    children = [set((n.get("children") or {}).values()) for n in nodes]
+    roots = set(range(len(nodes))) - set().union(*children)
+    if len(roots) != 1:
+        raise UsageError("the Core ML delegate payload's file index has no single root")
+    files: dict[str, bytes] = {}
+    limit = len(payload) - length
+    seen: set[int] = set()
+
+    def walk(i: int, prefix: str, depth: int) -> None:
+        node = nodes[i]
+        if i in seen or depth > _MAX_DEPTH:
+            raise UsageError("the Core ML delegate payload's file index has a cycle or is too deep")
+        seen.add(i)
+        for name, child in sorted((node.get("children") or {}).items()):
+            if not isinstance(child, int) or not 0 <= child < len(nodes) or not _safe_name(name):
+                raise UsageError(f"the Core ML delegate payload holds an unsafe entry {name!r}")
+            path = f"{prefix}{name}"
+            if nodes[child].get("kind") == 1:
+                walk(child, path + "/", depth + 1)
+                continue
+            region = nodes[child].get("dataRegion") or {}
+            start, size = int(region.get("offset", -1)), int(region.get("size", -1))
+            if start < 0 or size < 0 or start + size > limit:
+                raise UsageError(f"the Core ML delegate payload's entry {path!r} points outside it")
+            files[path] = payload[start : start + size]
+
+    walk(next(iter(roots)), "", 0)
+    return files
+
+
+def _safe_name(name: object) -> bool:
+    return isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
+
+
+def delegate_payload(path: Path, backend_id: str) -> bytes:
+    """The processed bytes of the one `backend_id` delegate of a verified `.pte` (ExecuTorch's own reader)."""
+    from executorch.exir._serialize._program import _extract_delegate_payload  # noqa: PLC2701
+
+    load_program(path)
+    payload = _extract_delegate_payload(Path(path).read_bytes(), backend_id)
+    if payload is None:
+        raise UsageError(f"{path} has no {backend_id} delegate")
+    return payload
+
+
+class CoreMLDelegateRunner:
+    """Runs a `.pte` whose `forward` is one Core ML delegate call, by running that ML program in mobex's MIL
+    reference interpreter (Linux has no Core ML, and ExecuTorch's Linux runtime no Core ML backend).
+
+    Same contract as ExecutorchRunner (names from the program, outputs in torch order). Only a program with
+    no op outside the Core ML partition qualifies: anything else would need ExecuTorch's runtime around it.
+    `num_threads` is accepted for the runner contract; the interpreter runs on numpy/torch's own threads."""
+
+    def __init__(self, path: Path, num_threads: int = 1) -> None:
+        import json
+        import tempfile
+
+        from mobex.runtime.mil import MilReferenceRunner
+
+        require_executorch("CoreMLDelegateRunner")
+        self.path, self.num_threads = Path(path), num_threads
+        plan = read_delegation_plan(self.path)
+        if plan.delegates != {COREML_BACKEND: 1} or plan.kernels:
+            raise UsageError(
+                f"{self.path} is not one Core ML partition ({plan.summary()})",
+                hint="the MIL reference interpreter can only check a program that Core ML runs entirely",
+            )
+        files = read_flattened_directory(delegate_payload(self.path, COREML_BACKEND))
+        self._tmp = tempfile.TemporaryDirectory(prefix="mobex-coreml-delegate-")  # lives as long as the runner
+        self.package = _write_package(files, Path(self._tmp.name))
+        meta = json.loads(files.get("metadata.json", b"{}"))
+        io = read_pte_io(load_program(self.path))
+        self.inputs, self.outputs = io.inputs, io.outputs
+        self._mil = MilReferenceRunner(self.package)
+        ins, outs = _delegate_order(self.path, len(meta.get("inputNames", [])))
+        mil_in, mil_out = list(meta.get("inputNames", [])), list(meta.get("outputNames", []))
+        if sorted(ins) != list(range(len(self.inputs))) or sorted(outs) != list(range(len(self.outputs))):
+            raise UsageError(f"{self.path}: the Core ML partition does not take exactly the program's inputs")
+        self._feed = [(self.inputs[k].name, mil_in[j], np.dtype(self.inputs[k].dtype)) for j, k in enumerate(ins)]
+        self._order = outs  # program output i <- delegate output outs[i]
+        self._mil_outputs = mil_out
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """One inference in the MIL reference interpreter; outputs in torch output order, float as float32."""
+        mil_feed = {}
+        for name, mil_name, dtype in self._feed:
+            if name not in feed:
+                raise missing_input(name, feed, [s.name for s in self.inputs])
+            mil_feed[mil_name] = np.asarray(feed[name], dtype=dtype)
+        outs = self._mil.run(mil_feed)
+        ordered = [outs[j] for j in self._order]
+        return [o.astype(np.float32) if o.dtype.kind == "f" else o for o in ordered]
+
+
+def _write_package(files: dict[str, bytes], root: Path) -> Path:
+    """Write the payload's files under `root`; the `.mlpackage` folder among them."""
+    packages = {rel.split("/")[0] for rel in files if rel.split("/")[0].endswith(".mlpackage")}
+    if len(packages) != 1:
+        raise UsageError(f"the Core ML delegate payload holds {len(packages)} .mlpackage folders, not one")
+    for rel, data in files.items():
+        target = root.joinpath(*rel.split("/"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    return root / packages.pop()
+
+
+def _delegate_order(path: Path, delegate_inputs: int) -> tuple[list[int], list[int]]:
+    """For the one delegate call of `forward`: which program input each delegate input is, and which
+    delegate output each program output comes from (positions; from the call's value indices)."""
+    from executorch.exir._serialize._program import deserialize_pte_binary  # noqa: PLC2701
+    from executorch.exir.schema import DelegateCall
+
+    program = deserialize_pte_binary(Path(path).read_bytes()).program
+    plan = next(p for p in program.execution_plan if p.name == METHOD)
+    call = next(i.instr_args for c in plan.chains for i in c.instructions if isinstance(i.instr_args, DelegateCall))
+    args_in, args_out = call.args[:delegate_inputs], call.args[delegate_inputs:]
+    try:
+        return [plan.inputs.index(v) for v in args_in], [args_out.index(v) for v in plan.outputs]
+    except ValueError:
+        raise UsageError(f"{path}: the Core ML partition's inputs and outputs are not the program's own") from None

@@ -11,10 +11,10 @@ from torch import nn
 
 pytest.importorskip("executorch.exir", reason="executorch (the optional `executorch` extra) is not installed")
 
-from mobex.converters.executorch import convert_executorch  # noqa: E402
+from mobex.converters.executorch import CoreMLDelegate, convert_executorch  # noqa: E402
 from mobex.errors import ConversionError, UsageError  # noqa: E402
 from mobex.recipe import load_recipe  # noqa: E402
-from mobex.runtime.executorch import ExecutorchRunner, read_delegation_plan  # noqa: E402
+from mobex.runtime.executorch import CoreMLDelegateRunner, ExecutorchRunner, read_delegation_plan  # noqa: E402
 from mobex.runtime.torch_model import TorchRunner  # noqa: E402
 from mobex.sources import load_model  # noqa: E402
 from tests.conftest import SAMPLES  # noqa: E402
@@ -48,8 +48,10 @@ def _sample(name: str) -> tuple[nn.Module, dict[str, torch.Tensor], list[dict[st
     return load_model(recipe), example, feeds, [o.name for o in recipe.outputs]
 
 
-def _assert_matches_torch(model: nn.Module, path: Path, feeds: list[dict[str, np.ndarray]], atol: float) -> None:
-    runner = ExecutorchRunner(path)
+def _assert_matches_torch(
+    model: nn.Module, path: Path, feeds: list[dict[str, np.ndarray]], atol: float, runner_class: type = ExecutorchRunner
+) -> None:
+    runner = runner_class(path)
     reference = TorchRunner(model, [s.name for s in runner.inputs])
     for feed in feeds:
         got, want = runner.run(feed), reference.run(feed)
@@ -128,6 +130,32 @@ def test_global_average_pool_stays_in_the_xnnpack_partition(tmp_path: Path) -> N
     assert (plan.delegates, plan.kernels) == ({"XnnpackBackend": 1}, {})  # mean keepdim=False alone is not taken
     rng = np.random.default_rng(3)
     _assert_matches_torch(model, variant.path, [{"image": rng.standard_normal((1, 1, 8, 8))} for _ in range(4)], 1e-5)
+
+
+@pytest.mark.parametrize(("precision", "atol"), [("fp32", 1e-4), ("fp16", 0.05)])
+def test_coreml_delegate_for_ios_runs_its_ml_program_in_the_mil_interpreter(
+    tmp_path: Path, precision: str, atol: float
+) -> None:
+    """The .pte cannot run here (ExecuTorch's Linux runtime has no Core ML backend); its ML program can."""
+    model, example, feeds, output_names = _sample("digits_cnn")
+    delegate = CoreMLDelegate(minimum_deployment_target="iOS17", precision=precision)
+    variant = convert_executorch(model, example, tmp_path / f"digits-{precision}.pte", delegate=delegate)
+    assert (variant.platform, variant.quantization) == ("ios", precision)
+    assert read_delegation_plan(variant.path).delegates == {"CoreMLBackend": 1}
+    assert "CoreMLBackend: 1 partition(s)" in variant.notes[1] and "every op delegated" in variant.notes[1]
+    with pytest.raises(UsageError, match="needs the CoreMLBackend backend") as info:
+        ExecutorchRunner(variant.path)
+    assert "CoreMLDelegateRunner" in info.value.hint
+    _assert_matches_torch(model, variant.path, feeds[:8], atol, CoreMLDelegateRunner)
+
+
+def test_coreml_delegate_keeps_torch_output_order_of_a_recurrent_model(tmp_path: Path) -> None:
+    model = Recurrent().eval()
+    delegate = CoreMLDelegate(precision="fp32")
+    variant = convert_executorch(model, {"x": torch.randn(1, 5, 6)}, tmp_path / "rnn.pte", delegate=delegate)
+    rng = np.random.default_rng(5)
+    _assert_matches_torch(model, variant.path, [{"x": rng.standard_normal((1, 5, 6))} for _ in range(3)], 1e-5,
+                          CoreMLDelegateRunner)  # fmt: skip
 
 
 def test_op_outside_core_aten_names_the_op_and_writes_nothing(tmp_path: Path) -> None:

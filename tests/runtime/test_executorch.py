@@ -14,7 +14,12 @@ pytest.importorskip("executorch.exir", reason="executorch (the optional `executo
 import mobex.runtime.executorch as et_runtime  # noqa: E402
 from mobex.converters.executorch import convert_executorch, export_flat  # noqa: E402
 from mobex.errors import DataError, UsageError  # noqa: E402
-from mobex.runtime.executorch import ExecutorchRunner, read_delegation_plan  # noqa: E402
+from mobex.runtime.executorch import (  # noqa: E402
+    CoreMLDelegateRunner,
+    ExecutorchRunner,
+    read_delegation_plan,
+    read_flattened_directory,
+)
 from mobex.runtime.latency import measure_runner  # noqa: E402
 from mobex.runtime.torch_model import TorchRunner  # noqa: E402
 from tests.converters.test_tflite import small_cnn  # noqa: E402
@@ -151,3 +156,48 @@ def test_missing_executorch_says_how_to_install_it(monkeypatch: pytest.MonkeyPat
     with pytest.raises(UsageError, match="needs the `executorch` package") as info:
         ExecutorchRunner(cnn[1])
     assert "requirements.lock" in info.value.hint
+
+
+def _flattened(data: bytes, nodes: list[dict]) -> bytes:
+    """A Core ML delegate payload as ExecuTorch lays it out: the files' bytes, then their index reversed."""
+    import json
+
+    return data + json.dumps({"nodes": nodes}).encode()[::-1]
+
+
+def test_flattened_directory_reads_a_package_tree() -> None:
+    payload = _flattened(b"{}weights", [
+        {"name": "metadata.json", "kind": 0, "dataRegion": {"offset": 0, "size": 2}, "children": {}},
+        {"name": "weight.bin", "kind": 0, "dataRegion": {"offset": 2, "size": 7}, "children": {}},
+        {"name": "m.mlpackage", "kind": 1, "children": {"weight.bin": 1}},
+        {"name": "root", "kind": 1, "children": {"metadata.json": 0, "m.mlpackage": 2}},
+    ])  # fmt: skip
+    assert read_flattened_directory(payload) == {"metadata.json": b"{}", "m.mlpackage/weight.bin": b"weights"}
+
+
+@pytest.mark.parametrize(
+    ("name", "region", "message"),
+    [
+        ("../evil", {"offset": 0, "size": 4}, "unsafe entry '../evil'"),
+        ("a/b", {"offset": 0, "size": 4}, "unsafe entry 'a/b'"),
+        ("big", {"offset": 0, "size": 10**6}, "points outside it"),
+    ],
+)
+def test_flattened_directory_refuses_escapes_and_out_of_bounds_data(name: str, region: dict, message: str) -> None:
+    payload = _flattened(b"data", [
+        {"name": name, "kind": 0, "dataRegion": region, "children": {}},
+        {"name": "root", "kind": 1, "children": {name: 0}},
+    ])  # fmt: skip
+    with pytest.raises(UsageError, match=message):
+        read_flattened_directory(payload)
+    loop = [{"name": "a", "kind": 1, "children": {"b": 1}}, {"name": "b", "kind": 1, "children": {"a": 0}}]
+    cyclic = _flattened(b"", loop)
+    with pytest.raises(UsageError, match="single root|cycle"):
+        read_flattened_directory(cyclic)
+    with pytest.raises(UsageError, match="no readable file index"):
+        read_flattened_directory(b"not a payload")
+
+
+def test_coreml_delegate_runner_refuses_a_program_core_ml_does_not_run_entirely(tokens) -> None:
+    with pytest.raises(UsageError, match="is not one Core ML partition"):
+        CoreMLDelegateRunner(tokens[1])

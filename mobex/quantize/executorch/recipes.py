@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from mobex.artifacts import ExportedVariant, Platform, TensorSpec
-from mobex.converters.executorch import check_example, lower_program, write_variant
+from mobex.converters.executorch import XnnpackDelegate, check_example, lower_program, write_variant
 from mobex.converters.tflite import _output_names
 from mobex.errors import ConversionError, DataError, UsageError
 from mobex.quantize.executorch.static_int8 import EtInt8Options, EtInt8Result, ExecutorchInt8
@@ -95,10 +95,8 @@ def quantize_executorch(
         raise
     except Exception as e:  # noqa: BLE001 - PT2E raises AssertionError/RuntimeError/KeyError on odd graphs
         raise ConversionError(f"PT2E int8 quantization failed: {type(e).__name__}: {e}") from e
-    lowered = lower_program(exported, names, out_names)
-    variant = write_variant(
-        lowered, out_path, example_inputs, flat, out_names, platform=platform, quantization="int8", start=start
-    )
+    lowered = lower_program(exported, names, out_names, XnnpackDelegate(platform=platform))
+    variant = write_variant(lowered, out_path, example_inputs, flat, out_names, quantization="int8", start=start)
     details = _details(maker, result, variant.path, time.perf_counter() - start)
     variant.notes.extend(_notes(details))
     variant.seconds = details.seconds
