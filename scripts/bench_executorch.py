@@ -52,25 +52,12 @@ class Row:
     p50_ms: float | None = None
 
 
-def et_options(recipe: Any, has_labels: bool, **overrides: Any) -> Any:
-    """EtInt8Options from the recipe's [quantization] and the int8 gate limits, as the pipeline would pass them."""
-    from dataclasses import replace
-
+def et_options(recipe: Any, **overrides: Any) -> Any:
+    """EtInt8Options from the recipe's [quantization] and int8 gate limits, as TFLite int8 reads them."""
     from mobex.quantize.executorch.static_int8 import EtInt8Options
-    from mobex.validate.gates import limits_for
+    from mobex.quantize.tflite.static_int8 import Int8Options
 
-    q = recipe.quantization
-    limits = {m: v for m, (v, _) in limits_for("int8", recipe.model.task, recipe.gates, has_labels).items()}
-    options = EtInt8Options(
-        calibration_samples=q.calibration_samples,
-        range_estimation=q.range_estimation,
-        equalize=q.equalize,
-        fallback=q.int8_fallback,
-        max_fallback_layers=q.max_fallback_layers,
-        task=recipe.model.task,
-        limits=limits,
-    )
-    return replace(options, **overrides)
+    return EtInt8Options.like(Int8Options.from_recipe(recipe), **overrides)
 
 
 def int8_steps(recipe: Any, with_steps: bool) -> list[tuple[str, dict]]:
@@ -120,12 +107,12 @@ def executorch_rows(recipe: Any, model: Any, example: dict, names: list[str], wo
     from mobex.data import load_validation_and_calibration
     from mobex.quantize.executorch.recipes import quantize_executorch
 
-    validation, calibration = load_validation_and_calibration(recipe)
+    _, calibration = load_validation_and_calibration(recipe)
     fp32 = convert_executorch(model, example, workdir / "et-fp32.pte", output_names=names)
     rows = [Row("executorch fp32", "executorch", "fp32", fp32.path, fp32.size_bytes, fp32.seconds)]
     feeds, held = list(calibration.feeds()), held_out_feeds(recipe)
     for i, (label, overrides) in enumerate(int8_steps(recipe, steps)):
-        options = et_options(recipe, validation.labels is not None, **overrides)
+        options = et_options(recipe, **overrides)
         started = time.perf_counter()
         variant, details = quantize_executorch(
             model, example, workdir / f"et-int8-{i}.pte", calibration=feeds, output_names=names, options=options,

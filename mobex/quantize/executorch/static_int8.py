@@ -57,6 +57,15 @@ class EtInt8Options:
         if self.range_estimation not in OBSERVED_RANGES:
             raise ValueError(f"range_estimation must be one of {', '.join(OBSERVED_RANGES)}")
 
+    @classmethod
+    def like(cls, tflite: Any, **overrides: Any) -> EtInt8Options:
+        """The settings TFLite's `Int8Options` (e.g. `Int8Options.from_recipe(recipe)`) shares with these
+        (calibration samples, range estimation, equalization, fallback and its budget, task, limits)."""
+        from dataclasses import fields
+
+        shared = {f.name: getattr(tflite, f.name) for f in fields(cls) if hasattr(tflite, f.name)}
+        return cls(**{**shared, **overrides})
+
 
 @dataclass(frozen=True)
 class Candidate:

@@ -78,3 +78,13 @@ def test_candidates_reuse_the_calibration_without_running_it_again() -> None:
     assert calls == []  # every observer came from the one calibration
     full, skipped = maker.build(), maker.build(frozenset({maker.ops[1].scope}))
     assert len(skipped) > len(full)  # its weights stay float32: 4 bytes each
+
+
+def test_options_carry_the_settings_tflite_int8_reads_from_the_recipe() -> None:
+    from mobex.quantize.tflite.static_int8 import Int8Options
+
+    tflite = Int8Options(range_estimation="mse", max_fallback_layers=3, fallback=False, task="classification",
+                         limits=INT8_GATES, weight_rounding="nearest")  # fmt: skip
+    options = EtInt8Options.like(tflite, equalize=False)
+    assert (options.range_estimation, options.max_fallback_layers, options.fallback) == ("mse", 3, False)
+    assert (options.task, options.limits, options.equalize) == ("classification", INT8_GATES, False)
