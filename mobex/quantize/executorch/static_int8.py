@@ -44,7 +44,7 @@ class EtInt8Options:
     (the int8 gates of mobex.validate.gates, given by the caller); none: no check, no fallback."""
 
     calibration_samples: int = 256
-    range_estimation: str = "percentile"  # "minmax" | "percentile" | "mse" | "histogram" (ExecuTorch's default)
+    range_estimation: str = "minmax"  # "minmax" | "percentile" | "mse" | "histogram" (ExecuTorch's default)
     fuse_relu6: bool = True  # quantizer.py; False: XNNPACKQuantizer's own annotation
     equalize: bool = True  # cross-layer equalization of the float graph (equalize.py)
     fallback: bool = True
@@ -117,7 +117,9 @@ class ExecutorchInt8:
         if options.equalize:
             from mobex.quantize.executorch.equalize import equalize
 
-            self.equalization = equalize(graph.module, self._batches(self.feeds)).summary()
+            report = equalize(graph.module, self._batches(self.feeds))
+            nothing = "cross-layer equalization: no stream to equalize"
+            self.equalization = report.summary() if report.streams else nothing
         self.float_module = graph.module
         self.ops = self._ops()
         self.op_of_node = op_of_node(self.ops)

@@ -64,6 +64,22 @@ def test_digits_cnn_int8_keeps_agreement_on_its_real_data_at_a_quarter_of_the_si
     assert abs(runtime["snr_db"] - twin["snr_db"]) < 2.0  # the torch twin the search used tracks the runtime
 
 
+def test_int64_inputs_and_outputs_survive_int8(tmp_path: Path) -> None:
+    from tests.runtime.test_litert import TokensAndFeatures, sample_feed
+
+    rng = np.random.default_rng(0)
+    feeds = [{k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in sample_feed(rng).items()}
+             for _ in range(64)]  # fmt: skip
+    example = {"ids": torch.zeros(1, 6, dtype=torch.int64), "features": torch.zeros(1, 4)}
+    variant, details = quantize_executorch(
+        TokensAndFeatures().eval(), example, tmp_path / "tokens-int8.pte", calibration=feeds,
+        output_names=["logits", "best", "hidden"], options=EtInt8Options(task="classification"),
+    )  # fmt: skip
+    assert [s.dtype for s in variant.inputs] == ["int64", "float32"]
+    assert [s.dtype for s in variant.outputs] == ["float32", "int64", "float32"]
+    assert details.metrics_runtime["top1_agreement"] == 1.0 and details.equalization.endswith("no stream to equalize")
+
+
 def test_bad_calibration_data_is_a_data_error(tmp_path: Path) -> None:
     model, example = ScaledFeatures().eval(), {"features": torch.zeros(1, 13)}
     with pytest.raises(DataError, match="needs calibration data"):
