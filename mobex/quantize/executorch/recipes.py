@@ -32,6 +32,7 @@ class Int8Details:
     range_estimation: str
     calibration_samples: int
     equalization: str | None
+    corrected_biases: int
     fallback: list[str]  # labels of the ops kept in float, in graph order
     metrics_torch: dict[str, float]  # the PT2E model in torch, which the search decided on
     metrics_runtime: dict[str, float]  # the .pte in ExecuTorch's runtime
@@ -49,6 +50,7 @@ class Int8Details:
             "range_estimation": self.range_estimation,
             "calibration_samples": self.calibration_samples,
             "equalization": self.equalization,
+            "bias_corrected_ops": self.corrected_biases,
             "fallback_layers": list(self.fallback),
             "calibration_metrics": rounded(self.metrics_runtime),
             "calibration_metrics_torch": rounded(self.metrics_torch),
@@ -122,6 +124,7 @@ def _details(maker: ExecutorchInt8, result: EtInt8Result, path: Path, seconds: f
         range_estimation=maker.options.range_estimation,
         calibration_samples=len(maker.feeds),
         equalization=result.equalization,
+        corrected_biases=result.corrected_biases,
         fallback=[op.label for op in result.fallback],
         metrics_torch=result.metrics,
         metrics_runtime=runtime,
@@ -143,6 +146,8 @@ def _notes(d: Int8Details) -> list[str]:
     ]
     if d.equalization:
         notes.append(d.equalization)
+    if d.corrected_biases:
+        notes.append(f"bias correction of {d.corrected_biases} int8-weight op(s)")
     if d.fallback:
         notes.append(f"kept in float ({len(d.fallback)}): {', '.join(d.fallback)}")
     notes.append(f"on calibration data: runtime {short(d.metrics_runtime)}; torch {short(d.metrics_torch)}")

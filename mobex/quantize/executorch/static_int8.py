@@ -24,6 +24,7 @@ what is not needed), with its margins (`search_limits`) and its held-out check o
 from __future__ import annotations
 
 import copy
+import operator
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,7 @@ class EtInt8Options:
     range_estimation: str = "minmax"  # "minmax" | "percentile" | "mse" | "histogram" (ExecuTorch's default)
     fuse_relu6: bool = True  # quantizer.py; False: XNNPACKQuantizer's own annotation
     equalize: bool = True  # cross-layer equalization of the float graph (equalize.py)
+    bias_correction: bool = True  # biases corrected for the int8 weights' rounding (bias_correction.py)
     fallback: bool = True
     max_fallback_layers: int = 8
     sensitivity_samples: int = 32
@@ -90,6 +92,7 @@ class EtInt8Result:
     fallback: list[QuantizableOp] = field(default_factory=list)  # ops kept in float, in graph order
     search: SearchResult | None = None
     equalization: str | None = None
+    corrected_biases: int = 0  # ops whose bias was corrected for their int8 weights
     plain_metrics: dict[str, float] = field(default_factory=dict)  # the full-int8 candidate
     seconds: float = 0.0
 
@@ -127,7 +130,17 @@ class ExecutorchInt8:
         self._holdout_reference: list[np.ndarray] | None = None
         self.output_names = [f"output_{i}" for i in range(len(self.reference))]
         self.limits = search_limits(options.limits)
+        self._corrections: dict[str, tuple[str, Any]] = {}
         self._observers = self._calibrate()
+        if options.bias_correction:
+            self._corrections = self._bias_corrections()
+
+    def _bias_corrections(self) -> dict[str, tuple[str, Any]]:
+        from mobex.quantize.executorch.bias_correction import corrected_biases, mean_inputs, weighted_nodes
+
+        nodes = weighted_nodes(self.float_module)
+        means = mean_inputs(self.float_module, nodes, self._batches(self.feeds))
+        return corrected_biases(self.float_module, nodes, means, self._observers)
 
     def _ops(self) -> list[QuantizableOp]:
         from mobex.quantize.executorch.graph import quantizable_ops
@@ -146,7 +159,11 @@ class ExecutorchInt8:
             only=only,
             fuse_relu6=self.options.fuse_relu6,
         )
-        return prepare_pt2e(copy.deepcopy(self.float_module), quantizer)
+        model = copy.deepcopy(self.float_module)
+        for scope, (target, bias) in self._corrections.items():
+            if scope not in skip and (only is None or only == scope):  # only ops with int8 weights
+                operator.attrgetter(target)(model).data.copy_(bias)
+        return prepare_pt2e(model, quantizer)
 
     def _calibrate(self) -> dict[str, Any]:
         """Observers of the full-int8 model after the calibration data: observed tensor name -> observer."""
@@ -259,7 +276,10 @@ class ExecutorchInt8:
         plain = self.build()
         metrics = self.evaluate(plain)
         passed = self.search_passes(metrics) if self.limits else None
-        result = EtInt8Result(plain, metrics, passed, equalization=self.equalization, plain_metrics=dict(metrics))
+        result = EtInt8Result(
+            plain, metrics, passed, equalization=self.equalization, corrected_biases=len(self._corrections),
+            plain_metrics=dict(metrics),
+        )  # fmt: skip
         if passed is False and self.options.fallback and self.options.max_fallback_layers > 0:
             search = search_fallback(
                 self.ops,
