@@ -11,7 +11,8 @@ Rows:
   (histogram observers, its own annotation), calibrated on the recipe's calibration data, no fallback;
 - executorch int8, mobex: `quantize_executorch` with the recipe's [quantization] (range estimation,
   equalization, fallback and its budget), the int8 gate limits and the held-out training samples;
-- with `--int8-steps`, the steps in between (ReLU6 fused, then the recipe's ranges, then equalization).
+- with `--int8-steps`, the steps in between (ReLU6 fused, the recipe's ranges, equalization, bias correction),
+  each adding one piece, none with the fallback.
 
 Every row is validated the same way on the whole validation split, each in its own runtime (LiteRT,
 ExecuTorch), against the torch model, and judged by mobex's default gates for its family (`fp32`, `int8`)
@@ -62,14 +63,15 @@ def et_options(recipe: Any, **overrides: Any) -> Any:
 
 def int8_steps(recipe: Any, with_steps: bool) -> list[tuple[str, dict]]:
     """(label, EtInt8Options overrides) of the ExecuTorch int8 rows."""
-    default = {"range_estimation": "histogram", "fuse_relu6": False, "equalize": False, "fallback": False}
+    plain = {"equalize": False, "bias_correction": False, "fallback": False}
+    default = {**plain, "range_estimation": "histogram", "fuse_relu6": False}
     rows = [("executorch int8, ExecuTorch default", default)]
     if with_steps:
-        ranges = recipe.quantization.range_estimation
         rows += [
             ("executorch int8, + ReLU6 fused", {**default, "fuse_relu6": True}),
-            (f"executorch int8, + {ranges} ranges", {"equalize": False, "fallback": False}),
-            ("executorch int8, + equalization", {"fallback": False}),
+            (f"executorch int8, + {recipe.quantization.range_estimation} ranges", plain),
+            ("executorch int8, + equalization", {**plain, "equalize": True}),
+            ("executorch int8, + bias correction", {"fallback": False}),
         ]
     return [*rows, ("executorch int8, mobex (+ fallback search)", {})]
 
