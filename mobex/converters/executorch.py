@@ -213,9 +213,10 @@ def export_flat(model: Any, example_inputs: dict[str, Any]) -> Any:
 def lower_program(
     exported: Any, input_names: list[str], output_names: list[str], delegate: XnnpackDelegate | CoreMLDelegate = XNNPACK
 ) -> LoweredProgram:
-    """An ExportedProgram lowered with the delegate's partitioner, serialized, with its delegation info and
-    the I/O names stored as constant methods. ConversionError when ExecuTorch cannot lower it or its runtime
-    has no kernel for an op left outside the delegate."""
+    """An ExportedProgram lowered with the delegate's partitioner and serialized, with its delegation info
+    and the I/O names stored as constant methods; its global average pools are rewritten in place first
+    (`keepdim_means`). ConversionError when ExecuTorch cannot lower it or its runtime has no kernel for an
+    op left outside the delegate."""
     from executorch.exir import to_edge_transform_and_lower
 
     methods = {INPUT_NAMES_METHOD: list(input_names), OUTPUT_NAMES_METHOD: list(output_names)}

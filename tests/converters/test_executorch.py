@@ -149,6 +149,7 @@ def test_coreml_delegate_for_ios_runs_its_ml_program_in_the_mil_interpreter(
     _assert_matches_torch(model, variant.path, feeds[:8], atol, CoreMLDelegateRunner)
 
 
+@pytest.mark.slow
 def test_coreml_delegate_keeps_torch_output_order_of_a_recurrent_model(tmp_path: Path) -> None:
     model = Recurrent().eval()
     delegate = CoreMLDelegate(precision="fp32")
