@@ -107,6 +107,7 @@ def tflite_rows(recipe: Any, workdir: Path) -> list[Row]:
 def executorch_rows(recipe: Any, model: Any, example: dict, names: list[str], workdir: Path, steps: bool) -> list[Row]:
     from mobex.converters.executorch import convert_executorch
     from mobex.data import load_validation_and_calibration
+    from mobex.errors import ConversionError
     from mobex.quantize.executorch.recipes import quantize_executorch
 
     _, calibration = load_validation_and_calibration(recipe)
@@ -116,11 +117,15 @@ def executorch_rows(recipe: Any, model: Any, example: dict, names: list[str], wo
     for i, (label, overrides) in enumerate(int8_steps(recipe, steps)):
         options = et_options(recipe, **overrides)
         started = time.perf_counter()
-        variant, details = quantize_executorch(
-            model, example, workdir / f"et-int8-{i}.pte", calibration=feeds, output_names=names, options=options,
-            held_out=held if options.fallback else None,
-        )  # fmt: skip
-        print(f"{label}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        try:
+            variant, details = quantize_executorch(
+                model, example, workdir / f"et-int8-{i}.pte", calibration=feeds, output_names=names,
+                options=options, held_out=held if options.fallback else None,
+            )  # fmt: skip
+        except ConversionError as e:  # one failed row must not cost the others (EfficientNet: an hour)
+            print(f"{label}: FAILED after {time.perf_counter() - started:.0f} s: {e}", file=sys.stderr)
+            continue
+        print(f"{label}: {time.perf_counter() - started:.0f} s {details.to_dict()}", file=sys.stderr)
         row = Row(label, "executorch", "int8", variant.path, variant.size_bytes, variant.seconds, details.to_dict())
         rows.append(row)
     return rows

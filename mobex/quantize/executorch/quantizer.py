@@ -108,7 +108,9 @@ def make_quantizer(
         def annotate(self, model: Any) -> Any:
             if fuse_relu6:
                 _annotate_fused_relu6(model, self.global_config, self.filter_fn)
-            return super().annotate(model)
+            super().annotate(model)
+            _share_pad_qparams(model)
+            return model
 
     quantizer = MobexXnnpackQuantizer().set_global(quantization_config(range_estimation))
     if unit_of is not None and (skip or only is not None):
@@ -124,6 +126,34 @@ def _unit_filter(unit_of: dict[str, str], skip: frozenset[str], only: str | None
         return unit == only if only is not None else unit not in skip
 
     return keep
+
+
+def _share_pad_qparams(gm: Any) -> None:
+    """A zero pad after an int8 tensor is int8 with the same scale, like the reshapes XNNPACKQuantizer shares.
+
+    Its own list of scale-sharing ops leaves `pad` out, so a pad between an int8 tensor and an op kept in
+    float (EfficientNet-Lite0's stride-2 depthwise convolutions pad first) left XNNPACK's lowering with a
+    convolution whose input it takes for int8 (the pad passes the int8 type through) and whose weights are
+    float: "Weight and Input should both be quantized". Sharing the scale quantizes the pad's output, so the
+    float op reads an explicit dequantize, as everywhere else."""
+    import torch
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
+    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
+
+    pads = (torch.ops.aten.pad.default, torch.ops.aten.constant_pad_nd.default)
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.target not in pads:
+            continue
+        prev = node.args[0]
+        annotation = getattr(prev, "meta", {}).get(Q_ANNOTATION_KEY)
+        if annotation is None or annotation.output_qspec is None:
+            continue
+        if Q_ANNOTATION_KEY in node.meta and node.meta[Q_ANNOTATION_KEY]._annotated:
+            continue
+        shared = SharedQuantizationSpec(prev)
+        node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(
+            input_qspec_map={prev: shared}, output_qspec=shared, _annotated=True
+        )
 
 
 def _annotate_fused_relu6(gm: Any, config: Any, filter_fn: Callable[[Any], bool] | None) -> None:

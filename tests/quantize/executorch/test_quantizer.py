@@ -72,3 +72,27 @@ def test_relu6_recognition() -> None:
     flags = [is_relu6(n) for n in graph.module.graph.nodes if "hardtanh" in str(n.target) or "relu6" in str(n.target)]
     assert flags == [True, False, True]
     assert [(a.name, b.name) for a, b in fused_clamp_pairs(graph.module)] == [("conv2d", "hardtanh")]
+
+
+def test_an_op_kept_in_float_after_a_zero_pad_still_lowers_to_xnnpack() -> None:
+    """EfficientNet-Lite0 pads before its stride-2 convolutions; XNNPACK refused a float one there."""
+    import torch.nn.functional as F
+
+    from mobex.converters.executorch import lower_program
+    from mobex.quantize.executorch.static_int8 import EtInt8Options, ExecutorchInt8
+
+    class Padded(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.a, self.b = torch.nn.Conv2d(1, 8, 3, stride=2), torch.nn.Conv2d(8, 8, 3, groups=8)
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            x = F.relu6(self.a(F.pad((image - 0.5) * 2.0, (0, 1, 0, 1))))
+            return self.b(F.pad(x, (1, 1, 1, 1))).mean(dim=(2, 3))
+
+    example = {"image": torch.zeros(1, 1, 8, 8)}
+    maker = ExecutorchInt8(Padded().eval(), example, digit_feeds(count=8), EtInt8Options(calibration_samples=8))
+    for op in maker.ops[1:]:  # both convolutions read a pad of an int8 tensor
+        exported = torch.export.export(maker.converted(frozenset({op.scope})), (example["image"],), strict=False)
+        assert lower_program(exported, ["image"], ["y"]).delegation.partitions >= 1
