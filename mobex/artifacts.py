@@ -7,12 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
-Target = Literal["tflite", "coreml", "executorch"]
-Platform = Literal["android", "ios"]
-
-PLATFORM_OF_TARGET: dict[str, str] = {"tflite": "android", "coreml": "ios"}
+Target = str  # a registered target's name (mobex.plugins): "tflite", "coreml", "executorch", ...
+Platform = str  # "android" | "ios"
 
 
 @dataclass(frozen=True)
@@ -58,6 +55,8 @@ class ExportedVariant:
     size_bytes: int
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    # How a quantized variant was made (TFLite int8: calibration, fallback, search), shown in the report.
+    details: dict | None = None
 
 
 def path_size(path: Path) -> int:

@@ -27,6 +27,12 @@ app = typer.Typer(
 )
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+OutsidePathsFlag = Annotated[
+    bool,
+    typer.Option(
+        "--allow-outside-paths", help="Let the recipe name files outside its folder (only for recipes you trust)."
+    ),
+]
 
 
 def _console():  # noqa: ANN202
@@ -49,12 +55,31 @@ def build(
     key: Annotated[
         Path | None, typer.Option("--key", help="ECDSA P-256 private key (PEM). Default: a development key.")
     ] = None,
-    jobs: Annotated[int, typer.Option("--jobs", min=1, help="Parallel export processes (android, ios).")] = 2,
+    jobs: Annotated[int, typer.Option("--jobs", min=1, help="Parallel export processes (one per target).")] = 2,
+    baseline: Annotated[
+        list[str] | None,
+        typer.Option("--baseline", help="The release this one replaces: a bundle .zip (repeat per platform), or a "
+                     "registry folder/URL with --baseline-channel. Checked against the recipe's [release] budgets."),
+    ] = None,
+    baseline_channel: Annotated[
+        str | None, typer.Option("--baseline-channel", help="With a registry --baseline: the channel to compare with.")
+    ] = None,
+    baseline_key: Annotated[
+        Path | None,
+        typer.Option("--baseline-key", help="Verifies the baseline: the release public key for bundles (default: "
+                     "the public half of --key), the registry's pinned root key for a registry."),
+    ] = None,
+    baseline_token_file: Annotated[
+        Path | None, typer.Option("--baseline-token-file", help="Bearer token for a registry --baseline.")
+    ] = None,
+    allow_outside_paths: OutsidePathsFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Convert, quantize, validate, gate, bundle and sign everything the recipe asks for."""
     from mobex.logs import quiet_third_party_logs
+    from mobex.recipe_paths import allow_outside_paths as allow_paths
 
+    allow_paths(allow_outside_paths)
     quiet_third_party_logs()
     from mobex.bundle.keys import load_private_key
     from mobex.pipeline import BuildOptions
@@ -66,7 +91,15 @@ def build(
     if key is not None:
         load_private_key(key)  # fail on a bad key before minutes of work
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    options = BuildOptions(out_dir=out, key=key, jobs=jobs, source_date_epoch=int(epoch) if epoch else None)
+    token = None
+    if baseline_token_file is not None:
+        from mobex.registry.server import read_token_file
+
+        token = read_token_file(baseline_token_file)
+    options = BuildOptions(
+        out_dir=out, key=key, jobs=jobs, source_date_epoch=int(epoch) if epoch else None, baselines=baseline or [],
+        baseline_channel=baseline_channel, baseline_key=baseline_key, baseline_token=token,
+    )  # fmt: skip
     with console.status("starting") as status:
         try:
             result = run_build(parsed, options, on_stage=lambda name: status.update(f"[bold]{name}[/bold]…"))
@@ -101,12 +134,15 @@ def build(
 def export(
     recipe: Annotated[Path, typer.Argument(help="The recipe TOML file.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the exported models.")] = Path("exported"),
-    jobs: Annotated[int, typer.Option("--jobs", min=1, help="Parallel export processes (android, ios).")] = 2,
+    jobs: Annotated[int, typer.Option("--jobs", min=1, help="Parallel export processes (one per target).")] = 2,
+    allow_outside_paths: OutsidePathsFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Convert and quantize every variant, without validation or bundles (use `build` to ship)."""
     from mobex.logs import quiet_third_party_logs
+    from mobex.recipe_paths import allow_outside_paths as allow_paths
 
+    allow_paths(allow_outside_paths)
     quiet_third_party_logs()
     from mobex.pipeline import export_only
     from mobex.recipe import load_recipe
@@ -275,27 +311,37 @@ def sign(
 @app.command()
 def inspect(
     bundle: Annotated[Path, typer.Argument(help="A bundle .zip.")],
+    key: Annotated[
+        Path | None, typer.Option("--key", help="The signer's public key (PEM): verify before printing.")
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Print a bundle's manifest (without verifying it: use `mobex verify` for that)."""
-    from mobex.bundle.verify import read_manifest
+    """Print a bundle's manifest; with --key only after verifying the bundle (as `mobex verify` does)."""
+    from mobex.bundle.verify import read_manifest, verify_bundle
 
-    manifest = read_manifest(bundle)
+    manifest = verify_bundle(bundle, key) if key is not None else read_manifest(bundle)
     data = manifest.model_dump(mode="json", by_alias=True)
+    note = f"verified with {key}" if key is not None else "NOT verified: pass --key PUB.pem (or run `mobex verify`)"
     if as_json:
-        _print_json(data)
+        _print_json({**data, "verified": key is not None, "verification": note})  # manifests have neither key
     else:
         typer.echo(json.dumps(data, indent=2, sort_keys=True))
-        typer.echo("(not verified: run `mobex verify BUNDLE --key PUB.pem`)", err=True)
+        typer.echo(f"({note})", err=True)
 
 
 def _register_command_groups() -> None:
-    """Commands that live in their own modules (registry, drift); each adds itself to `app`."""
+    """Commands that live in their own modules (registry, drift, serving); each adds itself to `app`."""
     from mobex.cli_registry import register as register_registry
+    from mobex.cli_release import register as register_release
+    from mobex.cli_serving import register as register_serving
     from mobex.cli_validate import register as register_validate
+    from mobex.init_recipe import register as register_init
 
     register_validate(app)
+    register_init(app)
     register_registry(app)
+    register_serving(app)
+    register_release(app)
 
 
 _register_command_groups()

@@ -2,7 +2,8 @@
 
 `register(app)` adds them to the main Typer app (mobex/cli.py calls it). Like the other commands,
 they import their modules lazily and raise mobex errors, which `mobex.cli.main` turns into one
-message and an exit code (2 bad input, 5 failed verification, 1 registry unreachable).
+message and an exit code (2 bad input, 5 failed verification, 1 registry unreachable, 7 nothing
+this app version may install).
 """
 
 from __future__ import annotations
@@ -26,6 +27,16 @@ ExpiresOpt = Annotated[
 ]
 PlatformOpt = Annotated[
     str | None, typer.Option("--platform", help="android or ios (default: every platform the channel has).")
+]
+RolloutOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--rollout",
+        help="Ship to this fraction of devices only (0.1 or 10%; default 1). The others keep what the channel shipped.",
+    ),
+]
+MinAppOpt = Annotated[
+    str | None, typer.Option("--min-app-version", help="Apps older than this SemVer version do not get it.")
 ]
 
 trust_app = typer.Typer(help="Key roles of a registry (root.json): init, rotate, show.", no_args_is_help=True)
@@ -53,10 +64,16 @@ def _duration(text: str):  # noqa: ANN202
 
 
 def _changes_text(changes) -> str:  # noqa: ANN001
+    from mobex.registry.rollout import describe
+
     lines = []
     for c in changes:
         arrow = f"{c.previous_version} -> {c.version}" if c.previous_version else c.version
         flag = " (downgrade, release-signed)" if c.downgrade else ""
+        if c.rollout_ppm is not None:
+            flag += f", rollout {describe(c.rollout_ppm)} (other devices keep {c.fallback_version})"
+        if c.min_app_version:
+            flag += f", apps {c.min_app_version} or later"
         lines.append(f"{c.model} {c.channel}/{c.platform}: {arrow}, sequence {c.sequence}{flag}")
     return "\n".join(lines)
 
@@ -83,6 +100,8 @@ def publish(
     encryption_key_file: Annotated[
         Path | None, typer.Option("--encryption-key-file", help="Encrypt model files with the key in this file.")
     ] = None,
+    rollout: RolloutOpt = None,
+    min_app_version: MinAppOpt = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Add a bundle to the registry as an immutable version and advance the channel to it."""
@@ -98,8 +117,9 @@ def publish(
                 hint="generate one with `openssl rand -hex 32`; apps need the same key to decrypt",
             )
     result = do_publish(
-        bundle, registry, channel, _signing_key(key), expires=_duration(expires), encryption_key=enc_key
-    )
+        bundle, registry, channel, _signing_key(key), expires=_duration(expires), encryption_key=enc_key,
+        rollout=rollout, min_app_version=min_app_version,
+    )  # fmt: skip
     if as_json:
         _print_json(result.to_dict())
         return
@@ -118,14 +138,19 @@ def promote(
     platform: PlatformOpt = None,
     key: Annotated[Path | None, typer.Option("--key", help="Channel signing key (PEM).")] = None,
     expires: ExpiresOpt = "14d",
+    rollout: RolloutOpt = None,
+    min_app_version: Annotated[
+        str | None, typer.Option("--min-app-version", help="Override the source pointer's minimum app version.")
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Point one channel at the version another channel ships (never backwards)."""
+    """Point one channel at the version another channel ships (never backwards), to every device or a fraction."""
     from mobex.registry.publish import promote as do_promote
 
     changes = do_promote(
-        name, registry, from_channel, to_channel, _signing_key(key), platform=platform, expires=_duration(expires)
-    )
+        name, registry, from_channel, to_channel, _signing_key(key), platform=platform, expires=_duration(expires),
+        rollout=rollout, min_app_version=min_app_version,
+    )  # fmt: skip
     _print_changes(changes, as_json)
 
 
@@ -140,14 +165,19 @@ def rollback(
     ] = None,
     platform: PlatformOpt = None,
     expires: ExpiresOpt = "14d",
+    min_app_version: Annotated[
+        str | None,
+        typer.Option("--min-app-version", help="Minimum app version (default: what the channel recorded for it)."),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Point a channel at an older version: a new pointer (sequence + 1) marked as a signed downgrade."""
+    """Point a channel at an older version for every device: a new pointer (sequence + 1), a signed downgrade."""
     from mobex.registry.publish import rollback as do_rollback
 
     changes = do_rollback(
-        name, registry, channel, to, key, channel_key=channel_key, platform=platform, expires=_duration(expires)
-    )
+        name, registry, channel, to, key, channel_key=channel_key, platform=platform, expires=_duration(expires),
+        min_app_version=min_app_version,
+    )  # fmt: skip
     _print_changes(changes, as_json)
 
 
@@ -215,6 +245,19 @@ def pull(
         typer.Option("--decryption-key-file", help="Key for encrypted bundles (default: $MOBEX_ENCRYPTION_KEY)."),
     ] = None,
     max_bytes: Annotated[int, typer.Option("--max-bytes", min=1, help="Refuse bundles larger than this.")] = 2 << 30,
+    device_id: Annotated[
+        str | None,
+        typer.Option(
+            "--device-id",
+            help="Stable id of this device, for staged rollouts (without it: the version outside the rollout).",
+        ),
+    ] = None,
+    app_version: Annotated[
+        str | None, typer.Option("--app-version", help="Version of the app that loads the model (min_app_version).")
+    ] = None,
+    deadline: Annotated[
+        float, typer.Option("--deadline", min=0.001, help="Give up (exit 1) if fetching takes longer (seconds).")
+    ] = 600.0,
     as_json: JsonFlag = False,
 ) -> None:
     """Fetch, verify and install what a channel ships; refuse replays, expired pointers and unsigned bytes."""
@@ -228,15 +271,33 @@ def pull(
         token = read_token_file(token_file)
     result = do_pull(
         name, source, channel, platform, key, out, token=token,
-        decryption_key=encryption.load_key(decryption_key_file), max_bundle_bytes=max_bytes,
+        decryption_key=encryption.load_key(decryption_key_file), max_bundle_bytes=max_bytes, deadline_s=deadline,
+        device_id=device_id, app_version=app_version,
     )  # fmt: skip
     if as_json:
         _print_json(result.to_dict())
-    elif result.status == "up-to-date":
-        typer.echo(f"{name} {channel}/{platform}: {result.version} is already installed at {out}/current")
+        return
+    why = _selection_text(result)
+    if result.status == "up-to-date":
+        typer.echo(f"{name} {channel}/{platform}: {result.version} is already installed at {out}/current{why}")
     else:
         was = f" (was {result.previous_version})" if result.previous_version else ""
-        typer.echo(f"{name} {channel}/{platform}: installed {result.version}{was} at {out}/current, verified")
+        typer.echo(f"{name} {channel}/{platform}: installed {result.version}{was} at {out}/current, verified{why}")
+
+
+def _selection_text(result) -> str:  # noqa: ANN001
+    """Why a pull got the version it got, when the pointer is staged or the app too old."""
+    from mobex.registry.rollout import describe
+
+    if result.selected == "full":
+        return ""
+    staged = f"the {describe(result.rollout_ppm)} rollout of {result.pointer_version}" if result.rollout_ppm else ""
+    return {
+        "in-rollout": f"; this device is in {staged}",
+        "outside-rollout": f"; this device is outside {staged}",
+        "no-device-id": f"; no --device-id, so the version outside {staged}",
+        "app-too-old": f"; the app is too old for {result.pointer_version}",
+    }.get(result.selected, "")
 
 
 @trust_app.command("init")

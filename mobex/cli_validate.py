@@ -28,6 +28,9 @@ def validate(
     variant: Annotated[
         str, typer.Option("--variant", help="Which variant it is (fp32, fp16, int8, ...): picks the default gates.")
     ] = "fp32",
+    allow_outside_paths: Annotated[
+        bool, typer.Option("--allow-outside-paths", help="Let the recipe name files outside its folder.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")] = False,
 ) -> None:
     """Check an exported model against the recipe's original model: parity, task metrics, latency, gates.
@@ -35,6 +38,9 @@ def validate(
     Exits 0 when every gate passes, 4 when one fails (as `mobex build` does).
     """
     from mobex.logs import quiet_third_party_logs
+    from mobex.recipe_paths import allow_outside_paths as allow_paths
+
+    allow_paths(allow_outside_paths)
 
     quiet_third_party_logs()
     from mobex.errors import GateFailed
@@ -99,7 +105,7 @@ def drift(
     from mobex.logs import quiet_third_party_logs
 
     quiet_third_party_logs()
-    from mobex.validate.drift import check_bundle_drift
+    from mobex.monitor.bundle_drift import check_bundle_drift
 
     report = check_bundle_drift(bundle, data, key=key, psi_threshold=psi, ks_p=ks_p, run_model=not inputs_only)
     if as_json:

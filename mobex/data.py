@@ -1,15 +1,21 @@
 """Validation and calibration data, and the consistency checks run before any conversion.
 
-Data files are `.npz` archives (loaded with `allow_pickle=False`) holding one array per model
-input, named after it, with the sample axis first: shape `(N, *shape[1:])` where `shape` is the
-recipe's input shape. Samples are fed `shape[0]` at a time. An optional `labels` array holds the
-ground truth (class indices for classifiers, targets for regression).
+Data is read by mobex.datasources: `.npz` archives (loaded with `allow_pickle=False`) holding one
+array per model input, named after it, with the sample axis first, or folders of pictures or sounds
+and CSV/Parquet tables put through the recipe's preprocessing contract. Either way the result is one
+array per input of shape `(N, *shape[1:])` where `shape` is the recipe's input shape, fed `shape[0]`
+samples at a time, and optional labels (class indices for classifiers, targets for regression).
+Before numpy reads an `.npz`, each member's .npy header is checked (mobex.datasources.npz): object
+arrays (pickles) are refused, and the arrays may declare at most 2 GiB in total ($MOBEX_MAX_DATA_BYTES
+raises it), so a small compressed file cannot expand into memory without bound.
 
 Checks, in order, each listed in the report with what it found: array names and shapes against the
 recipe's inputs, dtypes (and the cast to the input dtype), NaN/inf, empty and constant arrays, values
 against the range `[preprocessing].range` implies, label count and class-index range against the
 labels file. Problems that make validation meaningless (NaN, wrong shapes, values far outside the
-preprocessing range, labels beyond the labels file) raise DataError; the rest are warnings.
+preprocessing range, labels beyond the labels file, validation data whose every input is constant)
+raise DataError; the rest are warnings. A constant input next to varying ones (an attention mask of
+ones) and constant calibration or training arrays are warnings only: such inputs are legitimate there.
 """
 
 from __future__ import annotations
@@ -20,28 +26,19 @@ from pathlib import Path
 
 import numpy as np
 
-from mobex.errors import DataError, RecipeError
+from mobex.datasources import SourceRequest, read_source
+from mobex.datasources.base import Check
+from mobex.errors import DataError
 from mobex.recipe import Recipe
 
-LABELS_KEY = "labels"
+__all__ = ["Check", "Dataset", "load_dataset", "load_validation_and_calibration", "preprocessing_ranges"]
+
 # Values may stray this fraction of the declared [lo, hi] span outside it before the data is refused
 # (augmentation, normalisation round-off); beyond it the data was almost surely scaled differently
 # from what the model expects (e.g. 0..255 pixels for a model trained on 0..1).
 RANGE_TOLERANCE = 0.1
 _FLOAT_KINDS = "f"
 _INT_KINDS = "iub"
-
-
-@dataclass
-class Check:
-    """One data check for the report: what was checked and what was found."""
-
-    name: str
-    passed: bool
-    detail: str
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "passed": self.passed, "detail": self.detail}
 
 
 @dataclass
@@ -84,22 +81,19 @@ def load_dataset(recipe: Recipe, role: str, path: Path) -> Dataset:
     """Load and check one data file against the recipe. Raises DataError on the first hard problem."""
     full = recipe.resolve(path)
     label = f"[data].{role} ({full.name})"
-    try:
-        with np.load(full, allow_pickle=False) as npz:
-            raw = {key: npz[key] for key in npz.files}
-    except ValueError as exc:
-        raise DataError(f"{label}: {full} needs pickled objects, which mobex refuses to load: {exc}") from None
-    except Exception as exc:
-        raise DataError(f"{label}: {full} is not a readable .npz archive: {exc}") from None
+    source = read_source(SourceRequest(recipe, role, full))  # npz, folder or table: mobex.datasources
+    raw = source.arrays
+    found = source.found if source.found is not None else sorted(raw)
 
-    checks: list[Check] = []
+    checks: list[Check] = list(source.checks)
     ranges = preprocessing_ranges(recipe)
     batch = recipe.inputs[0].shape[0]
     arrays: dict[str, np.ndarray] = {}
+    constant: list[str] = []
     for spec in recipe.inputs:
         if spec.name not in raw:
             raise DataError(
-                f"{label}: no array named {spec.name!r} (found: {', '.join(sorted(raw)) or 'none'})",
+                f"{label}: no array named {spec.name!r} (found: {', '.join(found) or 'none'})",
                 "name each array after the recipe input it feeds",
             )
         arr = raw[spec.name]
@@ -120,10 +114,18 @@ def load_dataset(recipe: Recipe, role: str, path: Path) -> Dataset:
         checks.append(Check(f"{role}.{spec.name}.dtype", True, f"{arr.dtype}{cast}"))
         checks.append(_finite_check(label, role, spec.name, arr))
         checks.append(_constant_check(role, spec.name, arr))
+        if not checks[-1].passed:
+            constant.append(spec.name)
         range_check = _preprocessing_range_check(label, role, spec.name, arrays[spec.name], ranges)
         if range_check is not None:
             checks.append(range_check)
 
+    if role == "validation" and len(constant) == len(recipe.inputs):
+        raise DataError(
+            f"{label}: every input is constant ({', '.join(map(repr, constant))}): parity and accuracy on it "
+            "say nothing about the model",
+            "validate on real samples; constant inputs are fine in calibration or training data",
+        )
     counts = {name: a.shape[0] for name, a in arrays.items()}
     if len(set(counts.values())) != 1:
         raise DataError(f"{label}: inputs have different sample counts: {counts}")
@@ -134,12 +136,9 @@ def load_dataset(recipe: Recipe, role: str, path: Path) -> Dataset:
             "trim the arrays or change the input's first dimension",
         )
 
-    labels = raw.get(LABELS_KEY)
+    labels = source.labels
     if labels is not None:
         labels = _check_labels(recipe, label, role, labels, n, checks)
-    unknown = sorted(set(raw) - set(arrays) - {LABELS_KEY})
-    if unknown:
-        checks.append(Check(f"{role}.extra_arrays", True, f"ignored arrays not named after an input: {unknown}"))
     return Dataset(role=role, path=full, arrays=arrays, batch=batch, labels=labels, checks=checks)
 
 
@@ -185,31 +184,9 @@ def _constant_check(role: str, name: str, arr: np.ndarray) -> Check:
 
 
 def preprocessing_ranges(recipe: Recipe) -> dict[str, tuple[float, float]] | tuple[float, float] | None:
-    """`[preprocessing].range`: `[lo, hi]` for every float input, or a table `input = [lo, hi]`; None if absent."""
-    raw = recipe.preprocessing.get("range")
-    if raw is None:
-        return None
-    where = f"{recipe.path}: [preprocessing].range"
-    if isinstance(raw, dict):
-        unknown = sorted(set(raw) - {i.name for i in recipe.inputs})
-        if unknown:
-            raise RecipeError(f"{where}: no input named {', '.join(map(repr, unknown))}")
-        return {name: _range_pair(value, f"{where}.{name}") for name, value in raw.items()}
-    return _range_pair(raw, where)
-
-
-def _range_pair(value: object, where: str) -> tuple[float, float]:
-    ok = (
-        isinstance(value, list)
-        and len(value) == 2
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-    )
-    if not ok or not value[0] < value[1]:  # type: ignore[index]
-        raise RecipeError(
-            f"{where}: expected [lo, hi] with lo < hi, got {value!r}",
-            "write e.g. range = [0.0, 1.0], or one range per input: [preprocessing.range] image = [0.0, 1.0]",
-        )
-    return float(value[0]), float(value[1])  # type: ignore[index]
+    """`[preprocessing].range` (`[lo, hi]` for every float input, or one per input), else the range an image
+    contract's scale/mean/std imply for 0..255 pixels; None when neither says (mobex.preprocessing)."""
+    return recipe.preprocessing.value_ranges()
 
 
 def _preprocessing_range_check(
@@ -279,3 +256,11 @@ def load_validation_and_calibration(recipe: Recipe) -> tuple[Dataset, Dataset]:
     if recipe.data.calibration is None:
         return validation, validation
     return validation, load_dataset(recipe, "calibration", recipe.data.calibration)
+
+
+def example_inputs(recipe: Recipe, data: Dataset) -> dict:
+    """The first batch of `data` as torch tensors, keyed by input name in call order: real values trace best."""
+    import torch
+
+    feed = data.feed(0)
+    return {spec.name: torch.from_numpy(feed[spec.name].copy()) for spec in recipe.inputs}

@@ -1,10 +1,11 @@
 """`mobex build`: the stages in order, as in DESIGN.md's diagram.
 
-    recipe -> data checks -> load model -> [prune] -> reference run -> export (android | ios, in
-           parallel worker processes) -> validate every variant -> gates + choose what ships
-           -> bundle + sign -> reports
+    recipe -> data checks -> load model -> [prune] -> reference run -> export (one job per target:
+           tflite | coreml | executorch, in parallel worker processes) -> validate every variant in its
+           target's runtime -> gates + choose what each platform ships -> bundle + sign -> reports
 
-The pipeline knows the order, not the details: each stage is a function in its own module.
+The pipeline knows the order, not the details: each stage is a function in its own module, and the
+targets and their variants are plugins (mobex.plugins, mobex.targets); no target is named here.
 Everything is built in a hidden temporary folder inside `--out` (`.mobex-build-*`, removed at the
 end) and each finished file is moved into `--out` with an atomic rename, so `--out` never holds a
 half-written file; when a gate fails, only the three reports are moved in.
@@ -12,42 +13,30 @@ half-written file; when a gate fails, only the three reports are moved in.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from mobex import __version__
-from mobex.data import Dataset, load_validation_and_calibration
+from mobex import plugins
+from mobex import workdir as workdirs
+from mobex.data import Dataset, example_inputs, load_validation_and_calibration
 from mobex.errors import DataError, GateFailed
-from mobex.export import (
-    ExportFailure,
-    PlatformExport,
-    example_inputs,
-    export_platform,
-    export_platform_in_child,
-    int8_training_path,
-    output_names,
-)
+from mobex.export import ExportJob, TargetExport, plan_exports, run_exports
 from mobex.provenance import provenance
-from mobex.recipe import Recipe
-from mobex.runtime.latency import HOST_NOTE
-from mobex.validate.report import REPORT_SCHEMA, bundled_report, report_json_bytes, write_atomic, write_reports
+from mobex.recipe import SHIP_POLICIES, Recipe
+from mobex.recipe_paths import check_labels_fit
+from mobex.validate.report import ReportInputs, build_report, bundled_report, report_json_bytes, write_reports
 from mobex.validate.validator import (
-    VariantReport,
+    ValidationPlan,
+    VariantResult,
     failed_export_report,
     run_reference,
     validate_variant,
 )
-
-# Variants that calibrate activation ranges on the recipe's calibration data, per platform.
-STATIC_VARIANTS = {"android": {"int8"}, "ios": {"w8a8"}}
 
 
 @dataclass
@@ -56,6 +45,11 @@ class BuildOptions:
     key: Path | None = None
     jobs: int = 2
     source_date_epoch: int | None = None
+    # The release this build replaces (mobex.release.baseline): bundle files, or a registry with a channel.
+    baselines: list[str] = field(default_factory=list)
+    baseline_channel: str | None = None
+    baseline_key: Path | None = None  # default for bundle files: the public half of --key (or the dev key)
+    baseline_token: str | None = None
 
 
 @dataclass
@@ -88,17 +82,19 @@ class StageClock:
             self.timings[name] = round(time.perf_counter() - start, 3)
 
 
-def _check_int8_training(recipe: Recipe) -> None:
-    """Load (and so check: shapes, dtypes, NaN/inf) the training data the int8 variant will use
-    (`export.int8_training_path`)."""
-    if recipe.android is None or "int8" not in recipe.android.variants:
-        return
-    path = int8_training_path(recipe)
-    if path is None:
-        return
-    from mobex.data import load_dataset
+@dataclass(frozen=True)
+class ShipDecision:
+    """Which variant each platform ships (by id), why a platform ships nothing, what was rejected, and notes
+    the decision adds to variants. A pure value: `choose_shipped` makes it from the validated results."""
 
-    load_dataset(recipe, "training", path)
+    shipped: dict[str, str]
+    failures: tuple[str, ...] = ()
+    rejected: tuple[str, ...] = ()
+    notes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def blocked(self, why: str) -> ShipDecision:
+        """The same decision with nothing shipped, because of `why` (e.g. the pruned model failed its gate)."""
+        return ShipDecision({}, (*self.failures, why), self.rejected, self.notes)
 
 
 def build(recipe: Recipe, options: BuildOptions, on_stage: Callable[[str], None] | None = None) -> BuildResult:
@@ -112,7 +108,7 @@ def build(recipe: Recipe, options: BuildOptions, on_stage: Callable[[str], None]
         from mobex.prune.pruning import load_finetune_data, prune_model, save_pruned_model
 
         training = load_finetune_data(recipe)  # None unless [prune.finetune]
-        _check_int8_training(recipe)  # bad [quantization.finetune] data fails here, before any conversion
+        _preflight(recipe)  # e.g. bad int8 training data fails here, before any conversion
     with clock.stage("load model"):
         from mobex.sources import load_model
 
@@ -124,61 +120,90 @@ def build(recipe: Recipe, options: BuildOptions, on_stage: Callable[[str], None]
             model = pruning.model
     with clock.stage("reference run"):
         reference = run_reference(model, recipe, validation)
-    names = output_names(recipe, len(reference.outputs))
+    check_labels_fit(recipe, reference.outputs)  # a labels file must fit the class output
+    names = recipe.output_names(len(reference.outputs))
 
     options.out_dir.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=".mobex-build-", dir=options.out_dir))
+    workdir = workdirs.create(options.out_dir, workdirs.BUILD_PREFIX)  # issue 12: locked; dead builds' removed
     try:
         with clock.stage("export"):
             pruned_path = None
             if pruning is not None:
                 pruned_path = str(save_pruned_model(model, example_inputs(recipe, validation), workdir / "pruned.pt2"))
-            exports = _export(recipe, workdir, options.jobs, pruned_path)
+            jobs = plan_exports(recipe, workdir, names, pruned_path)
+            exports = run_exports(jobs, options.jobs)
         for exp in exports:
-            clock.timings[f"export {exp.platform}"] = round(exp.seconds, 3)
+            clock.timings[f"export {exp.target}"] = round(exp.seconds, 3)
+        plan = ValidationPlan.of(recipe, names)
         with clock.stage("validate"):
-            variants = _validate(recipe, exports, validation, reference, names)
-        shipped, failures, rejected = choose_shipped(recipe, variants)
+            variants = _validate(recipe, plan, jobs, exports, validation, reference)
+        decision = choose_shipped(ship_policies(recipe), variants)
         prune_gate = pruning.gate() if pruning is not None else None
         if prune_gate is not None and not prune_gate["passed"]:  # the pruned model itself is too far off
-            failures.append(prune_gate["message"])
-            for v in shipped.values():
-                v.shipped = False
-            shipped = {}
-        status = "passed" if not failures else "failed"
-        report = _report(recipe, validation, calibration, reference, variants, shipped, failures, status, clock)
-        report["rejected_variants"] = rejected
-        if pruning is not None:
-            _add_pruning(report, pruning, training)
-        bundles: list[tuple[str, Path]] = []
-        dev_key_created = False
+            decision = decision.blocked(prune_gate["message"])
+        comparisons: dict[str, dict] = {}
+        if options.baselines and decision.shipped:
+            with clock.stage("baseline"):
+                comparisons, breaches = _against_baselines(recipe, options, decision, variants, plan, validation,
+                                                           reference)  # fmt: skip
+            for breach in breaches:
+                decision = decision.blocked(breach)
+        inputs = ReportInputs(
+            recipe=recipe,
+            validation=validation,
+            calibration=calibration,
+            reference=reference,
+            variants=tuple(variants),
+            shipped=decision.shipped,
+            variant_notes=decision.notes,
+            failures=decision.failures,
+            rejected=decision.rejected,
+            provenance=provenance(recipe),
+            pruning=pruning,
+            training=training if pruning is not None else None,
+            baselines=comparisons,
+        )
         final = workdir / "final"
         final.mkdir()
-        if status == "passed":
+        bundles: list[tuple[str, Path]] = []
+        dev_key_created = False
+        if not decision.failures:
             with clock.stage("bundle + sign"):
-                bundles, dev_key_created = _bundles(recipe, report, variants, shipped, workdir, final, options)
-            report["bundles"] = [
-                {"platform": platform, "file": path.name, "size_bytes": path.stat().st_size}
-                for platform, path in bundles
-            ]
+                by_id = {v.id: v for v in variants}
+                job_options = {job.target: job.options for job in jobs}
+                shipped = {p: by_id[vid] for p, vid in decision.shipped.items()}
+                bundled = report_json_bytes(bundled_report(build_report(inputs)))
+                bundles, dev_key_created = _bundles(recipe, bundled, shipped, job_options, workdir, final, options)
         clock.timings["total"] = round(time.perf_counter() - total_start, 3)
-        report["timings"] = clock.timings
+        listed = tuple(
+            {"platform": platform, "file": path.name, "size_bytes": path.stat().st_size} for platform, path in bundles
+        )
+        report = build_report(replace(inputs, bundles=listed, timings=dict(clock.timings)))
         write_reports(report, final)
         moved = _move_into(final, options.out_dir)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        workdirs.remove(workdir)
     result = BuildResult(
         report=report,
         bundles=[options.out_dir / path.name for _, path in bundles],
         report_paths={k: options.out_dir / p.name for k, p in moved.items()},
         dev_key_created=dev_key_created,
     )
-    if status != "passed":
+    if not result.passed:
         raise GateFailed(
-            "gates failed, nothing shipped:\n  " + "\n  ".join(failures + report["rejected_variants"]),
+            "gates failed, nothing shipped:\n  " + "\n  ".join(report["failures"] + report["rejected_variants"]),
             f"see {result.report_paths['html']} for every variant's numbers",
         )
     return result
+
+
+def _preflight(recipe: Recipe) -> None:
+    """Each target's up-front checks of the data its requested variants will read."""
+    requests = recipe.requests()
+    for info in plugins.targets():
+        mine = [r for r in requests if r.target == info.name]
+        if mine:
+            plugins.target(info.name).preflight(recipe, mine)
 
 
 def export_only(recipe: Recipe, out_dir: Path, jobs: int = 2) -> list[Path]:
@@ -190,24 +215,26 @@ def export_only(recipe: Recipe, out_dir: Path, jobs: int = 2) -> list[Path]:
     validation, calibration = load_validation_and_calibration(recipe)
     _check_calibration(recipe, calibration)
     out_dir.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=".mobex-export-", dir=out_dir))
+    workdir = workdirs.create(out_dir, workdirs.EXPORT_PREFIX)
     written: list[Path] = []
     try:
-        exports = _export(recipe, workdir, jobs)
-        problems = [f"{e.platform}/{f.quantization}: {f.message}" for e in exports for f in e.failures]
-        for exp in exports:
-            for variant in exp.variants:
-                target = (
-                    out_dir / f"{recipe.model.name}-{recipe.model.version}-{variant.quantization}{variant.path.suffix}"
-                )
-                if target.is_dir():
-                    shutil.rmtree(target)
-                if variant.path.is_file():
-                    os.chmod(variant.path, 0o644)  # converters write private temp files
-                os.replace(variant.path, target)
-                written.append(target)
+        names = recipe.output_names(_output_count(recipe, validation))
+        exports = run_exports(plan_exports(recipe, workdir, names), jobs)
+        problems = [f"{f.request.platform}/{f.request.spelled}: {f.message}" for e in exports for f in e.failures]
+        for built in (b for e in exports for b in e.variants):
+            variant = built.artifact
+            label = built.request.spelled.replace(":", "-")
+            target = out_dir / f"{recipe.model.name}-{recipe.model.version}-{label}{variant.path.suffix}"
+            if target in written:
+                continue  # a variant two platforms share is written once
+            if target.is_dir():
+                shutil.rmtree(target)
+            if variant.path.is_file():
+                os.chmod(variant.path, 0o644)  # converters write private temp files
+            os.replace(variant.path, target)
+            written.append(target)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        workdirs.remove(workdir)
     if problems:
         from mobex.errors import ConversionError
 
@@ -215,33 +242,25 @@ def export_only(recipe: Recipe, out_dir: Path, jobs: int = 2) -> list[Path]:
     return written
 
 
-def _add_pruning(report: dict, pruning, training: Dataset | None) -> None:  # noqa: ANN001 - PruneResult
-    """The report's `pruning` entry, and what pruning and quantization cost together per variant."""
-    report["pruning"] = pruning.to_dict()
-    report["reference"]["model"] = "pruned"  # variants are compared with the pruned float model
-    if training is not None:
-        report["data"]["training"] = {"path": str(training.path), "samples": training.num_samples}
-        report["data_checks"] += [c.to_dict() for c in training.checks]
-    for v in report["variants"]:
-        if pruning.metric == "accuracy" and (v["parity"] or {}).get("accuracy") is not None:
-            v["parity"]["accuracy_drop_vs_original"] = pruning.original - v["parity"]["accuracy"]
+def _output_count(recipe: Recipe, validation: Dataset) -> int:
+    """How many tensors the model returns on the first validation batch (to name them)."""
+    import torch
+
+    from mobex.runtime.torch_model import flatten_outputs
+    from mobex.sources import load_model
+
+    with torch.inference_mode():
+        return len(flatten_outputs(load_model(recipe)(*example_inputs(recipe, validation).values())))
 
 
 def _check_out_dir(out_dir: Path) -> None:
     """Refuse an output path we cannot write into before any work starts."""
-    from mobex.errors import UsageError
-
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"--out {out_dir} exists and is not a folder", "pass a folder (it is created if missing)")
-    parent = next((p for p in [out_dir, *out_dir.parents] if p.exists()), None)
-    if parent is not None and not os.access(parent, os.W_OK):
-        raise UsageError(f"--out {out_dir}: {parent} is not writable")
+    workdirs.check_out_dir(out_dir)
 
 
 def _check_calibration(recipe: Recipe, calibration: Dataset) -> None:
-    """Static quantization needs enough calibration samples: refuse before any conversion starts."""
-    wanted = sorted(STATIC_VARIANTS["android"] & set(recipe.android.variants if recipe.android else []))
-    wanted += sorted(STATIC_VARIANTS["ios"] & set(recipe.ios.variants if recipe.ios else []))
+    """Variants that calibrate activation ranges need enough calibration samples: refuse before any conversion."""
+    wanted = [r.spelled for r in recipe.requests() if r.spec.calibration]
     if not wanted:
         return
     have = calibration.num_samples
@@ -254,122 +273,104 @@ def _check_calibration(recipe: Recipe, calibration: Dataset) -> None:
         )
 
 
-def _export(recipe: Recipe, workdir: Path, jobs: int, model_path: str | None = None) -> list[PlatformExport]:
-    platforms = [p for p in ("android", "ios") if getattr(recipe, p) is not None]
-    if jobs <= 1 or len(platforms) == 1:
-        return [export_platform(str(recipe.path), p, str(workdir), model_path=model_path) for p in platforms]
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=len(platforms), mp_context=ctx) as pool:
-        futures = {
-            p: pool.submit(
-                export_platform_in_child, str(recipe.path), p, str(workdir), str(workdir / f"{p}.log"), model_path
-            )
-            for p in platforms
-        }
-        results = []
-        for platform, future in futures.items():
-            try:
-                results.append(future.result())
-            except Exception as exc:  # the whole process died (e.g. a converter segfault)
-                variants = getattr(recipe, platform).variants
-                failed = PlatformExport(platform)
-                failed.failures = [ExportFailure(v, f"{platform} export process failed: {exc}") for v in variants]
-                results.append(failed)
-        return results
+def _validate(
+    recipe: Recipe, plan: ValidationPlan, jobs: list[ExportJob], exports: list[TargetExport], validation: Dataset,
+    reference,  # noqa: ANN001
+) -> list[VariantResult]:
+    """Every requested variant's result, in recipe order: validated, or failed with its conversion's reason."""
+    options = {job.target: job.options for job in jobs}
+    built = {(b.request.platform, b.request.spelled): b for e in exports for b in e.variants}
+    failed = {(f.request.platform, f.request.spelled): f.message for e in exports for f in e.failures}
+    results = []
+    for request in recipe.requests():
+        key = (request.platform, request.spelled)
+        if key in built:
+            results.append(validate_variant(built[key], plan, options[request.target], validation, reference))
+        else:
+            results.append(failed_export_report(request, failed.get(key, "not produced"), plan))
+    return results
 
 
-def _validate(recipe: Recipe, exports, validation, reference, names) -> list[VariantReport]:  # noqa: ANN001
-    reports: list[VariantReport] = []
-    for exp in exports:
-        section = getattr(recipe, exp.platform)
-        target = "tflite" if exp.platform == "android" else "coreml"
-        by_name = {v.quantization: v for v in exp.variants}
-        failures = {f.quantization: f.message for f in exp.failures}
-        for variant in section.variants:  # recipe order
-            if variant in by_name:
-                reports.append(validate_variant(by_name[variant], recipe, validation, reference, names))
-            else:
-                message = failures.get(variant, "not produced")
-                reports.append(failed_export_report(exp.platform, target, variant, message, recipe))
-    return reports
+def _against_baselines(
+    recipe: Recipe, options: BuildOptions, decision: ShipDecision, variants: list[VariantResult],
+    plan: ValidationPlan, validation: Dataset, reference,  # noqa: ANN001
+) -> tuple[dict[str, dict], list[str]]:
+    """Each shipped variant next to the release it replaces, and the [release] budgets it breaks (messages)."""
+    from mobex.release.baseline import load_baselines
+    from mobex.release.budgets import evaluate_budgets
+    from mobex.release.compare import compare
+
+    by_id = {v.id: v for v in variants}
+    comparisons, breaches = {}, []
+    key = options.baseline_key or _public_key(options)
+    with load_baselines(options.baselines, key=key, model=recipe.model.name, platforms=list(decision.shipped),
+                        channel=options.baseline_channel, token=options.baseline_token) as baselines:  # fmt: skip
+        for platform, variant_id in decision.shipped.items():
+            if platform not in baselines:
+                continue
+            comparison = compare(baselines[platform], by_id[variant_id], recipe.model.version, plan, validation,
+                                 reference)  # fmt: skip
+            budgets = evaluate_budgets(recipe.release, comparison)
+            comparisons[platform] = replace(comparison, budgets=tuple(b.to_dict() for b in budgets)).to_dict()
+            breaches += [f"{platform}: release budget {b.message}" for b in budgets if not b.passed]
+    return comparisons, breaches
 
 
-def choose_shipped(
-    recipe: Recipe, variants: list[VariantReport]
-) -> tuple[dict[str, VariantReport], list[str], list[str]]:
-    """Pick one passing variant per platform by the recipe's `ship` (a name or a policy).
+def _public_key(options: BuildOptions) -> Path:
+    """The public key that verifies bundle baselines by default: that of the key this build signs with."""
+    from mobex.bundle.keys import dev_key_path, public_path_for
 
-    Returns (shipped per platform, blocking failures, rejected candidates). A candidate that fails
-    its gates is rejected and reported; the build fails only when a platform has nothing to ship,
-    or when the recipe names the variant to ship and that one failed.
+    public = public_path_for(options.key) if options.key else public_path_for(dev_key_path())
+    if not public.is_file():
+        from mobex.errors import UsageError
+
+        raise UsageError(f"--baseline: no public key {public} to verify the previous bundles with",
+                         "pass --baseline-key PUB.pem (the key the previous release was signed with)")  # fmt: skip
+    return public
+
+
+def ship_policies(recipe: Recipe) -> dict[str, str]:
+    """Platform -> its `ship` setting (a policy or a variant name), for the platforms the recipe builds."""
+    return {section.PLATFORM: section.ship for section in recipe.sections()}
+
+
+def choose_shipped(policies: dict[str, str], variants: list[VariantResult]) -> ShipDecision:
+    """Pick one passing variant per platform by its `ship` setting (a variant name or a policy).
+
+    A candidate that fails its gates is rejected and reported; a platform fails only when it has nothing to
+    ship, or when the recipe names the variant to ship and that one failed. `fastest-passing` needs every
+    passing candidate timed; otherwise it falls back to `smallest-passing` and says so.
     """
-    shipped: dict[str, VariantReport] = {}
+    shipped: dict[str, str] = {}
     failures: list[str] = []
     rejected: list[str] = []
-    for platform in ("android", "ios"):
-        section = getattr(recipe, platform)
-        if section is None:
-            continue
+    notes: dict[str, tuple[str, ...]] = {}
+    for platform, ship in policies.items():
         candidates = [v for v in variants if v.platform == platform]
         for v in candidates:
             if not v.passed:
                 failed = [g["message"] for g in v.gates if not g["passed"]] or [v.status]
-                rejected.append(f"{platform}/{v.quantization}: " + "; ".join(failed))
+                rejected.append(f"{v.id}: " + "; ".join(failed))
         passing = [v for v in candidates if v.passed]
-        if section.ship not in ("smallest-passing", "fastest-passing"):
-            chosen = next((v for v in passing if v.quantization == section.ship), None)
+        if ship not in SHIP_POLICIES:
+            chosen = next((v for v in passing if v.request.spelled == ship), None)
             if chosen is None:
-                failures.append(f"{platform}: ship = {section.ship!r} did not pass its gates")
+                failures.append(f"{platform}: ship = {ship!r} did not pass its gates")
                 continue
         elif not passing:
             failures.append(f"{platform}: no variant passed its gates")
             continue
-        elif section.ship == "fastest-passing" and all(v.latency for v in passing):
+        elif ship == "fastest-passing" and all(v.latency for v in passing):
             chosen = min(passing, key=lambda v: (v.latency["p50_ms"], v.size_bytes))
         else:  # smallest-passing, or fastest-passing without latency numbers (Core ML off macOS)
-            chosen = min(passing, key=lambda v: (v.size_bytes, v.quantization))
-            if section.ship == "fastest-passing":
-                chosen.notes.append("fastest-passing fell back to smallest-passing: no latency on this host")
-        chosen.shipped = True
-        shipped[platform] = chosen
-    return shipped, failures, rejected
+            chosen = min(passing, key=lambda v: (v.size_bytes, v.request.spelled))
+            if ship == "fastest-passing":
+                notes[chosen.id] = ("fastest-passing fell back to smallest-passing: no latency on this host",)
+        shipped[platform] = chosen.id
+    return ShipDecision(shipped, tuple(failures), tuple(rejected), notes)
 
 
-def _report(recipe, validation, calibration, reference, variants, shipped, failures, status, clock) -> dict:  # noqa: ANN001
-    return {
-        "schema": REPORT_SCHEMA,
-        "mobex_version": __version__,
-        "status": status,
-        "failures": failures,
-        "recipe": {
-            "path": str(recipe.path),
-            "sha256": recipe.sha256,
-            "name": recipe.model.name,
-            "version": recipe.model.version,
-            "task": recipe.model.task,
-        },
-        "data": {
-            "validation": {"path": str(validation.path), "samples": validation.num_samples},
-            "calibration": {"path": str(calibration.path), "samples": calibration.num_samples},
-        },
-        "data_checks": [c.to_dict() for c in validation.checks]
-        + ([c.to_dict() for c in calibration.checks] if calibration is not validation else []),
-        "reference": {
-            "backend": "torch",
-            "metrics": reference.metrics,
-            "latency": reference.latency,
-            "latency_by_threads": reference.latency_by_threads,
-        },
-        "variants": [v.to_dict() for v in variants],
-        "shipped": {p: v.quantization for p, v in shipped.items()},
-        "bundles": [],
-        "latency_note": HOST_NOTE,
-        "provenance": provenance(recipe),
-        "timings": clock.timings,
-    }
-
-
-def _bundles(recipe, report, variants, shipped, workdir: Path, final: Path, options: BuildOptions):  # noqa: ANN001, ANN202
+def _bundles(recipe, report_json: bytes, shipped, job_options, workdir: Path, final: Path, options: BuildOptions):  # noqa: ANN001, ANN202
     from mobex.bundle.assemble import assemble_bundle
     from mobex.bundle.keys import ensure_dev_key
 
@@ -380,7 +381,8 @@ def _bundles(recipe, report, variants, shipped, workdir: Path, final: Path, opti
         assemble_bundle(
             recipe,
             chosen,
-            report_json_bytes(bundled_report(report)),
+            job_options[chosen.target],
+            report_json,
             out_zip,
             key,
             staging=workdir / f"stage-{platform}",
@@ -403,4 +405,4 @@ def _move_into(final: Path, out_dir: Path) -> dict[str, Path]:
     return moved
 
 
-__all__ = ["BuildOptions", "BuildResult", "build", "choose_shipped", "write_atomic"]
+__all__ = ["BuildOptions", "BuildResult", "ShipDecision", "build", "choose_shipped", "ship_policies"]

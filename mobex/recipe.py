@@ -11,25 +11,21 @@ import hashlib
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
-from mobex.bundle.manifest import SEMVER_RE
+from mobex import plugins
+from mobex.bounded import MAX_TOML_BYTES, LimitExceeded, check_toml_limits
 from mobex.errors import RecipeError
-from mobex.variants import (
-    COREML_FIXED_VARIANTS,
-    COREML_PATTERNS,
-    IOS_TARGETS,
-    TFLITE_VARIANTS,
-    ios_target_at_least,
-    is_coreml_variant,
-    is_tflite_variant,
-    requires_ios,
-)
+from mobex.names import SEMVER_RE
+from mobex.preprocessing import NoPreprocessing, PreprocessingContract, parse_preprocessing
+from mobex.recipe_paths import check_inside_folder
 
 SEMVER = SEMVER_RE  # one definition, in the manifest schema
 BUNDLE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+# iOS versions a recipe may target (ML Programs need iOS15 or later), oldest first.
+IOS_TARGETS: tuple[str, ...] = ("iOS15", "iOS16", "iOS17", "iOS18")
 INPUT_DTYPES = ("float32", "float16", "int32", "int64", "uint8", "bool")
 SHIP_POLICIES = ("smallest-passing", "fastest-passing")
 GATE_METRICS: dict[str, str] = {
@@ -63,7 +59,7 @@ class ModelSection(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not BUNDLE_NAME.match(v):
+        if not BUNDLE_NAME.fullmatch(v):
             raise ValueError(
                 f"{v!r} is not a bundle name: use lowercase letters, digits, '.', '_' or '-' "
                 "(e.g. 'digits-cnn'), at most 64 characters"
@@ -73,7 +69,7 @@ class ModelSection(_Strict):
     @field_validator("version")
     @classmethod
     def _version(cls, v: str) -> str:
-        if not SEMVER.match(v):
+        if not SEMVER.fullmatch(v):
             raise ValueError(f"{v!r} is not a SemVer version; write MAJOR.MINOR.PATCH, e.g. '1.0.0'")
         return v
 
@@ -107,23 +103,54 @@ class OutputSpec(_Strict):
     description: str = ""
 
 
-class DataSection(_Strict):
-    validation: Path
+class DataSourceOptions(BaseModel):
+    """Options shared by every data set of a recipe (validation, calibration, training)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Leave out files (or table rows) that cannot be decoded, instead of refusing the data; the report counts them.
+    skip_bad_files: bool = False
+    # At most this many samples per data set, drawn at random with `seed` (pictures, rows, audio windows).
+    max_samples: int | None = Field(default=None, ge=1)
+    seed: int = 0
+    # Keep decoded folder/table data in the cache folder ($MOBEX_CACHE_DIR, else ~/.cache/mobex), keyed by the
+    # files' names, sizes and modification times and by the preprocessing, so the next build does not decode again.
+    cache: bool = True
+    # Tables: the column holding the labels (class names or indices, or regression targets); default "label" if present.
+    label_column: str | None = None
+
+
+class DataSection(DataSourceOptions):  # + skip_bad_files, max_samples, seed, cache, label_column
+    validation: Path  # an .npz, a folder of pictures or sounds, or a .csv/.parquet table (mobex.datasources)
     calibration: Path | None = None
     training: Path | None = None
     min_calibration_samples: int = Field(default=32, ge=1)
 
 
+def ios_target_at_least(target: str, minimum: str) -> bool:
+    """True when `target` (e.g. "iOS16") is the same as or newer than `minimum`."""
+    return IOS_TARGETS.index(target) >= IOS_TARGETS.index(minimum)
+
+
 class PlatformSection(_Strict):
+    """`[android]` / `[ios]`: the variants to build for the platform and which one ships.
+
+    A variant is named as its target registers it (mobex.plugins): `"int8"` means the platform's default
+    target (TFLite on Android, Core ML on iOS), `"executorch:int8"` names the target.
+    """
+
+    PLATFORM: ClassVar[str]
     variants: list[str] = Field(min_length=1)
     ship: str = "smallest-passing"
 
     @field_validator("variants")
     @classmethod
-    def _unique(cls, v: list[str]) -> list[str]:
+    def _known(cls, v: list[str]) -> list[str]:
         dupes = sorted({x for x in v if v.count(x) > 1})
         if dupes:
             raise ValueError(f"variant(s) listed twice: {', '.join(dupes)}")
+        for name in v:
+            plugins.parse_request(cls.PLATFORM, name)  # ValueError names the target and the valid variants
         return v
 
     @model_validator(mode="after")
@@ -135,25 +162,28 @@ class PlatformSection(_Strict):
             )
         return self
 
+    def requests(self) -> list[plugins.VariantRequest]:
+        """The variants as (platform, target, name), in recipe order."""
+        return [plugins.parse_request(self.PLATFORM, name) for name in self.variants]
+
 
 class AndroidSection(PlatformSection):
+    PLATFORM: ClassVar[str] = "android"
     variants: list[str] = Field(default_factory=lambda: ["fp32", "dynamic-int8"], min_length=1)
     min_sdk: int = Field(default=24, ge=21)
     int8_io: bool = False
 
-    @field_validator("variants")
-    @classmethod
-    def _known(cls, v: list[str]) -> list[str]:
-        for name in v:
-            if not is_tflite_variant(name):
-                raise ValueError(f"unknown TFLite variant {name!r}; valid: {', '.join(TFLITE_VARIANTS)}")
-        return v
-
 
 class IosSection(PlatformSection):
+    PLATFORM: ClassVar[str] = "ios"
     variants: list[str] = Field(default_factory=lambda: ["fp16"], min_length=1)
     minimum_deployment_target: str = "iOS16"
     compute_units: Literal["cpu_only", "cpu_and_gpu", "cpu_and_ne", "all"] = "cpu_only"
+    # Native interface (mobex.converters.coreml_io): an image input when [preprocessing] is an image contract
+    # with `scale`, and classifier outputs (classLabel, classLabel_probs) for classification with labels: by
+    # default (None) for image classifiers only, `true` for every classifier, `false` for none.
+    image_input: bool = True
+    classifier: bool | None = None
 
     @field_validator("minimum_deployment_target")
     @classmethod
@@ -162,22 +192,13 @@ class IosSection(PlatformSection):
             raise ValueError(f"{v!r} is not supported; use one of {', '.join(IOS_TARGETS)} (mlprogram needs iOS15+)")
         return v
 
-    @field_validator("variants")
-    @classmethod
-    def _known(cls, v: list[str]) -> list[str]:
-        for name in v:
-            if not is_coreml_variant(name):
-                valid = ", ".join(COREML_FIXED_VARIANTS + COREML_PATTERNS)
-                raise ValueError(f"unknown Core ML variant {name!r}; valid: {valid}")
-        return v
-
     @model_validator(mode="after")
     def _runnable(self) -> IosSection:
-        for name in self.variants:
-            needed = requires_ios(name)
+        for request in self.requests():
+            needed = request.spec.min_os
             if needed and not ios_target_at_least(self.minimum_deployment_target, needed):
                 raise ValueError(
-                    f"variant {name!r} needs minimum_deployment_target = {needed!r} or later, "
+                    f"variant {request.spelled!r} needs minimum_deployment_target = {needed!r} or later, "
                     f"but the recipe says {self.minimum_deployment_target!r}; raise the target or drop the variant"
                 )
         return self
@@ -199,7 +220,12 @@ class GatesSection(_Strict):
     @field_validator("variants")
     @classmethod
     def _variant_metrics(cls, v: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-        for limits in v.values():
+        for key, limits in v.items():
+            if not plugins.resolve_gate_key(key):
+                raise ValueError(
+                    f"[gates.variants.{key}] names no variant; use a variant name (every target's) or "
+                    '"<target>:<variant>" (one target\'s), e.g. [gates.variants."coreml:int8-weights"]'
+                )
             _check_metrics(limits)
         return v
 
@@ -308,11 +334,51 @@ class LatencySection(_Strict):
         return v
 
 
+class MonitoringSection(_Strict):
+    """[monitoring]: thresholds `mobex monitor` checks field telemetry against (docs/monitoring.md).
+
+    Drops are against the bundle's validated numbers; None turns a check off.
+    """
+
+    window: str = "1h"  # telemetry is grouped per window (and per app version / device model)
+    max_accuracy_drop: float | None = Field(default=0.05, ge=0, le=1)
+    max_f1_drop: float | None = Field(default=0.05, ge=0, le=1)
+    max_precision_drop: float | None = Field(default=None, ge=0, le=1)
+    max_recall_drop: float | None = Field(default=None, ge=0, le=1)
+    psi: float = Field(default=0.2, gt=0)  # drift, as `mobex drift --psi`
+    ks_p: float = Field(default=0.01, gt=0, lt=1)  # family-wise KS level, as `mobex drift --ks-p`
+    max_latency_ratio: float | None = Field(default=3.0, gt=0)  # field p50/p99 over the build's (--build-report)
+    max_p50_ms: float | None = Field(default=None, gt=0)
+    max_p99_ms: float | None = Field(default=None, gt=0)
+    min_throughput_per_s: float | None = Field(default=None, ge=0)
+    # A group with fewer predictions raises no drift/latency/throughput alert: with n new and m reference
+    # samples, PSI over 10 bins averages about 9 * (1/n + 1/m) on identical data (0.1 at n = 100, m = 360).
+    min_samples: int = Field(default=100, ge=1)
+    min_labels: int = Field(default=30, ge=1)  # fewer labelled predictions: no accuracy/precision/recall/F1 alert
+
+
+class ReleaseSection(_Strict):
+    """[release]: budgets a build must keep against the release it replaces (`mobex build --baseline`).
+
+    Growth and regression are fractions of the previous value (0.10: at most 10 % larger / slower); drops
+    are absolute (0.01: one point of accuracy). None turns a budget off. A budget that cannot be measured
+    (no labels for accuracy) fails, as a gate does; latency is not checked where the host cannot time the
+    target at all (Core ML off macOS), and the report says so.
+    """
+
+    max_size_growth: float | None = Field(default=None, ge=0)
+    max_latency_regression: float | None = Field(default=None, ge=0)  # p50, measured interleaved in one run
+    max_accuracy_drop: float | None = Field(default=None, ge=0, le=1)  # against the labels, both on this data
+    max_f1_drop: float | None = Field(default=None, ge=0, le=1)
+    min_agreement_with_previous: float | None = Field(default=None, ge=0, le=1)  # top-1 (classifiers)
+    min_cosine_with_previous: float | None = Field(default=None, ge=-1, le=1)  # worst sample's output cosine
+
+
 class Recipe(_Strict):
     model: ModelSection
     inputs: list[InputSpec] = Field(min_length=1)
     outputs: list[OutputSpec] = Field(default_factory=list)
-    preprocessing: dict[str, Any] = Field(default_factory=dict)
+    preprocessing: PreprocessingContract = Field(default_factory=NoPreprocessing)  # typed: mobex.preprocessing
     data: DataSection
     android: AndroidSection | None = None
     ios: IosSection | None = None
@@ -320,10 +386,22 @@ class Recipe(_Strict):
     latency: LatencySection = Field(default_factory=LatencySection)
     prune: PruneSection | None = None
     quantization: QuantizationSection = Field(default_factory=QuantizationSection)
+    monitoring: MonitoringSection = Field(default_factory=MonitoringSection)
+    release: ReleaseSection = Field(default_factory=ReleaseSection)
 
     # Filled in by load_recipe, not by the TOML.
     path: Path = Field(default=Path("recipe.toml"), exclude=True)
     sha256: str = Field(default="", exclude=True)
+
+    @field_validator("preprocessing", mode="before")
+    @classmethod
+    def _preprocessing(cls, v: Any) -> PreprocessingContract:
+        return parse_preprocessing(v)
+
+    @model_validator(mode="after")
+    def _preprocessing_fits_inputs(self) -> Recipe:
+        self.preprocessing.check_inputs({i.name: list(i.shape) for i in self.inputs})
+        return self
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Recipe:
@@ -331,17 +409,34 @@ class Recipe(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"input name(s) listed twice: {', '.join(dupes)}")
-        if self.model.source.endswith(".pt") and self.android is not None:
-            raise ValueError(
-                "[model].source is TorchScript (.pt), which converts to Core ML only: litert-torch needs "
-                "torch.export. Use a 'module:function' factory or an ExportedProgram (.pt2) for [android], "
-                "or drop [android]"
-            )
+        if self.model.source.endswith(".pt"):
+            for request in self.requests():
+                info = plugins.target_info(request.target)
+                if not info.takes_torchscript:
+                    raise ValueError(
+                        f"[model].source is TorchScript (.pt), which the {info.title or info.name} target cannot "
+                        f"convert ({request.platform} variant {request.spelled!r}): it needs torch.export. Use a "
+                        "'module:function' factory or an ExportedProgram (.pt2), or drop that variant"
+                    )
         if self.android is None and self.ios is None:
             raise ValueError("the recipe has neither [android] nor [ios]: add at least one to build something")
         if self.model.task == "classification" and self.outputs and len(self.outputs) != 1:
             raise ValueError("a classification model must have exactly one output (the class scores)")
         return self
+
+    def output_names(self, count: int) -> list[str]:
+        """The recipe's output names, or output_0..N-1 when it does not name them (or names another count)."""
+        if self.outputs and len(self.outputs) == count:
+            return [o.name for o in self.outputs]
+        return [f"output_{i}" for i in range(count)]
+
+    def sections(self) -> list[PlatformSection]:
+        """The platform sections the recipe has, Android first."""
+        return [s for s in (self.android, self.ios) if s is not None]
+
+    def requests(self) -> list[plugins.VariantRequest]:
+        """Every variant the recipe asks for, platform by platform, in recipe order."""
+        return [r for section in self.sections() for r in section.requests()]
 
     @property
     def base_dir(self) -> Path:
@@ -386,10 +481,14 @@ def load_recipe(path: str | Path) -> Recipe:
     path = Path(path).resolve()
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found", "pass the path of a recipe.toml")
-    raw_bytes = path.read_bytes()
+    with path.open("rb") as f:
+        raw_bytes = f.read(MAX_TOML_BYTES + 1)  # one byte over the cap is enough to refuse it
     try:
+        check_toml_limits(raw_bytes, "the recipe")  # size and nesting first: tomllib recurses per level
         raw = tomllib.loads(raw_bytes.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except LimitExceeded as exc:
+        raise RecipeError(f"{path}: {exc}", "a recipe is a small, flat TOML file (README: Recipe reference)") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise RecipeError(f"{path}: not valid TOML: {exc}") from None
     try:
         recipe = Recipe.model_validate({**raw, "path": path, "sha256": hashlib.sha256(raw_bytes).hexdigest()})
@@ -440,7 +539,9 @@ def _check_files(recipe: Recipe) -> None:
         if rel is None:
             continue
         full = recipe.resolve(rel)
-        if not full.is_file():
+        check_inside_folder(recipe.path, field, rel, full)
+        is_data = field.endswith(("[data].validation", "[data].calibration", "[data].training", ".data"))
+        if not (full.is_file() or (is_data and full.is_dir())):  # data may be a folder (mobex.datasources)
             raise RecipeError(
                 f"{recipe.path}: {field}: file not found: {full}",
                 "paths in a recipe are relative to the recipe's folder",

@@ -4,7 +4,8 @@ Supported sources:
 - `module:function` — a factory in the recipe's folder (put on the import path) returning an nn.Module;
   optional `weights` from safetensors or a state_dict file loaded with `torch.load(weights_only=True)`.
 - `*.pt` — a TorchScript archive (`torch.jit.load`: TorchScript code, not pickled Python objects).
-- `*.pt2` — an ExportedProgram (`torch.export.load`).
+- `*.pt2` — an ExportedProgram, loaded through `mobex.safe_pt2` (checked archive, no pickle needing code,
+  no compiled libraries, no eval'd shape expressions).
 
 Never unpickle: weights go through safetensors or `weights_only=True`.
 """
@@ -26,15 +27,20 @@ if TYPE_CHECKING:
 
 def load_model(recipe: Recipe) -> torch.nn.Module:
     """The recipe's model, weights applied, in eval mode."""
-    source = recipe.model.source
+    weights = recipe.resolve(recipe.model.weights) if recipe.model.weights is not None else None
+    return load_source(recipe.base_dir, recipe.model.source, weights)
+
+
+def load_source(base_dir: Path, source: str, weights: Path | None = None) -> torch.nn.Module:
+    """A model source (factory, .pt or .pt2; paths relative to `base_dir`), weights applied, in eval mode."""
     if source.endswith(".pt"):
-        model = _load_torchscript(recipe.resolve(Path(source)))
+        model = _load_torchscript(base_dir / source)
     elif source.endswith(".pt2"):
-        model = _load_exported_program(recipe.resolve(Path(source)))
+        model = _load_exported_program(base_dir / source)
     else:
-        model = _load_factory(recipe.base_dir, source)
-    if recipe.model.weights is not None:
-        load_weights(model, recipe.resolve(recipe.model.weights))
+        model = _load_factory(base_dir, source)
+    if weights is not None:
+        load_weights(model, weights)
     return model.eval()
 
 
@@ -124,9 +130,16 @@ def _load_torchscript(path: Path) -> torch.nn.Module:
 
 
 def _load_exported_program(path: Path) -> torch.nn.Module:
+    from mobex.safe_pt2 import UnsafeExportedProgram
 
     try:
         return exported_program_module(path)
+    except UnsafeExportedProgram as exc:
+        raise UsageError(
+            f"[model].source: {path} is refused: {exc}",
+            "save the model with a plain torch.export.save(torch.export.export(model, inputs), path) "
+            "(tensors only), or use a 'module:function' factory with safetensors weights",
+        ) from None
     except Exception as exc:
         raise UsageError(f"[model].source: {path} is not an ExportedProgram (.pt2): {exc}") from exc
 
@@ -139,9 +152,9 @@ def exported_program_module(path: Path) -> torch.nn.Module:
     statistics, no dropout when exported in eval mode), so `.eval()` has nothing left to change and
     the overrides are dropped.
     """
-    import torch
+    from mobex.safe_pt2 import load_exported_program
 
-    module = torch.export.load(str(path)).module()
+    module = load_exported_program(path).module()
     for name in ("train", "eval"):
         module.__dict__.pop(name, None)
     return module

@@ -83,20 +83,24 @@ def int8_steps(recipe, base, validation, reference, names, workdir: Path) -> lis
     from dataclasses import replace
 
     from mobex.data import load_validation_and_calibration
-    from mobex.quantize.tflite.recipes import quantize_tflite
-    from mobex.quantize.tflite.static_int8 import Int8Options
-    from mobex.validate.validator import validate_variant
+    from mobex.plugins import parse_request, target
+    from mobex.targets.base import BuiltVariant
+    from mobex.targets.tflite import int8_options, quantize_tflite
+    from mobex.validate.validator import ValidationPlan, validate_variant
 
     _, calibration = load_validation_and_calibration(recipe)
     feeds = list(calibration.feeds())
-    options = Int8Options.from_recipe(recipe)
+    options = int8_options(recipe)
+    plan = ValidationPlan.of(recipe, names)
+    request = parse_request("android", "int8")
     steps = []
     for i, (label, overrides) in enumerate(INT8_STEPS):
         variant = quantize_tflite(
             base, "int8", workdir / f"step{i}.tflite", calibration=feeds, int8_io=recipe.android.int8_io,
             int8=replace(options, **overrides),
         )  # fmt: skip
-        report = validate_variant(variant, recipe, validation, reference, names).to_dict()
+        built = BuiltVariant(request, variant)
+        report = validate_variant(built, plan, target("tflite").options(recipe), validation, reference).to_dict()
         steps.append({"step": label, "size_bytes": variant.size_bytes, "parity": report["parity"]})
     return steps
 
@@ -104,12 +108,11 @@ def int8_steps(recipe, base, validation, reference, names, workdir: Path) -> lis
 def run(recipe_path: Path, with_int8_steps: bool = False) -> dict:
     import torch
 
-    from mobex.data import load_validation_and_calibration
-    from mobex.export import example_inputs, export_platform, output_names
-    from mobex.quantize.tflite.recipes import sidecar_path
+    from mobex.data import example_inputs, load_validation_and_calibration
+    from mobex.export import plan_exports, run_export
     from mobex.recipe import load_recipe
     from mobex.sources import load_model
-    from mobex.validate.validator import failed_export_report, run_reference, validate_variant
+    from mobex.validate.validator import ValidationPlan, failed_export_report, run_reference, validate_variant
 
     torch.set_num_threads(1)
     recipe = load_recipe(recipe_path)
@@ -126,42 +129,35 @@ def run(recipe_path: Path, with_int8_steps: bool = False) -> dict:
         pruned_path = str(save_pruned_model(model, example, workdir / "pruned.pt2"))
     params, macs = params_and_macs(model, example)
     reference = run_reference(model, recipe, validation)
-    names = output_names(recipe, len(reference.outputs))
+    names = recipe.output_names(len(reference.outputs))
     rows = []
     steps: list[dict] = []
     try:
-        for platform in ("android", "ios"):
-            section = getattr(recipe, platform)
-            if section is None:
-                continue
+        plan = ValidationPlan.of(recipe, names)
+        for job in plan_exports(recipe, workdir, names, pruned_path):
             started = time.perf_counter()
-            exported = export_platform(str(recipe.path), platform, str(workdir), model_path=pruned_path)
-            by_name = {v.quantization: v for v in exported.variants}
-            failures = {f.quantization: f.message for f in exported.failures}
-            target = "tflite" if platform == "android" else "coreml"
-            for variant in section.variants:
-                if variant not in by_name:
-                    report = failed_export_report(platform, target, variant, failures.get(variant, "?"), recipe)
-                    rows.append({"report": report.to_dict(), "zipped_bytes": None, "int8": None})
-                    continue
-                artifact = by_name[variant]
-                report = validate_variant(artifact, recipe, validation, reference, names)
-                side = sidecar_path(artifact.path)
+            exported = run_export(job)
+            by_name = {b.request.spelled: b for b in exported.variants}
+            for failure in exported.failures:
+                report = failed_export_report(failure.request, failure.message, plan)
+                rows.append({"report": report.to_dict(), "zipped_bytes": None, "int8": None})
+            for built in exported.variants:
+                report = validate_variant(built, plan, job.options, validation, reference)
                 rows.append(
                     {
                         "report": report.to_dict(),
-                        "zipped_bytes": zipped_size(artifact.path),
-                        "int8": json.loads(side.read_text()) if side.exists() else None,
+                        "zipped_bytes": zipped_size(built.artifact.path),
+                        "int8": built.artifact.details,
                     }
                 )
-            if with_int8_steps and platform == "android" and "fp32" in by_name and "int8" in section.variants:
-                steps = int8_steps(recipe, by_name["fp32"], validation, reference, names, workdir)
-                int8_row = next(r for r in rows if r["report"]["quantization"] == "int8")
+            if with_int8_steps and job.target == "tflite" and "fp32" in by_name and "int8" in by_name:
+                steps = int8_steps(recipe, by_name["fp32"].artifact, validation, reference, names, workdir)
+                int8_row = next(r for r in rows if r["report"]["id"] == "android/int8")
                 steps.append(
                     {"step": "+ fallback search (the variant)", "size_bytes": int8_row["report"]["size_bytes"],
                      "parity": int8_row["report"]["parity"]}
                 )  # fmt: skip
-            print(f"{platform}: exported and validated in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+            print(f"{job.target}: exported and validated in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return {

@@ -1,11 +1,13 @@
-"""Speed of the MIL reference interpreter on an ImageNet-size CNN, one core.
+"""Speed of the MIL reference interpreter on an ImageNet-size CNN and on recurrent layers, one core.
 
 Builds MobileNetV2 (width 1.0, torchvision's layout via transformers' MobileNetV2 without TF padding,
 random weights; about 400 M multiply-accumulates at 256x256), converts it to Core ML fp32 and fp16
 with mobex's converter, and times `MilReferenceRunner.run` on one sample with one thread after a
-warm-up, next to torch eager on the same thread. Prints a table (ms per sample, median and min).
+warm-up, next to torch eager on the same thread. With --recurrent (the default), a 2-layer
+bidirectional nn.LSTM and nn.GRU (input 64, hidden 128, 32 steps; the LSTM becomes MIL `lstm` ops,
+the GRU a `while_loop`) are timed the same way in fp32. Prints a table (ms per sample, median and min).
 
-Usage: python scripts/bench_interpreter.py [--size 256] [--runs 5] [--json]
+Usage: python scripts/bench_interpreter.py [--size 256] [--runs 5] [--no-recurrent] [--json]
 
 This is a benchmark, not a test: timings depend on the machine and its load.
 """
@@ -46,30 +48,13 @@ def time_call(call, runs: int) -> list[float]:  # noqa: ANN001
     return times
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=256, help="input height and width (default 256)")
-    parser.add_argument("--runs", type=int, default=5, help="timed runs per row (default 5)")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    warnings.filterwarnings("ignore")
-    import logging
-
-    logging.disable(logging.WARNING)
-    import numpy as np
+def mobilenet_v2(size: int):  # noqa: ANN201
     import torch
     from transformers import MobileNetV2Config, MobileNetV2ForImageClassification
     from zoo import randomise
 
-    from mobex.converters.coreml import CoreMLMetadata, convert_coreml
-    from mobex.runtime.latency import cpu_name
-    from mobex.runtime.mil import MilReferenceRunner
-
-    torch.set_num_threads(1)
     torch.manual_seed(0)
-    cfg = MobileNetV2Config(image_size=args.size, depth_multiplier=1.0, num_labels=1000, tf_padding=False)
+    cfg = MobileNetV2Config(image_size=size, depth_multiplier=1.0, num_labels=1000, tf_padding=False)
     net = MobileNetV2ForImageClassification(cfg)
 
     class Logits(torch.nn.Module):
@@ -81,31 +66,83 @@ def main(argv: list[str] | None = None) -> int:
             return self.net(pixel_values=pixel_values).logits
 
     model = Logits().eval()
-    x = torch.randn(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     randomise(model, {"pixel_values": x})
-    macs = count_macs(model, (x,))
+    return model, x
+
+
+def recurrent(kind: str):  # noqa: ANN201
+    import torch
+
+    class Layer(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.rnn = getattr(torch.nn, kind)(64, 128, num_layers=2, bidirectional=True, batch_first=True)
+
+        def forward(self, pixel_values):  # noqa: ANN001, ANN201
+            return self.rnn(pixel_values)[0]
+
+    return Layer().eval(), torch.randn(1, 32, 64, generator=torch.Generator().manual_seed(0))
+
+
+def bench_model(name: str, model, x, precisions: tuple[str, ...], runs: int, tmp: Path) -> list[dict]:  # noqa: ANN001
+    """torch eager, then the interpreter on each precision's converted package."""
+    import numpy as np
+    import torch
+
+    from mobex.converters.coreml import CoreMLMetadata, convert_coreml
+    from mobex.runtime.mil import MilReferenceRunner
+
     with torch.no_grad():
         want = model(x).numpy()
-    rows = []
-    with torch.no_grad():
-        t = time_call(lambda: model(x), args.runs)
-    rows.append({"backend": "torch eager (reference)", "precision": "fp32", "times_ms": t, "max_abs_error": None})
+        rows = [{"model": name, "backend": "torch eager (reference)", "precision": "fp32",
+                 "times_ms": time_call(lambda: model(x), runs), "max_abs_error": None}]  # fmt: skip
+    for precision in precisions:
+        variant = convert_coreml(
+            model,
+            {"pixel_values": x},
+            tmp / f"{name}-{precision}.mlpackage",
+            precision=precision,
+            output_names=["logits"],
+            metadata=CoreMLMetadata(name=name, version="0.0.0"),
+        )
+        runner = MilReferenceRunner(variant.path)
+        feed = {"pixel_values": x.numpy()}
+        t = time_call(lambda r=runner, f=feed: r.run(f), runs)
+        err = float(np.max(np.abs(runner.run(feed)[0].astype(np.float64) - want)))
+        rows.append({"model": name, "backend": "MIL reference interpreter", "precision": precision, "times_ms": t,
+                     "max_abs_error": err})  # fmt: skip
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=256, help="input height and width (default 256)")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per row (default 5)")
+    parser.add_argument("--no-recurrent", dest="recurrent", action="store_false", help="skip the LSTM/GRU rows")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    warnings.filterwarnings("ignore")
+    import logging
+
+    logging.disable(logging.WARNING)
+    import torch
+
+    from mobex.runtime.latency import cpu_name
+
+    torch.set_num_threads(1)
+    model, x = mobilenet_v2(args.size)
+    macs = count_macs(model, (x,))
+    cnn = f"MobileNetV2 {args.size}x{args.size}"
     with tempfile.TemporaryDirectory(prefix="mobex-bench-") as tmp:
-        for precision in ("fp32", "fp16"):
-            variant = convert_coreml(
-                model,
-                {"pixel_values": x},
-                Path(tmp) / f"mnv2-{precision}.mlpackage",
-                precision=precision,
-                output_names=["logits"],
-                metadata=CoreMLMetadata(name="mobilenet-v2", version="0.0.0"),
-            )
-            runner = MilReferenceRunner(variant.path)
-            feed = {"pixel_values": x.numpy()}
-            t = time_call(lambda r=runner, f=feed: r.run(f), args.runs)
-            err = float(np.max(np.abs(runner.run(feed)[0].astype(np.float64) - want)))
-            rows.append({"backend": "MIL reference interpreter", "precision": precision, "times_ms": t,
-                         "max_abs_error": err})  # fmt: skip
+        rows = bench_model(cnn, model, x, ("fp32", "fp16"), args.runs, Path(tmp))
+        if args.recurrent:
+            for kind in ("LSTM", "GRU"):
+                rnn, seq = recurrent(kind)
+                rows += bench_model(f"2-layer bi-{kind} (32 steps)", rnn, seq, ("fp32",), args.runs, Path(tmp))
     for r in rows:
         r["median_ms"] = statistics.median(r["times_ms"])
         r["min_ms"] = min(r["times_ms"])
@@ -121,11 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(info, indent=2))
         return 0
     print(f"{info['model']}: {macs / 1e6:.0f} M MACs, 1 thread, {info['cpu']}")
-    print("| backend | precision | median ms/sample | min ms | max abs err vs torch |")
-    print("|---|---|---:|---:|---:|")
+    print("| model | backend | precision | median ms/sample | min ms | max abs err vs torch |")
+    print("|---|---|---|---:|---:|---:|")
     for r in rows:
         err = "—" if r["max_abs_error"] is None else f"{r['max_abs_error']:.2e}"
-        print(f"| {r['backend']} | {r['precision']} | {r['median_ms']:.0f} | {r['min_ms']:.0f} | {err} |")
+        print(
+            f"| {r['model']} | {r['backend']} | {r['precision']} | {r['median_ms']:.0f} | {r['min_ms']:.0f} | {err} |"
+        )
     return 0
 
 

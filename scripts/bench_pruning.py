@@ -69,7 +69,7 @@ def main() -> None:
     torch.set_num_threads(args.torch_threads)
     from mobex.converters.tflite import convert_tflite
     from mobex.data import load_dataset, load_validation_and_calibration
-    from mobex.export import example_inputs, output_names
+    from mobex.export import example_inputs
     from mobex.prune.macs import count_model
     from mobex.prune.pruning import load_pruned_model, prune_model, save_pruned_model
     from mobex.recipe import FinetuneSection, PruneSection, load_recipe
@@ -93,7 +93,7 @@ def main() -> None:
     model = load_model(recipe)
     inputs = example_inputs(recipe, validation)
     with torch.no_grad():
-        names = output_names(recipe, len(flatten_outputs(model(*inputs.values()))))
+        names = recipe.output_names(len(flatten_outputs(model(*inputs.values()))))
     labels = validation.batch_labels()
 
     rows: list[dict] = []

@@ -25,5 +25,6 @@ def sample_copy(tmp_path: Path):
 
 @pytest.fixture(autouse=True)
 def _isolated_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Never write a development key into the real user's config folder from a test."""
+    """Never write a development key (or decoded data) into the real user's config (or cache) folder from a test."""
     monkeypatch.setenv("MOBEX_CONFIG_DIR", str(tmp_path_factory.mktemp("config")))
+    monkeypatch.setenv("MOBEX_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))

@@ -41,5 +41,5 @@ def test_torchscript_with_android_is_refused_before_work(sample_copy) -> None:
     recipe_path = folder / "recipe.toml"
     torch.jit.trace(load_model(load_recipe(recipe_path)), (torch.zeros(1, 13),)).save(str(folder / "model.pt"))
     recipe_path.write_text(recipe_path.read_text().replace('source = "model:build"', 'source = "model.pt"'))
-    with pytest.raises(RecipeError, match=r"TorchScript \(\.pt\), which converts to Core ML only"):
+    with pytest.raises(RecipeError, match=r"TorchScript \(\.pt\), which the TFLite target cannot convert"):
         load_recipe(recipe_path)

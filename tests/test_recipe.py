@@ -53,6 +53,12 @@ def test_sample_recipe_loads(sample_copy) -> None:
             "[ios]",
             "needs minimum_deployment_target = 'iOS18'",
         ),
+        (
+            'variants = ["fp32", "fp16", "int8-weights"]',
+            'variants = ["palettize-4bit-grouped"]',
+            "[ios]",
+            "'palettize-4bit-grouped' needs minimum_deployment_target = 'iOS18'",
+        ),
         ("shape = [1, 1, 8, 8]", 'shape = [1, 1, "8", 8]', "[inputs][0].shape[2]", "integer"),
         ("shape = [1, 1, 8, 8]", "shape = [1, 0, 8, 8]", "[inputs][0].shape", "positive"),
         ('dtype = "float32"', 'dtype = "float128"', "[inputs][0].dtype", "float32"),

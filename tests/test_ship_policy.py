@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from mobex.pipeline import choose_shipped
+from mobex.pipeline import choose_shipped, ship_policies
+from mobex.plugins import parse_request
 from mobex.recipe import load_recipe
-from mobex.validate.validator import VariantReport
+from mobex.validate.validator import VariantResult
 
 
-def _variant(platform: str, name: str, size: int, passed: bool, p50: float | None = None) -> VariantReport:
-    gates = [{"metric": "cosine_min", "passed": passed, "message": f"cosine_min {'ok' if passed else 'FAILED'}"}]
+def _variant(platform: str, name: str, size: int, passed: bool, p50: float | None = None) -> VariantResult:
+    gates = ({"metric": "cosine_min", "passed": passed, "message": f"cosine_min {'ok' if passed else 'FAILED'}"},)
     latency = {"p50_ms": p50} if p50 is not None else None
-    target = "tflite" if platform == "android" else "coreml"
-    return VariantReport(
-        platform, target, name, "validated", size_bytes=size, gates=gates, passed=passed, latency=latency
+    return VariantResult(
+        parse_request(platform, name), "validated", size_bytes=size, gates=gates, passed=passed, latency=latency
     )
 
 
-def _recipe(sample_copy, android_ship: str, ios_ship: str = "smallest-passing"):
+def _policies(sample_copy, android_ship: str, ios_ship: str = "smallest-passing") -> dict[str, str]:
     folder = sample_copy("digits_cnn")
     path = folder / "recipe.toml"
     text = path.read_text()
@@ -28,7 +28,7 @@ def _recipe(sample_copy, android_ship: str, ios_ship: str = "smallest-passing"):
         'minimum_deployment_target = "iOS16"', f'minimum_deployment_target = "iOS16"\nship = "{ios_ship}"'
     )
     path.write_text(text)
-    return load_recipe(path)
+    return ship_policies(load_recipe(path))
 
 
 VARIANTS = [
@@ -43,33 +43,39 @@ VARIANTS = [
 
 def test_smallest_and_fastest_passing(sample_copy) -> None:
     variants = [_variant(*v) for v in VARIANTS]
-    shipped, failures, rejected = choose_shipped(_recipe(sample_copy, "fastest-passing"), variants)
-    assert failures == []
-    assert shipped["android"].quantization == "fp32"  # int8 is faster but failed its gates
-    assert shipped["ios"].quantization == "int8-weights"
-    assert rejected == ["android/int8: cosine_min FAILED"]
-    assert [v.quantization for v in variants if v.shipped] == ["fp32", "int8-weights"]
+    decision = choose_shipped(_policies(sample_copy, "fastest-passing"), variants)
+    assert decision.failures == ()
+    assert decision.shipped == {"android": "android/fp32", "ios": "ios/int8-weights"}  # int8 is faster but failed
+    assert decision.rejected == ("android/int8: cosine_min FAILED",)
 
 
 def test_fastest_passing_without_latency_falls_back_to_smallest(sample_copy) -> None:
     variants = [_variant(*v) for v in VARIANTS]
-    shipped, _, _ = choose_shipped(_recipe(sample_copy, "smallest-passing", "fastest-passing"), variants)
-    assert shipped["ios"].quantization == "int8-weights"
-    assert any("fell back to smallest-passing" in n for n in shipped["ios"].notes)
+    decision = choose_shipped(_policies(sample_copy, "smallest-passing", "fastest-passing"), variants)
+    assert decision.shipped["ios"] == "ios/int8-weights"
+    assert any("fell back to smallest-passing" in n for n in decision.notes["ios/int8-weights"])
 
 
 def test_named_variant_that_failed_blocks_the_platform(sample_copy) -> None:
     variants = [_variant(*v) for v in VARIANTS]
-    shipped, failures, _ = choose_shipped(_recipe(sample_copy, "int8"), variants)
-    assert "android" not in shipped
-    assert failures == ["android: ship = 'int8' did not pass its gates"]
+    decision = choose_shipped(_policies(sample_copy, "int8"), variants)
+    assert "android" not in decision.shipped
+    assert decision.failures == ("android: ship = 'int8' did not pass its gates",)
 
 
 def test_nothing_passing_fails_the_platform(sample_copy) -> None:
     variants = [
         _variant(p, n, s, False, t) if p == "android" else _variant(p, n, s, ok, t) for p, n, s, ok, t in VARIANTS
     ]
-    shipped, failures, rejected = choose_shipped(_recipe(sample_copy, "smallest-passing"), variants)
-    assert set(shipped) == {"ios"}
-    assert failures == ["android: no variant passed its gates"]
-    assert len(rejected) == 3
+    decision = choose_shipped(_policies(sample_copy, "smallest-passing"), variants)
+    assert set(decision.shipped) == {"ios"}
+    assert decision.failures == ("android: no variant passed its gates",)
+    assert len(decision.rejected) == 3
+
+
+def test_the_decision_is_a_value_and_blocking_keeps_the_rejections(sample_copy) -> None:
+    variants = [_variant(*v) for v in VARIANTS]
+    decision = choose_shipped(_policies(sample_copy, "smallest-passing"), variants)
+    blocked = decision.blocked("pruned model: accuracy drop 0.05 > 0.02")
+    assert blocked.shipped == {} and blocked.rejected == decision.rejected
+    assert blocked.failures[-1].startswith("pruned model") and decision.shipped  # the original is unchanged

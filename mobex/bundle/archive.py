@@ -24,6 +24,7 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
+from mobex.bounded import short
 from mobex.bundle.manifest import check_relative_posix, resolve_source_date_epoch
 from mobex.errors import UsageError, VerificationError
 from mobex.files import regular_files
@@ -38,6 +39,7 @@ _FILE_MODE = stat.S_IFREG | 0o644
 _CHUNK = 1 << 20
 _RATIO_MIN_BYTES = 1 << 20  # small members may compress very well without being a threat
 
+MAX_ENTRIES = 10_000  # a bundle holds a handful of files; an .mlpackage a few dozen
 GiB = 1 << 30
 
 
@@ -83,7 +85,7 @@ def safe_extract(
     *,
     max_total_bytes: int = 2 * GiB,
     max_ratio: float = 200.0,
-    max_entries: int = 100_000,
+    max_entries: int = MAX_ENTRIES,
 ) -> list[str]:
     """Extract a zip we do not trust into `dest` (new or empty); return the extracted file names.
 
@@ -92,8 +94,11 @@ def safe_extract(
     non-regular members, encrypted or exotically compressed members, duplicate names (also
     case-insensitively, as on macOS/Windows), a file that is also a directory, STORED members whose
     declared size differs from the stored data, declared total above `max_total_bytes`, members
-    over 1 MiB expanding more than `max_ratio` times, more than `max_entries` members. While
-    extracting, a member that yields more or fewer bytes than declared, or fails its CRC, is refused.
+    over 1 MiB expanding more than `max_ratio` times, a whole archive over 1 MiB expanding more than
+    `max_ratio` times (many small members of zeros), more than `max_entries` members (counted from the
+    end-of-central-directory record, before the member list is parsed). Messages name at most a few
+    members. While extracting, a member that yields more or fewer bytes than declared, or fails its
+    CRC, is refused.
     """
     zip_path = Path(zip_path)
     dest = Path(dest)
@@ -101,10 +106,11 @@ def safe_extract(
         raise UsageError(f"cannot extract into {dest}: it must be a new or empty directory")
     if not zip_path.is_file():
         raise UsageError(f"bundle {zip_path} does not exist")
+    check_entry_count(zip_path, max_entries)
     try:
         zf = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
-        raise VerificationError(f"{zip_path.name} is not a valid zip file: {exc}") from exc
+        raise VerificationError(f"{zip_path.name} is not a valid zip file: {short(str(exc))}") from exc
     with zf:
         infos = zf.infolist()
         names = _check_members(infos, max_total_bytes=max_total_bytes, max_ratio=max_ratio, max_entries=max_entries)
@@ -120,6 +126,20 @@ def safe_extract(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return names
+
+
+def check_entry_count(zip_path: Path, max_entries: int) -> None:
+    """Refuse an archive that declares more than `max_entries` members before zipfile lists them all
+    (the central directory of a million members takes a lot of memory to parse)."""
+    try:
+        with open(zip_path, "rb") as f:
+            end = zipfile._EndRecData(f)  # the end-of-central-directory record (zip64 aware)
+    except OSError:
+        return  # ZipFile reports it
+    if end is not None and end[zipfile._ECD_ENTRIES_TOTAL] > max_entries:
+        raise VerificationError(
+            f"zip declares {end[zipfile._ECD_ENTRIES_TOTAL]} entries, more than the limit of {max_entries}"
+        )
 
 
 def _regular_files(root: Path) -> list[str]:
@@ -174,54 +194,62 @@ def _check_members(
     folded: dict[str, str] = {}
     files: list[str] = []
     dirs: set[str] = set()
-    total = 0
+    total = compressed = 0
     for info in infos:
         raw = info.orig_filename
         if "\x00" in raw:
-            raise VerificationError(f"zip entry {raw!r} has a NUL byte in its name")
+            raise VerificationError(f"zip entry {short(raw)!r} has a NUL byte in its name")
         is_dir = raw.endswith("/")
         name = raw[:-1] if is_dir else raw
         try:
             check_relative_posix(name, "zip entry")
         except ValueError as exc:
-            raise VerificationError(f"unsafe zip entry: {exc}") from exc
+            raise VerificationError(f"unsafe zip entry: {short(str(exc))}") from exc
         mode = info.external_attr >> 16
         kind = stat.S_IFMT(mode)
         if kind == stat.S_IFLNK:
-            raise VerificationError(f"zip entry {raw!r} is a symlink; bundles hold regular files only")
+            raise VerificationError(f"zip entry {short(raw)!r} is a symlink; bundles hold regular files only")
         if kind not in (0, stat.S_IFREG, stat.S_IFDIR) or (kind == stat.S_IFDIR and not is_dir):
-            raise VerificationError(f"zip entry {raw!r} is not a regular file (mode {mode:o})")
+            raise VerificationError(f"zip entry {short(raw)!r} is not a regular file (mode {mode:o})")
         if raw in seen:
-            raise VerificationError(f"zip entry {raw!r} appears more than once")
+            raise VerificationError(f"zip entry {short(raw)!r} appears more than once")
         seen.add(raw)
         key = unicodedata.normalize("NFC", name).casefold()  # what macOS/Windows file systems collide
         if key in folded and folded[key] != raw:
-            raise VerificationError(f"zip entries {folded[key]!r} and {raw!r} differ only in case or normalization")
+            raise VerificationError(
+                f"zip entries {short(folded[key])!r} and {short(raw)!r} differ only in case or normalization"
+            )
         folded[key] = raw
         if info.flag_bits & 0x1:
-            raise VerificationError(f"zip entry {raw!r} is encrypted")
+            raise VerificationError(f"zip entry {short(raw)!r} is encrypted")
         if is_dir:
             dirs.add(name)
             continue
         if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            raise VerificationError(f"zip entry {raw!r} uses unsupported compression {info.compress_type}")
+            raise VerificationError(f"zip entry {short(raw)!r} uses unsupported compression {info.compress_type}")
         if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
             raise VerificationError(
-                f"zip entry {raw!r} declares {info.file_size} bytes but stores {info.compress_size}"
+                f"zip entry {short(raw)!r} declares {info.file_size} bytes but stores {info.compress_size}"
             )
         total += info.file_size
+        compressed += info.compress_size
         if total > max_total_bytes:
             raise VerificationError(f"zip expands to more than {max_total_bytes} bytes; refusing to extract")
         if info.file_size > _RATIO_MIN_BYTES and info.file_size > max_ratio * max(info.compress_size, 1):
             raise VerificationError(
-                f"zip entry {raw!r} expands {info.file_size / max(info.compress_size, 1):.0f}x "
+                f"zip entry {short(raw)!r} expands {info.file_size / max(info.compress_size, 1):.0f}x "
                 f"(limit {max_ratio:.0f}x): looks like a zip bomb"
             )
         files.append(name)
+    if total > _RATIO_MIN_BYTES and total > max_ratio * max(compressed, 1):
+        raise VerificationError(
+            f"zip expands {total / max(compressed, 1):.0f}x overall ({len(files)} files, {total} bytes from "
+            f"{compressed}; limit {max_ratio:.0f}x): looks like a zip bomb"
+        )
     parents = {p for f in files for p in _parents(f)}
     clash = sorted(parents & set(files))
     if clash:
-        raise VerificationError(f"zip entry {clash[0]!r} is both a file and a directory")
+        raise VerificationError(f"zip entry {short(clash[0])!r} is both a file and a directory")
     return sorted(files, key=lambda p: p.encode("utf-8"))
 
 
@@ -240,21 +268,21 @@ def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, root: Path) -> N
         target.parent.mkdir(parents=True, exist_ok=True)
         root_real = os.path.realpath(root)
         if os.path.commonpath([os.path.realpath(target.parent), root_real]) != root_real:  # belt and braces
-            raise VerificationError(f"zip entry {name!r} would land outside the destination")
+            raise VerificationError(f"zip entry {short(name)!r} would land outside the destination")
         written = 0
         with zf.open(info) as src, open(target, "xb") as dst:
             while chunk := src.read(_CHUNK):
                 written += len(chunk)
                 if written > info.file_size:
-                    raise VerificationError(f"zip entry {name!r} holds more data than its declared size")
+                    raise VerificationError(f"zip entry {short(name)!r} holds more data than its declared size")
                 dst.write(chunk)
         if written != info.file_size:
-            raise VerificationError(f"zip entry {name!r} holds {written} bytes, {info.file_size} declared")
+            raise VerificationError(f"zip entry {short(name)!r} holds {written} bytes, {info.file_size} declared")
     except VerificationError:
         raise
     # zipfile raises NotImplementedError for an unknown compression method and RuntimeError for an
     # encrypted entry: both are bundles mobex did not write, refused like a corrupt one.
     except (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError, RuntimeError) as exc:
-        raise VerificationError(f"zip entry {name!r} is corrupt: {exc}") from exc
+        raise VerificationError(f"zip entry {short(name)!r} is corrupt: {short(str(exc))}") from exc
     except OSError as exc:
-        raise VerificationError(f"cannot extract zip entry {name!r}: {exc.strerror or exc}") from exc
+        raise VerificationError(f"cannot extract zip entry {short(name)!r}: {exc.strerror or exc}") from exc

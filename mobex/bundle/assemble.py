@@ -7,35 +7,23 @@ Layout (DESIGN.md): manifest.json, model/<name>.tflite or model/<Name>.mlpackage
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
+from mobex import plugins
 from mobex.bundle.manifest import Manifest, iso_utc, model_section, resolve_source_date_epoch
 from mobex.bundle.verify import build_bundle
 from mobex.provenance import provenance
 from mobex.recipe import Recipe
-from mobex.validate.validator import VariantReport
+from mobex.validate.validator import VariantResult
 
 LABELS_ASSET = "assets/labels.txt"
 REFERENCE_STATS_ASSET = "assets/reference_stats.json"  # mobex.validate.drift reads it
 
 
-def swift_type_name(name: str) -> str:
-    """'digits-cnn' -> 'DigitsCnn': Xcode turns the .mlpackage file name into a Swift class name."""
-    parts = [p for p in re.split(r"[^A-Za-z0-9]+", name) if p]
-    joined = "".join(p[:1].upper() + p[1:] for p in parts) or "Model"
-    return joined if not joined[0].isdigit() else "Model" + joined
-
-
-def model_relpath(recipe: Recipe, platform: str) -> str:
-    if platform == "android":
-        return f"model/{recipe.model.name}.tflite"
-    return f"model/{swift_type_name(recipe.model.name)}.mlpackage"
-
-
-def _metrics(chosen: VariantReport) -> dict:
+def _metrics(chosen: VariantResult) -> dict:
     """What the manifest says about validation of the shipped variant: parity and gates.
 
     Latency is left out on purpose: it changes from run to run, and bundles must be reproducible.
@@ -59,7 +47,8 @@ def reference_stats_bytes(stats: dict) -> bytes:
 
 def assemble_bundle(
     recipe: Recipe,
-    chosen: VariantReport,
+    chosen: VariantResult,
+    target_options: Any,
     report_json: bytes,
     out_zip: Path,
     private_key: Path,
@@ -67,11 +56,16 @@ def assemble_bundle(
     staging: Path,
     source_date_epoch: int | None = None,
 ) -> Path:
-    """Copy the shipped model and assets into `staging`, write the manifest, sign, zip to `out_zip`."""
+    """Copy the shipped model and assets into `staging`, write the manifest, sign, zip to `out_zip`.
+
+    Where the model sits, its format and the minimum OS come from its target (`target_options` are the
+    target's options from the export job).
+    """
     artifact = chosen.artifact
     assert artifact is not None, "only exported variants can ship"
+    target = plugins.target(chosen.target)
     staging.mkdir(parents=True)
-    rel = model_relpath(recipe, chosen.platform)
+    rel = target.bundle_model_path(recipe.model.name)
     dest = staging / rel
     dest.parent.mkdir(parents=True)
     if artifact.path.is_dir():
@@ -92,10 +86,7 @@ def assemble_bundle(
     epoch = resolve_source_date_epoch(source_date_epoch)
     if epoch is None:
         epoch = int(time.time())
-    if chosen.platform == "android":
-        minimum_os: dict = {"android_min_sdk": recipe.android.min_sdk}
-    else:
-        minimum_os = {"ios": recipe.ios.minimum_deployment_target}
+    minimum_os = target.minimum_os(target_options, chosen.platform)
     manifest = Manifest(
         name=recipe.model.name,
         version=recipe.model.version,
@@ -103,16 +94,17 @@ def assemble_bundle(
         created=iso_utc(epoch),
         model=model_section(
             path=rel,
-            format="tflite" if chosen.platform == "android" else "mlpackage",
+            format=target.info.file_format,
             quantization=chosen.quantization,
             inputs=artifact.inputs,
             outputs=artifact.outputs,
             minimum_os=minimum_os,
             labels_file=LABELS_ASSET if labels is not None else None,
             **({"reference_stats_file": stats_file} if stats_file else {}),
+            **target.manifest_extras(artifact.path),
         ),
         labels=labels,
-        preprocessing=recipe.preprocessing,
+        preprocessing=recipe.preprocessing.record(),
         task=recipe.model.task,
         metrics=_metrics(chosen),
         provenance=provenance(recipe),

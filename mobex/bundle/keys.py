@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
+import sys
 import tempfile
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from mobex.errors import UsageError
 DEV_KEY_NAME = "dev-signing-key.pem"
 _MAX_KEY_FILE_BYTES = 1 << 20
 _KEYGEN_HINT = "create a key pair with `mobex keygen --out KEY.pem`"
+_warned_exposed: set[str] = set()
 
 
 def public_path_for(private_path: Path) -> Path:
@@ -118,9 +121,12 @@ def ensure_dev_key() -> tuple[Path, bool]:
 
 
 def load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
-    """Load an unencrypted PEM P-256 private key, or raise UsageError saying what is wrong."""
+    """Load an unencrypted PEM P-256 private key, or raise UsageError saying what is wrong.
+
+    Warns (once per file, on stderr, as ssh does) when the file is readable or writable by group or others."""
     path = Path(path).expanduser()
     data = _read_key_file(path, "private")
+    warn_if_exposed(path)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError as exc:  # cryptography: "Password was not given but private key is encrypted"
@@ -143,6 +149,25 @@ def load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
         )
     _check_p256(key.curve, path)
     return key
+
+
+def warn_if_exposed(path: Path) -> bool:
+    """Print a warning if a private key file's permissions let group or others read or change it."""
+    if os.name != "posix":
+        return False
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    key = str(path.resolve())
+    if not mode & 0o077 or key in _warned_exposed:
+        return bool(mode & 0o077)
+    _warned_exposed.add(key)
+    sys.stderr.write(
+        f"warning: private key {path} is accessible by group or others (mode {stat.S_IMODE(mode):04o}); "
+        f"anyone who can read it can sign bundles as you. Run: chmod 600 {path}\n"
+    )
+    return True
 
 
 def load_public_key(path: Path) -> ec.EllipticCurvePublicKey:

@@ -22,24 +22,20 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mobex import plugins
 from mobex.artifacts import TensorSpec
+from mobex.bounded import loads_json
 from mobex.bundle.signing import SIGNATURE_FILE
 from mobex.errors import UsageError
 from mobex.files import regular_files, sha256_file
+from mobex.names import NAME_RE, SEMVER_RE
 
 SCHEMA_ID = "https://mobex.dev/schemas/bundle-manifest/v1"
 MANIFEST_FILE = "manifest.json"
-MODEL_FORMAT_OF_PLATFORM = {"android": "tflite", "ios": "mlpackage"}
+MAX_MANIFEST_BYTES = 16 << 20
 
-# SemVer 2.0.0, the regex recommended at semver.org.
-SEMVER_RE = re.compile(
-    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
-    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
-    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
-)
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-_CREATED_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+_CREATED_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$", re.ASCII)
 _REQUIRED_MODEL_KEYS = ("path", "format", "quantization", "inputs", "outputs", "minimum_os")
 
 
@@ -74,7 +70,7 @@ class FileEntry(BaseModel):
     @field_validator("sha256")
     @classmethod
     def _sha(cls, v: str) -> str:
-        if not _SHA256_RE.match(v):
+        if not _SHA256_RE.fullmatch(v):
             raise ValueError("sha256 must be 64 lowercase hex digits")
         return v
 
@@ -108,7 +104,7 @@ class Manifest(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not NAME_RE.match(v):
+        if not NAME_RE.fullmatch(v):
             raise ValueError(
                 f"bundle name {v!r} must be 1-128 of letters, digits, '.', '_' or '-', starting with a letter or digit"
             )
@@ -117,14 +113,14 @@ class Manifest(BaseModel):
     @field_validator("version")
     @classmethod
     def _version(cls, v: str) -> str:
-        if not SEMVER_RE.match(v):
+        if not SEMVER_RE.fullmatch(v):
             raise ValueError(f"version {v!r} is not SemVer 2.0 (e.g. 1.4.2, 2.0.0-rc.1)")
         return v
 
     @field_validator("created")
     @classmethod
     def _created(cls, v: str) -> str:
-        if not _CREATED_RE.match(v):
+        if not _CREATED_RE.fullmatch(v):
             raise ValueError(f"created {v!r} must be an ISO-8601 UTC time like 2026-01-31T12:00:00Z")
         datetime.strptime(v, "%Y-%m-%dT%H:%M:%SZ")  # rejects month 13 etc.
         return v
@@ -147,8 +143,9 @@ class Manifest(BaseModel):
         if not path.startswith("model/"):
             raise ValueError(f"model.path {path!r} must be under model/")
         fmt = v["format"]
-        if fmt not in ("tflite", "mlpackage"):
-            raise ValueError(f"model.format {fmt!r} must be 'tflite' or 'mlpackage'")
+        if plugins.target_for_format(fmt) is None:
+            known = ", ".join(repr(t.file_format) for t in plugins.targets())
+            raise ValueError(f"model.format {fmt!r} must be one of {known}")
         if not path.endswith("." + fmt):
             raise ValueError(f"model.path {path!r} must end in .{fmt}")
         for key in ("inputs", "outputs"):
@@ -166,13 +163,23 @@ class Manifest(BaseModel):
     def _json_safe(cls, v: dict[str, Any]) -> dict[str, Any]:
         return _finite(v)
 
+    @field_validator("preprocessing")
+    @classmethod
+    def _contract(cls, v: dict[str, Any]) -> dict[str, Any]:
+        """A `kind`ed table is the typed contract (mobex.preprocessing): it must parse. Older free-form ones pass."""
+        if "kind" in v:
+            from mobex.preprocessing import parse_preprocessing
+
+            parse_preprocessing(v)
+        return v
+
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
         fmt = self.model["format"]
-        if MODEL_FORMAT_OF_PLATFORM[self.platform] != fmt:
-            raise ValueError(
-                f"platform {self.platform} ships {MODEL_FORMAT_OF_PLATFORM[self.platform]} models, not {fmt}"
-            )
+        info = plugins.target_for_format(fmt)
+        if info is not None and self.platform not in info.platforms:
+            served = sorted({t.file_format for t in plugins.targets() if self.platform in t.platforms})
+            raise ValueError(f"platform {self.platform} ships {' or '.join(served)} models, not {fmt}")
         min_os = self.model["minimum_os"]
         if self.platform == "ios" and not isinstance(min_os.get("ios"), str):
             raise ValueError('model.minimum_os for iOS must be like {"ios": "iOS16"}')
@@ -189,9 +196,10 @@ class Manifest(BaseModel):
         return self
 
     def model_files(self) -> list[FileEntry]:
-        """The entries that make up the model: the .tflite file, or everything under the .mlpackage."""
+        """The entries that make up the model: the model file (.tflite, .pte), or everything under an .mlpackage."""
         path = self.model["path"]
-        if self.model["format"] == "tflite":
+        info = plugins.target_for_format(self.model["format"])
+        if info is None or not info.model_is_folder:
             return [f for f in self.files if f.path == path]
         return [f for f in self.files if f.path.startswith(path + "/")]
 
@@ -206,14 +214,14 @@ class Manifest(BaseModel):
 
     @classmethod
     def from_json_bytes(cls, data: bytes) -> Manifest:
-        """Parse manifest.json (raises pydantic.ValidationError or ValueError)."""
-        return cls.model_validate(json.loads(data.decode("utf-8")))
+        """Parse manifest.json (raises pydantic.ValidationError or ValueError, also when too large or deep)."""
+        return cls.model_validate(loads_json(data, MANIFEST_FILE, max_bytes=MAX_MANIFEST_BYTES))
 
 
 def model_section(
     *,
     path: str,
-    format: Literal["tflite", "mlpackage"],
+    format: str,
     quantization: str,
     inputs: list[TensorSpec],
     outputs: list[TensorSpec],
@@ -255,7 +263,7 @@ def resolve_source_date_epoch(value: int | None = None) -> int | None:
     env = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
     if not env:
         return None
-    if not env.isdigit():
+    if not (env.isascii() and env.isdigit()) or len(env) > 18:
         raise UsageError(
             f"SOURCE_DATE_EPOCH={env!r} is not a non-negative integer",
             hint="set it to a Unix time, e.g. SOURCE_DATE_EPOCH=$(git log -1 --format=%ct)",

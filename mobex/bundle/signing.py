@@ -37,6 +37,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from mobex.bounded import loads_json, name_list
 from mobex.bundle.keys import load_private_key, load_public_key, public_key_hint
 from mobex.errors import UsageError, VerificationError
 from mobex.files import sha256_file
@@ -145,7 +146,7 @@ def verify_directory(bundle_dir: Path, public_key: Path) -> None:
 
     unsigned = sorted(set(_relative_files(bundle_dir)) - set(info.files) - {SIGNATURE_FILE})
     if unsigned:
-        raise VerificationError(f"files not covered by the signature: {', '.join(unsigned)}")
+        raise VerificationError(f"files not covered by the signature: {name_list(unsigned)}")
 
 
 def read_signature(sig_path: Path) -> SignatureInfo:
@@ -154,7 +155,7 @@ def read_signature(sig_path: Path) -> SignatureInfo:
     try:
         if sig_path.stat().st_size > _MAX_SIGNATURE_BYTES:
             raise ValueError("file is too large")
-        bundle = json.loads(sig_path.read_bytes())
+        bundle = loads_json(sig_path.read_bytes(), SIGNATURE_FILE, max_bytes=_MAX_SIGNATURE_BYTES)
         if bundle.get("mediaType") != BUNDLE_MEDIA_TYPE:
             raise ValueError(f"mediaType is {bundle.get('mediaType')!r}, expected {BUNDLE_MEDIA_TYPE!r}")
         envelope = bundle["dsseEnvelope"]
@@ -162,7 +163,7 @@ def read_signature(sig_path: Path) -> SignatureInfo:
             raise ValueError(f"payloadType is {envelope.get('payloadType')!r}, expected {PAYLOAD_TYPE!r}")
         if not isinstance(envelope.get("signatures"), list) or len(envelope["signatures"]) != 1:
             raise ValueError("the DSSE envelope must carry exactly one signature")
-        statement = json.loads(base64.b64decode(envelope["payload"], validate=True))
+        statement = loads_json(base64.b64decode(envelope["payload"], validate=True), "the signed statement")
         if statement.get("_type") != STATEMENT_TYPE:
             raise ValueError(f"statement _type is {statement.get('_type')!r}, expected {STATEMENT_TYPE!r}")
         predicate = statement["predicate"]
@@ -216,11 +217,11 @@ def _describe_mismatch(bundle_dir: Path, info: SignatureInfo) -> str | None:
     missing = sorted(info.files.keys() - actual.keys())
     parts = []
     if changed:
-        parts.append(f"changed since signing: {', '.join(changed)}")
+        parts.append(f"changed since signing: {name_list(changed)}")
     if added:
-        parts.append(f"not signed (added after signing): {', '.join(added)}")
+        parts.append(f"not signed (added after signing): {name_list(added)}")
     if missing:
-        parts.append(f"missing (signed but absent): {', '.join(missing)}")
+        parts.append(f"missing (signed but absent): {name_list(missing)}")
     return "bundle content does not match its signature; " + "; ".join(parts) if parts else None
 
 

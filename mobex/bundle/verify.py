@@ -17,10 +17,12 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from mobex.bundle.archive import safe_extract, write_deterministic_zip
+from mobex.bounded import name_list
+from mobex.bundle.archive import MAX_ENTRIES, check_entry_count, safe_extract, write_deterministic_zip
 from mobex.bundle.keys import load_private_key, load_public_key
 from mobex.bundle.manifest import (
     MANIFEST_FILE,
+    MAX_MANIFEST_BYTES,
     Manifest,
     created_epoch,
     file_entries,
@@ -33,7 +35,6 @@ LAYOUT = ("model/", "assets/", "report.json")
 LABELS_FILE = "assets/labels.txt"
 _JUNK_NAMES = frozenset({".DS_Store", "Thumbs.db", "__MACOSX"})
 _GIT_NAMES = frozenset({".git", ".gitattributes", ".github", ".gitignore"})
-_MAX_MANIFEST_BYTES = 16 << 20
 
 
 def build_bundle(
@@ -120,12 +121,13 @@ def read_manifest(zip_path: Path) -> Manifest:
     zip_path = Path(zip_path)
     if not zip_path.is_file():
         raise UsageError(f"bundle {zip_path} does not exist")
+    check_entry_count(zip_path, MAX_ENTRIES)
     try:
         with zipfile.ZipFile(zip_path) as zf:
             matches = [i for i in zf.infolist() if i.orig_filename == MANIFEST_FILE]
             if len(matches) != 1:
                 raise VerificationError(f"{zip_path.name} has {'no' if not matches else 'several'} {MANIFEST_FILE}")
-            if matches[0].file_size > _MAX_MANIFEST_BYTES:
+            if matches[0].file_size > MAX_MANIFEST_BYTES:
                 raise VerificationError(f"{MANIFEST_FILE} in {zip_path.name} is implausibly large")
             data = zf.read(matches[0])
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
@@ -187,11 +189,11 @@ def _compare_files(manifest: Manifest, root: Path) -> None:
     extra = sorted(actual.keys() - listed.keys())
     changed = sorted(p for p in listed.keys() & actual.keys() if listed[p] != actual[p])
     if missing:
-        raise VerificationError(f"file listed in the manifest is missing: {', '.join(missing)}")
+        raise VerificationError(f"file listed in the manifest is missing: {name_list(missing)}")
     if extra:
-        raise VerificationError(f"file not listed in the manifest: {', '.join(extra)}")
+        raise VerificationError(f"file not listed in the manifest: {name_list(extra)}")
     if changed:
-        raise VerificationError(f"file differs from its manifest sha256/size: {', '.join(changed)}")
+        raise VerificationError(f"file differs from its manifest sha256/size: {name_list(changed)}")
 
 
 def _parse_manifest(data: bytes, where: str) -> Manifest:

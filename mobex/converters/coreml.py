@@ -17,12 +17,16 @@ import json
 import shutil
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from mobex.artifacts import ExportedVariant, TensorSpec, path_size
+from mobex.converters import op_location
+from mobex.converters.coreml_io import plan_interface
 from mobex.errors import ConversionError, UsageError
+from mobex.preprocessing import NoPreprocessing, PreprocessingContract
+from mobex.runtime.coremltools_import import import_coremltools
 
 if TYPE_CHECKING:
     import torch
@@ -53,6 +57,11 @@ class CoreMLMetadata:
     output_descriptions: dict[str, str] = field(default_factory=dict)
     labels: list[str] | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    # The native interface (mobex.converters.coreml_io): image input from an image contract, classifier outputs.
+    preprocessing: PreprocessingContract = field(default_factory=NoPreprocessing)
+    task: str = "other"
+    image_input: bool = True
+    classifier: bool | None = None  # None: for image classifiers only (mobex.converters.coreml_io)
 
 
 def resolve_target(name: str) -> Any:
@@ -84,12 +93,12 @@ def convert_coreml(
     Input names are the dict keys; float inputs stay float32 I/O even with fp16 compute (apps feed
     float32), integer inputs become int32 (Core ML has no int64 I/O). The model is put in eval mode.
     """
-    import coremltools as ct
     import numpy as np
     import torch
 
     from mobex.converters import coreml_shims
 
+    ct = import_coremltools()  # without the converters mobex never uses (~12 s less)
     started = time.perf_counter()
     out_path = Path(out_path)
     if out_path.suffix != ".mlpackage":
@@ -135,6 +144,17 @@ def convert_coreml(
         ct.TensorType(name=n, dtype=np.float32 if t.is_floating_point() else np.int32)
         for n, t in zip(output_names, reference_outputs, strict=True)
     ]
+    interface = plan_interface(
+        metadata.preprocessing,
+        example_inputs,
+        task=metadata.task,
+        labels=metadata.labels,
+        output_count=len(reference_outputs),
+        image_input=metadata.image_input,
+        classifier=metadata.classifier,
+    )
+    model, interface_notes = interface.apply(model, example_inputs, ct_inputs)
+    notes += interface_notes
 
     convert_kwargs = dict(
         inputs=ct_inputs,
@@ -143,6 +163,7 @@ def convert_coreml(
         minimum_deployment_target=target,
         compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
         skip_model_load=True,
+        classifier_config=interface.classifier_config(),
     )
     errors: dict[str, str] = {}
     mlmodel = None
@@ -170,23 +191,33 @@ def convert_coreml(
         break
     if mlmodel is None:
         summary = "; ".join(f"{k}: {v}" for k, v in errors.items())
+        located = op_location.describe(model, args, summary)  # the op and the module path that calls it
+        where = f" ({located[0]})" if located else ""
         raise ConversionError(
-            f"coremltools could not convert the model by either path ({summary})",
-            hint="see the shims in mobex/converters/coreml_shims.py; an unsupported op may need a new one",
+            f"coremltools could not convert the model{where} by either path ({summary})",
+            hint=(f"{located[1]}; " if located else "")
+            + "see the shims in mobex/converters/coreml_shims.py; an unsupported op may need a new one",
         )
 
-    apply_metadata(mlmodel, metadata)
+    descriptions = interface.output_descriptions(metadata.output_descriptions, output_names)
+    apply_metadata(mlmodel, replace(metadata, output_descriptions=descriptions))
+    mlmodel.user_defined_metadata.update(interface.metadata())
     save_package(mlmodel, out_path)
     notes.append("package made reproducible: conversion date dropped, manifest ids derived from content")
-    inputs, outputs = read_io(out_path)
+    return package_variant(out_path, precision, notes, started)
+
+
+def package_variant(path: Path, quantization: str, notes: list[str], started: float) -> ExportedVariant:
+    """A saved .mlpackage as a variant: its I/O read back from the package, its size, the time since `started`."""
+    inputs, outputs = read_io(path)
     return ExportedVariant(
         target="coreml",
         platform="ios",
-        quantization=precision,
-        path=out_path,
+        quantization=quantization,
+        path=path,
         inputs=inputs,
         outputs=outputs,
-        size_bytes=path_size(out_path),
+        size_bytes=path_size(path),
         seconds=time.perf_counter() - started,
         notes=notes,
     )
@@ -295,11 +326,46 @@ def read_io(package: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
 
 def _tensor_spec(feature: Any) -> TensorSpec:
     kind = feature.type.WhichOneof("Type")
+    if kind == "imageType":  # a picture; mobex feeds it float32 [1, C, H, W] (runtime/mil/image_io.py)
+        image = native_image(feature)
+        return TensorSpec(
+            name=feature.name, shape=(1, image["channels"], image["height"], image["width"]), dtype="float32"
+        )
+    if kind in ("stringType", "dictionaryType"):  # classifier outputs: the label, and label -> score
+        dtype = "string" if kind == "stringType" else "dict-string-float64"
+        return TensorSpec(name=feature.name, shape=(), dtype=dtype)
     if kind != "multiArrayType":
         return TensorSpec(name=feature.name, shape=(), dtype=kind or "unknown")
     array = feature.type.multiArrayType
     dtype = _ARRAY_DTYPES.get(array.dataType, f"coreml-{array.dataType}")
     return TensorSpec(name=feature.name, shape=tuple(int(d) for d in array.shape), dtype=dtype)
+
+
+def native_image(feature: Any) -> dict[str, Any]:
+    """An image input's colour space and size as the spec declares them."""
+    from coremltools.proto import FeatureTypes_pb2
+
+    image = feature.type.imageType
+    space = FeatureTypes_pb2.ImageFeatureType.ColorSpace.Name(image.colorSpace)
+    channels = 1 if space.startswith("GRAYSCALE") else 3
+    return {"color_space": space, "channels": channels, "height": int(image.height), "width": int(image.width)}
+
+
+def read_interface(package: Path) -> dict[str, Any]:
+    """The native forms the package declares, for the manifest: image inputs and classifier outputs."""
+    import coremltools as ct
+
+    spec = ct.utils.load_spec(str(package))
+    out: dict[str, Any] = {}
+    images = {f.name: native_image(f) for f in spec.description.input if f.type.WhichOneof("Type") == "imageType"}
+    if images:
+        out["image_inputs"] = images
+    if spec.description.predictedFeatureName:
+        out["classifier"] = {
+            "label_output": spec.description.predictedFeatureName,
+            "scores_output": spec.description.predictedProbabilitiesName,
+        }
+    return out
 
 
 def _dtype_name(tensor: torch.Tensor) -> str:

@@ -21,6 +21,9 @@ _installed = False
 _fired: set[str] = set()
 _stock: dict[str, Callable | None] = {}  # registry key -> coremltools' own converter (None: absent)
 _stock_max_pool: Callable | None = None
+_stock_split: Callable | None = None
+_stock_prelu: Callable | None = None
+_stock_upsample_nearest: Callable | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,43 @@ SHIMS: tuple[Shim, ...] = (
         "'node max_pool2d (max_pool2d) got 2 input(s), expected minimum 3 inputs' (nn.MaxPool2d(2) / "
         "F.max_pool2d(x, 2)). No upstream issue found.",
     ),
+    Shim(
+        "recurrent-cells",
+        ("lstm_cell", "gru_cell"),
+        "coremltools 9.0 converts nn.LSTM/nn.GRU but not the cells: 'Unsupported fx node lstm_cell, kind "
+        "lstm_cell' / 'gru_cell' (torch.export) for nn.LSTMCell / nn.GRUCell stepped in a loop (streaming "
+        "models with explicit state). Converted here to linear + sigmoid/tanh MIL ops, so the state in and "
+        "out stay ordinary tensors. No upstream issue found.",
+    ),
+    Shim(
+        "unsafe-chunk",
+        ("unsafe_chunk", "unsafe_split", "unsafe_split_with_sizes"),
+        "\"PyTorch convert function for op 'unsafe_chunk' not implemented\" (torch.jit.trace of LSTMCell / "
+        "GRUCell, whose TorchScript kernels split the gates with unsafe_chunk) and 'Unsupported fx node "
+        "unsafe_split' (torch.export). They are chunk/split without the aliasing checks. No upstream issue found.",
+    ),
+    Shim(
+        "prelu-rank",
+        ("prelu",),
+        "9.0's prelu converter passes rank-2/3 inputs (PReLU after nn.Linear or nn.Conv1d) to MIL prelu "
+        "as rank 3, which refuses per-channel alpha: 'prelu op: rank 3 or rank 5 input is only supported "
+        "when all the values of alpha are same'. Here the input is lifted to rank 4 ([B, C, L, 1]) instead. "
+        "No upstream issue found.",
+    ),
+    Shim(
+        "gelu-tanh",
+        ("gelu",),
+        "torch.export passes gelu's `approximate` as a keyword; 9.0's converter reads positional inputs only, "
+        "so GELU(approximate='tanh') silently becomes the exact (erf) GELU: no error, outputs off by up to "
+        "~1e-3 (found by the coverage zoo, gelu_tanh_regressor). No upstream issue found.",
+    ),
+    Shim(
+        "nearest-exact",
+        ("_upsample_nearest_exact2d", "upsample_nearest_exact2d"),
+        "9.0 has no converter for interpolate(mode='nearest-exact'): 'Unsupported fx node "
+        "_upsample_nearest_exact2d'. For integer scale factors it equals mode='nearest' (floor((i + 0.5) / s) "
+        "= floor(i / s)), which 9.0 converts; other factors still fail. No upstream issue found.",
+    ),
 )
 
 
@@ -94,6 +134,21 @@ def install_shims() -> tuple[Shim, ...]:
     _register(bitwise_or, "or")
     _register(bitwise_xor, "xor")
     _register(where_scalarother, "where.scalarother")
+    _register(lstm_cell)
+    _register(gru_cell)
+    _register(unsafe_chunk)
+    global _stock_split, _stock_prelu
+    _stock_split = _stock_split or _registry().get_func("split")
+    _register(unsafe_split, "unsafe_split_with_sizes")
+    stock_prelu = _registry().get_func("prelu")
+    if stock_prelu is not None and stock_prelu is not prelu:
+        _stock_prelu = stock_prelu
+    _register(prelu)
+    _register(gelu)
+    global _stock_upsample_nearest
+    _stock_upsample_nearest = _stock_upsample_nearest or _registry().get_func("upsample_nearest2d")
+    _register(_upsample_nearest_exact2d, "upsample_nearest_exact2d", "_upsample_nearest_exact2d.vec",
+              "upsample_nearest_exact2d.vec")  # fmt: skip
     stock_max_pool = _registry().get_func("max_pool1d")
     if stock_max_pool is not None and stock_max_pool is not max_pool1d:
         global _stock_max_pool
@@ -284,3 +339,158 @@ def max_pool1d(context: Any, node: Any) -> None:
         node.inputs = [*node.inputs, []]
     assert _stock_max_pool is not None, "install_shims() registers max_pool1d"
     _stock_max_pool(context, node)
+
+
+# --- recurrent-cells: 'Unsupported fx node lstm_cell' / 'gru_cell' (torch.export); 9.0 only has the
+# --- sequence layers (aten::lstm / aten::gru).
+
+
+def _add_outputs(context: Any, node: Any, values: tuple) -> None:
+    """A tuple-returning op: TorchScript names each output, torch.export one node read by getitem."""
+    if len(node.outputs) == len(values) > 1:
+        for value, name in zip(values, node.outputs, strict=True):
+            context.add(value, name)
+    else:
+        context.add(values, torch_name=node.name)
+
+
+def _cell_inputs(context: Any, node: Any) -> tuple:
+    """(x, hx, w_ih, w_hh, b_ih | None, b_hh | None) of aten::lstm_cell / aten::gru_cell."""
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs
+
+    inputs = _get_inputs(context, node, min_expected=4)
+    inputs = list(inputs) + [None] * (6 - len(inputs))
+    return tuple(inputs[:6])
+
+
+def _gate_projection(x: Any, weight: Any, bias: Any) -> Any:
+    from coremltools.converters.mil import Builder as mb
+
+    return mb.linear(x=x, weight=weight, bias=bias) if bias is not None else mb.linear(x=x, weight=weight)
+
+
+def lstm_cell(context: Any, node: Any) -> None:
+    """aten::lstm_cell(x, [h, c], w_ih, w_hh, b_ih, b_hh) -> (h', c'); gates i, f, g, o as in torch."""
+    from coremltools.converters.mil import Builder as mb
+
+    _fired.add("recurrent-cells")
+    x, hx, w_ih, w_hh, b_ih, b_hh = _cell_inputs(context, node)
+    h, c = hx
+    gates = mb.add(x=_gate_projection(x, w_ih, b_ih), y=_gate_projection(h, w_hh, b_hh))
+    i, f, g, o = mb.split(x=gates, num_splits=4, axis=-1)
+    c_new = mb.add(x=mb.mul(x=mb.sigmoid(x=f), y=c), y=mb.mul(x=mb.sigmoid(x=i), y=mb.tanh(x=g)))
+    h_new = mb.mul(x=mb.sigmoid(x=o), y=mb.tanh(x=c_new))
+    _add_outputs(context, node, (h_new, c_new))
+
+
+def gru_cell(context: Any, node: Any) -> None:
+    """aten::gru_cell(x, h, w_ih, w_hh, b_ih, b_hh) -> h'; gates r, z, n as in torch (r scales W_hn h + b_hn)."""
+    from coremltools.converters.mil import Builder as mb
+
+    _fired.add("recurrent-cells")
+    x, h, w_ih, w_hh, b_ih, b_hh = _cell_inputs(context, node)
+    xr, xz, xn = mb.split(x=_gate_projection(x, w_ih, b_ih), num_splits=3, axis=-1)
+    hr, hz, hn = mb.split(x=_gate_projection(h, w_hh, b_hh), num_splits=3, axis=-1)
+    r = mb.sigmoid(x=mb.add(x=xr, y=hr))
+    z = mb.sigmoid(x=mb.add(x=xz, y=hz))
+    n = mb.tanh(x=mb.add(x=xn, y=mb.mul(x=r, y=hn)))
+    # h' = (1 - z) * n + z * h = n + z * (h - n)
+    context.add(mb.add(x=n, y=mb.mul(x=z, y=mb.sub(x=h, y=n)), name=node.name))
+
+
+# --- unsafe-chunk: "convert function for op 'unsafe_chunk' not implemented" (trace of the cells) and
+# --- 'Unsupported fx node unsafe_split' (torch.export): chunk / split without the aliasing checks.
+
+
+def unsafe_chunk(context: Any, node: Any) -> None:
+    """aten::unsafe_chunk(x, chunks, dim): torch.chunk's sizes (ceil(n / chunks) each, the last smaller)."""
+    import math
+
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs
+
+    _fired.add("unsafe-chunk")
+    x, chunks, dim = _get_inputs(context, node, expected=3)
+    axis = int(dim.val)
+    total = x.shape[axis]
+    size = math.ceil(total / int(chunks.val))
+    sizes = [size] * (total // size) + ([total % size] if total % size else [])
+    _add_outputs(context, node, tuple(mb.split(x=x, split_sizes=sizes, axis=axis)))
+
+
+def unsafe_split(context: Any, node: Any) -> None:
+    """aten::unsafe_split(_with_sizes): 9.0's own split converter, which handles both argument forms."""
+    _fired.add("unsafe-chunk")
+    assert _stock_split is not None, "install_shims() registers unsafe_split"
+    _stock_split(context, node)
+
+
+# --- prelu-rank: 'prelu op: rank 3 or rank 5 input is only supported when all the values of alpha are
+# --- same' (PReLU(C) after nn.Linear: rank 2, lifted to rank 3 by 9.0; after nn.Conv1d: rank 3).
+
+
+def prelu(context: Any, node: Any) -> None:
+    """Per-channel PReLU on a rank-2/3 input as MIL prelu on the input lifted to rank 4 (axis 1 = channels)."""
+    import numpy as np
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs
+
+    x, alpha = _get_inputs(context, node, expected=2)
+    values = alpha.val if alpha.can_be_folded_to_const() else None
+    uniform = values is None or np.size(values) <= 1 or bool(np.all(values == np.reshape(values, -1)[0]))
+    if x.rank not in (2, 3) or uniform:
+        assert _stock_prelu is not None, "install_shims() registers prelu"
+        _stock_prelu(context, node)
+        return
+    _fired.add("prelu-rank")
+    channels = x.shape[1]
+    alpha_c = (np.ones((channels,), np.float32) * np.reshape(values, -1)).astype(np.float32)
+    axes = list(range(x.rank, 4))
+    lifted = mb.prelu(x=mb.expand_dims(x=x, axes=axes), alpha=alpha_c)
+    context.add(mb.squeeze(x=lifted, axes=axes, name=node.name))
+
+
+# --- gelu-tanh: GELU(approximate="tanh") converted as the exact GELU on the torch.export path (the
+# --- keyword argument is never read): silently wrong numbers, ~1e-3.
+
+
+def gelu(context: Any, node: Any) -> None:
+    """aten::gelu(x, approximate="none" | "tanh"), the approximation read from positional or keyword input."""
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs, _get_kwinputs
+
+    inputs = _get_inputs(context, node, min_expected=1)
+    positional = inputs[1] if len(inputs) > 1 else None
+    approximate = _get_kwinputs(context, node, "approximate", default=[positional])[0]
+    value = getattr(approximate, "val", approximate)
+    if value == "tanh" and positional is None:  # the case stock 9.0 gets wrong
+        _fired.add("gelu-tanh")
+    if value not in (None, "none", "tanh"):
+        raise NotImplementedError(f"gelu approximate={value!r} is not supported")
+    mode = "TANH_APPROXIMATION" if value == "tanh" else "EXACT"
+    context.add(mb.gelu(x=inputs[0], mode=mode, name=node.name))
+
+
+# --- nearest-exact: 'Unsupported fx node _upsample_nearest_exact2d' (interpolate(mode="nearest-exact")).
+
+
+def _upsample_nearest_exact2d(context: Any, node: Any) -> None:
+    """Integer scale factors: the same pixels as mode="nearest", so 9.0's upsample_nearest2d converts it."""
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs
+
+    inputs = _get_inputs(context, node, min_expected=1)
+    x = inputs[0]
+    size = getattr(inputs[1], "val", None) if len(inputs) > 1 and inputs[1] is not None else None
+    scales = getattr(inputs[2], "val", None) if len(inputs) > 2 and inputs[2] is not None else None
+    if size is not None:
+        integer = all(int(o) % int(i) == 0 for o, i in zip(list(size), list(x.shape)[-2:], strict=True))
+    else:
+        integer = scales is not None and all(float(f).is_integer() for f in list(scales))
+    if not integer:
+        raise NotImplementedError(
+            "interpolate(mode='nearest-exact') converts to Core ML only with integer scale factors; "
+            "use mode='nearest' or an integer factor"
+        )
+    _fired.add("nearest-exact")
+    assert _stock_upsample_nearest is not None, "install_shims() registers _upsample_nearest_exact2d"
+    _stock_upsample_nearest(context, node)

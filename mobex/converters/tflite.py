@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from mobex.artifacts import ExportedVariant, path_size
+from mobex.converters import op_location, tflite_lowering
+from mobex.converters.tflite_metadata import TfliteMetadata, apply_model_contract
 from mobex.errors import ConversionError, UsageError
 from mobex.runtime.litert import SIGNATURE_KEY, load_tflite_io
 from mobex.runtime.torch_model import flatten_outputs
@@ -39,10 +41,13 @@ def convert_tflite(
     out_path: Path,
     *,
     output_names: list[str] | None = None,
+    metadata: TfliteMetadata | None = None,
 ) -> ExportedVariant:
     """Convert `model` (put in eval mode) to a float32 .tflite at `out_path`, written atomically.
 
     `example_inputs` maps each input name to an example tensor, in call order (`model(*values)`).
+    The I/O tensors are named after the inputs and outputs, and `metadata` (when given) is written as
+    TFLite metadata (mobex.converters.tflite_metadata).
     Raises UsageError for bad arguments and ConversionError (naming the failing op when
     litert-torch does) when the model cannot be converted.
     """
@@ -86,14 +91,18 @@ def convert_tflite(
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        with _quiet_litert():
+        with _quiet_litert(), tflite_lowering.recurrent_modules_as_custom_ops(model):  # installs every fix
             edge = litert_torch.signature(SIGNATURE_KEY, wrapper, sample_kwargs=dict(example_inputs)).convert()
             edge.export(str(tmp))
     except Exception as e:  # noqa: BLE001 - litert-torch raises anything from AssertionError to jax errors
         tmp.unlink(missing_ok=True)
         message, op = _summarize_failure(e)
-        raise ConversionError(message, hint=_OP_HINT if op else _HINT) from e
+        located = op_location.describe(model, tuple(example_inputs.values()), str(e))  # the module path
+        if located:
+            message = f"{message} [{located[0]}]"
+        raise ConversionError(message, hint=located[1] if located else (_OP_HINT if op else _HINT)) from e
     try:
+        tmp.write_bytes(apply_model_contract(tmp.read_bytes(), metadata, SIGNATURE_KEY))  # names, metadata
         io = load_tflite_io(tmp)
         if [s.name for s in io.inputs] != names or [s.name for s in io.outputs] != out_names:
             raise ConversionError(

@@ -29,6 +29,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from mobex.bounded import loads_json
 from mobex.bundle.keys import public_key_hint
 from mobex.errors import VerificationError
 
@@ -156,10 +157,12 @@ def verify(
 
 
 def loads_strict(data: bytes | str) -> Any:
-    """json.loads that refuses duplicate keys, NaN/Infinity and bytes that are not UTF-8."""
+    """json.loads that refuses duplicate keys, NaN/Infinity, bytes that are not UTF-8, and (mobex.bounded)
+    documents over MAX_ENVELOPE_BYTES or nested deeper than mobex.bounded.MAX_DEPTH (all ValueErrors)."""
     if isinstance(data, bytes):
         data = data.decode("utf-8")
-    return json.loads(data, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    hooks = {"object_pairs_hook": _no_duplicates, "parse_constant": _no_constant}
+    return loads_json(data, "JSON document", max_bytes=MAX_ENVELOPE_BYTES, **hooks)
 
 
 def dumps_canonical(obj: Any) -> bytes:

@@ -70,6 +70,11 @@ def with_pointer(index: dict[str, Any], pointer: Pointer) -> dict:
         "expires": pointer.expires,
         "downgrade": pointer.downgrade,
     }
+    entry = out["models"][pointer.model]["channels"][pointer.channel][pointer.platform]
+    if pointer.min_app_version is not None:
+        entry["min_app_version"] = pointer.min_app_version
+    if pointer.rollout is not None:
+        entry["rollout"] = {"fraction_ppm": pointer.rollout.fraction_ppm, "fallback": pointer.rollout.fallback.version}
     return out
 
 

@@ -20,8 +20,8 @@ import functools
 import re
 from dataclasses import dataclass
 
-from mobex.bundle.manifest import NAME_RE, SEMVER_RE
 from mobex.errors import UsageError
+from mobex.names import NAME_RE, SEMVER_RE
 
 PLATFORMS = ("android", "ios")
 CHANNEL_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -37,12 +37,14 @@ _SEMVER = SEMVER_RE.pattern.lstrip("^").rstrip("$")
 _ROOT_VERSION_RE = re.compile(r"^trust/([1-9][0-9]{0,6})\.root\.json$")
 _POINTER_RE = re.compile(rf"^models/({_NAME})/channels/([a-z0-9][a-z0-9_-]{{0,63}})/(android|ios)\.json$")
 _STEM = r"[A-Za-z0-9][A-Za-z0-9.+_-]{0,400}"
-_BUNDLE_RE = re.compile(rf"^models/(?P<model>{_NAME})/versions/(?P<version>{_SEMVER})/(?P<stem>{_STEM})\.zip$")
+_BUNDLE_RE = re.compile(
+    rf"^models/(?P<model>{_NAME})/versions/(?P<version>{_SEMVER})/(?P<stem>{_STEM})\.zip$", re.ASCII
+)
 
 
 def check_name(name: str) -> str:
     """A model name: the same rule as bundle names (1-128 of letters, digits, '.', '_', '-')."""
-    if not isinstance(name, str) or not NAME_RE.match(name) or name in (".", ".."):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name in (".", ".."):
         raise UsageError(
             f"model name {name!r} is not valid",
             hint="use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit",
@@ -52,14 +54,14 @@ def check_name(name: str) -> str:
 
 def check_version(version: str) -> str:
     """A SemVer 2.0 version (e.g. 1.4.2, 2.0.0-rc.1)."""
-    if not isinstance(version, str) or not SEMVER_RE.match(version):
+    if not isinstance(version, str) or not SEMVER_RE.fullmatch(version):
         raise UsageError(f"version {version!r} is not SemVer 2.0", hint="e.g. 1.4.2 or 2.0.0-rc.1")
     return version
 
 
 def check_channel(channel: str) -> str:
     """A channel name: lowercase letters, digits, '_' and '-' (stable, beta, canary-2)."""
-    if not isinstance(channel, str) or not CHANNEL_RE.match(channel):
+    if not isinstance(channel, str) or not CHANNEL_RE.fullmatch(channel):
         raise UsageError(
             f"channel {channel!r} is not valid",
             hint="use 1-64 lowercase letters, digits, '_' or '-', starting with a letter or digit (e.g. stable, beta)",
@@ -112,11 +114,11 @@ def classify(rel: str) -> PathKind | None:
         return PathKind("root", False, _JSON)
     if rel == INDEX_FILE:
         return PathKind("index", False, _JSON)
-    if _ROOT_VERSION_RE.match(rel):
+    if _ROOT_VERSION_RE.fullmatch(rel):
         return PathKind("root-version", True, _JSON)
-    if _POINTER_RE.match(rel):
+    if _POINTER_RE.fullmatch(rel):
         return PathKind("pointer", False, _JSON)
-    m = _BUNDLE_RE.match(rel)
+    m = _BUNDLE_RE.fullmatch(rel)
     if m:
         model, version, stem = m.group("model"), m.group("version"), m.group("stem")
         if any(stem == f"{model}-{version}-{p}" for p in PLATFORMS):

@@ -8,6 +8,13 @@
  "published": "2026-11-20T12:05:00Z", "expires": "2026-12-04T12:05:00Z", "downgrade": false}
 ```
 
+A pointer may also carry `min_app_version` (apps older than it do not get this version) and a
+staged `rollout`: `{"fraction_ppm": 100000, "fallback": {"version", "bundle", "min_app_version"?}}`,
+the fallback being what devices outside the rollout get (see `mobex.registry.rollout`). A pointer
+with either field says schema `.../channel-pointer/v2`, so that clients which predate them refuse
+it (and keep their installed bundle) instead of ignoring a constraint; a pointer without them is
+byte-for-byte what it was before (schema v1), and v1 pointers never carry them.
+
 It travels as the payload of a DSSE envelope (payloadType `application/vnd.mobex.channel-pointer+json`).
 Every field is authenticated, so the client can check that the pointer is for the model, channel
 and platform it asked for (no swapping one channel's pointer for another's), that it has not expired
@@ -36,13 +43,15 @@ from pydantic import (
     model_validator,
 )
 
-from mobex.bundle.manifest import SEMVER_RE
 from mobex.errors import UsageError, VerificationError
+from mobex.names import SEMVER_RE
 from mobex.registry import dsse, layout
 
 SCHEMA_ID = "https://mobex.dev/schemas/channel-pointer/v1"
+SCHEMA_V2 = "https://mobex.dev/schemas/channel-pointer/v2"  # with min_app_version and/or rollout
+FULL_PPM = 1_000_000
 MAX_SEQUENCE = (1 << 53) - 1  # exact in every JSON implementation
-_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$", re.ASCII)
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -51,9 +60,15 @@ def format_time(t: datetime) -> str:
 
 
 def parse_time(s: str) -> datetime:
-    if not isinstance(s, str) or not _TIME_RE.match(s):
+    if not isinstance(s, str) or not _TIME_RE.fullmatch(s):
         raise ValueError(f"time {s!r} must look like 2026-01-31T12:00:00Z")
     return datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+def _semver_or_none(v: str | None) -> str | None:
+    if v is not None and not SEMVER_RE.match(v):
+        raise ValueError(f"{v!r} is not SemVer 2.0")
+    return v
 
 
 class BundleRef(BaseModel):
@@ -66,9 +81,30 @@ class BundleRef(BaseModel):
     @field_validator("sha256")
     @classmethod
     def _sha(cls, v: str) -> str:
-        if not _SHA_RE.match(v):
+        if not _SHA_RE.fullmatch(v):
             raise ValueError("sha256 must be 64 lowercase hex digits")
         return v
+
+
+class Release(BaseModel):
+    """A version and its bundle: a staged pointer's fallback (what devices outside the rollout get)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: StrictStr
+    bundle: BundleRef
+    min_app_version: StrictStr | None = None
+
+    _semver = field_validator("version", "min_app_version")(classmethod(lambda cls, v: _semver_or_none(v)))
+
+
+class Rollout(BaseModel):
+    """A staged rollout: devices whose bucket is below `fraction_ppm` get the pointer's version."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fraction_ppm: StrictInt = Field(ge=1, le=FULL_PPM - 1)
+    fallback: Release
 
 
 class Pointer(BaseModel):
@@ -86,13 +122,17 @@ class Pointer(BaseModel):
     published: StrictStr
     expires: StrictStr
     downgrade: StrictBool = False
+    min_app_version: StrictStr | None = None
+    rollout: Rollout | None = None
 
     @field_validator("schema_")
     @classmethod
     def _schema(cls, v: str) -> str:
-        if v != SCHEMA_ID:
+        if v not in (SCHEMA_ID, SCHEMA_V2):
             raise ValueError(f"unsupported pointer schema {v!r}")
         return v
+
+    _min_app = field_validator("min_app_version")(classmethod(lambda cls, v: _semver_or_none(v)))
 
     @field_validator("published", "expires")
     @classmethod
@@ -110,6 +150,15 @@ class Pointer(BaseModel):
             raise ValueError(f"bundle.path {self.bundle.path!r} is not the layout's {expected!r}")
         if parse_time(self.expires) <= parse_time(self.published):
             raise ValueError("expires must be after published")
+        if self.schema_ == SCHEMA_ID and (self.rollout is not None or self.min_app_version is not None):
+            raise ValueError(f"rollout and min_app_version need schema {SCHEMA_V2}")
+        if self.rollout is not None:
+            fb = self.rollout.fallback
+            expected = layout.bundle_path(self.model, fb.version, self.platform)
+            if fb.bundle.path != expected:
+                raise ValueError(f"rollout.fallback.bundle.path {fb.bundle.path!r} is not the layout's {expected!r}")
+            if semver_key(fb.version) >= semver_key(self.version):
+                raise ValueError(f"rollout.fallback {fb.version} must be older than the rolled-out {self.version}")
         return self
 
     @property
@@ -117,7 +166,11 @@ class Pointer(BaseModel):
         return parse_time(self.expires)
 
     def to_payload(self) -> bytes:
-        return dsse.dumps_canonical(self.model_dump(mode="json", by_alias=True))
+        return dsse.dumps_canonical(self.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+    def release(self) -> Release:
+        """This pointer's own version as a Release (what a later staged pointer falls back to)."""
+        return Release(version=self.version, bundle=self.bundle, min_app_version=self.min_app_version)
 
     @classmethod
     def from_payload(cls, payload: bytes, what: str = "channel pointer") -> Pointer:
@@ -144,10 +197,16 @@ def new_pointer(
     now: datetime,
     expires_in: timedelta,
     downgrade: bool = False,
+    min_app_version: str | None = None,
+    rollout: Rollout | None = None,
 ) -> Pointer:
-    """A pointer published at `now` (rounded down to the second) that expires `expires_in` later."""
+    """A pointer published at `now` (rounded down to the second) that expires `expires_in` later.
+
+    Schema v2 only when it carries `min_app_version` or `rollout`; otherwise v1, as before.
+    """
     now = now.astimezone(UTC).replace(microsecond=0)
     return Pointer(
+        schema=SCHEMA_V2 if (min_app_version is not None or rollout is not None) else SCHEMA_ID,
         model=model,
         channel=channel,
         platform=platform,  # type: ignore[arg-type]
@@ -157,12 +216,14 @@ def new_pointer(
         published=format_time(now),
         expires=format_time(now + expires_in),
         downgrade=downgrade,
+        min_app_version=min_app_version,
+        rollout=rollout,
     )
 
 
 def semver_key(version: str) -> tuple:
     """Sort key for SemVer 2.0 precedence (build metadata ignored; pre-releases before the release)."""
-    m = SEMVER_RE.match(version)
+    m = SEMVER_RE.fullmatch(version)
     if not m:
         raise ValueError(f"{version!r} is not SemVer")
     major, minor, patch, pre = int(m.group(1)), int(m.group(2)), int(m.group(3)), m.group(4)

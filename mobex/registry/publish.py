@@ -11,6 +11,10 @@ Rules (bundles.md §5.2):
   marked `downgrade: true` and signed by a release key (plus a channel key, if that is a different key),
   so a stolen channel key alone cannot push a silent downgrade.
 - Refresh re-signs the current pointer with a new expiry (CI does this before pointers expire).
+- Staged rollouts (`rollout=0.1` on publish and promote) ship a version to a fraction of devices;
+  the pointer names what the others keep (the version the channel shipped before). The fraction of
+  one version only goes up (devices never move back); a new staged version waits until the current
+  one is fully rolled out or rolled back. `min_app_version` is signed into the pointer with them.
 
 Every change runs under the registry lock as one `txn.Transaction`: concurrent publishers queue,
 and a publisher killed at any point leaves the registry as it was, or (after its commit point)
@@ -36,7 +40,8 @@ from mobex.bundle.keys import load_private_key
 from mobex.bundle.manifest import Manifest
 from mobex.errors import UsageError, VerificationError
 from mobex.registry import dsse, fsutil, index, layout, trust, txn
-from mobex.registry.pointer import Pointer, new_pointer, semver_key
+from mobex.registry.pointer import FULL_PPM, Pointer, Rollout, new_pointer, semver_key
+from mobex.registry.rollout import describe, parse_fraction
 
 DEFAULT_EXPIRES = timedelta(days=14)
 
@@ -54,6 +59,20 @@ class PointerChange:
     downgrade: bool = False
     previous_version: str | None = None
     note: str = ""
+    rollout_ppm: int | None = None  # None: every device gets `version`
+    fallback_version: str | None = None  # what devices outside the rollout get
+    min_app_version: str | None = None
+
+    @classmethod
+    def of(cls, ptr: Pointer, previous_version: str | None = None) -> PointerChange:
+        """The change that writing `ptr` makes."""
+        staged = ptr.rollout
+        return cls(
+            ptr.model, ptr.channel, ptr.platform, ptr.version, ptr.sequence, True, ptr.downgrade, previous_version,
+            rollout_ppm=staged.fraction_ppm if staged else None,
+            fallback_version=staged.fallback.version if staged else None,
+            min_app_version=ptr.min_app_version,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -80,16 +99,22 @@ def publish(
     expires: timedelta = DEFAULT_EXPIRES,
     now: datetime | None = None,
     encryption_key: bytes | None = None,
+    rollout: float | str | None = None,
+    min_app_version: str | None = None,
 ) -> PublishResult:
     """Copy a verified bundle into the registry as an immutable version and advance `channel` to it.
 
     `key` is a channel key (and, on an empty registry, becomes the single key for every role).
     With `encryption_key`, the bundle's model files are encrypted (AES-256-GCM) and the bundle is
-    re-signed with `key`, which must then also be a release key.
+    re-signed with `key`, which must then also be a release key. `rollout` (a fraction, default 1)
+    stages the move; `min_app_version` keeps the new version from older apps.
     """
     registry = Path(registry)
     bundle_zip = Path(bundle_zip)
     layout.check_channel(channel)
+    ppm = parse_fraction(rollout) if rollout is not None else None
+    if min_app_version is not None:
+        layout.check_version(min_app_version)
     signer = load_private_key(key)
     if not bundle_zip.is_file():
         raise UsageError(f"bundle {bundle_zip} does not exist")
@@ -126,21 +151,14 @@ def publish(
                 )
                 if current is None or semver_key(manifest.version) > semver_key(current.version):
                     ptr = new_pointer(
-                        model=manifest.name,
-                        channel=channel,
-                        platform=manifest.platform,
-                        sequence=(current.sequence + 1) if current else 1,
-                        version=manifest.version,
-                        sha256=digest,
-                        size=size,
-                        now=now,
-                        expires_in=expires,
-                    )
-                    idx = _stage_pointer(t, idx, ptr, [signer])
-                    change = PointerChange(
-                        ptr.model, channel, ptr.platform, ptr.version, ptr.sequence, True,
-                        previous_version=current.version if current else None,
+                        model=manifest.name, channel=channel, platform=manifest.platform,
+                        sequence=(current.sequence + 1) if current else 1, version=manifest.version,
+                        sha256=digest, size=size, now=now, expires_in=expires, min_app_version=min_app_version,
+                        rollout=_rollout_for(registry, root, manifest.name, channel, manifest.platform,
+                                             manifest.version, ppm),
                     )  # fmt: skip
+                    idx = _stage_pointer(t, idx, ptr, [signer])
+                    change = PointerChange.of(ptr, current.version if current else None)
                 else:
                     change = PointerChange(
                         manifest.name, channel, manifest.platform, current.version, current.sequence, False,
@@ -165,13 +183,22 @@ def promote(
     platform: str | None = None,
     expires: timedelta = DEFAULT_EXPIRES,
     now: datetime | None = None,
+    rollout: float | str | None = None,
+    min_app_version: str | None = None,
 ) -> list[PointerChange]:
-    """Point `to_channel` at the version `from_channel` ships (per platform), with sequence + 1."""
+    """Point `to_channel` at the version `from_channel` ships (per platform), with sequence + 1.
+
+    `rollout` (a fraction, default 1) stages it: the rest of the devices keep what `to_channel`
+    shipped. `min_app_version` defaults to the source pointer's.
+    """
     layout.check_name(model)
     layout.check_channel(from_channel)
     layout.check_channel(to_channel)
     if from_channel == to_channel:
         raise UsageError("--from and --to are the same channel", hint="use refresh to re-sign a pointer")
+    ppm = parse_fraction(rollout) if rollout is not None else None
+    if min_app_version is not None:
+        layout.check_version(min_app_version)
     signer = load_private_key(key)
     now = now or datetime.now(UTC)
     changes = []
@@ -193,12 +220,11 @@ def promote(
                     model=model, channel=to_channel, platform=plat,
                     sequence=(target.sequence + 1) if target else 1, version=source.version,
                     sha256=source.bundle.sha256, size=source.bundle.size, now=now, expires_in=expires,
+                    min_app_version=min_app_version or source.min_app_version,
+                    rollout=_rollout_for(registry, root, model, to_channel, plat, source.version, ppm),
                 )  # fmt: skip
                 idx = _stage_pointer(t, idx, ptr, [signer])
-                changes.append(
-                    PointerChange(model, to_channel, plat, ptr.version, ptr.sequence, True,
-                                  previous_version=target.version if target else None)
-                )  # fmt: skip
+                changes.append(PointerChange.of(ptr, target.version if target else None))
             t.stage(layout.INDEX_FILE, index.sign(idx, signer), txn.REPLACE)
     return changes
 
@@ -214,14 +240,19 @@ def rollback(
     platform: str | None = None,
     expires: timedelta = DEFAULT_EXPIRES,
     now: datetime | None = None,
+    min_app_version: str | None = None,
 ) -> list[PointerChange]:
     """Point `channel` at a published (older) version: sequence + 1, `downgrade: true`, release-signed.
 
-    `key` must be a release key; `channel_key` (default: `key`) a channel key.
+    `key` must be a release key; `channel_key` (default: `key`) a channel key. A rollback always
+    reaches every device (it also ends a staged rollout). `min_app_version` defaults to the one
+    the current pointer records for `to_version` (as its version or its fallback), if any.
     """
     layout.check_name(model)
     layout.check_channel(channel)
     layout.check_version(to_version)
+    if min_app_version is not None:
+        layout.check_version(min_app_version)
     release_signer = load_private_key(key)
     channel_signer = load_private_key(channel_key) if channel_key else release_signer
     now = now or datetime.now(UTC)
@@ -254,12 +285,10 @@ def rollback(
                 ptr = new_pointer(
                     model=model, channel=channel, platform=plat, sequence=current.sequence + 1,
                     version=to_version, sha256=digest, size=size, now=now, expires_in=expires,
-                    downgrade=downgrade,
+                    downgrade=downgrade, min_app_version=min_app_version or _recorded_min_app(current, to_version),
                 )  # fmt: skip
                 idx = _stage_pointer(t, idx, ptr, [channel_signer, release_signer])
-                changes.append(
-                    PointerChange(model, channel, plat, to_version, ptr.sequence, True, downgrade, current.version)
-                )
+                changes.append(PointerChange.of(ptr, current.version))
             t.stage(layout.INDEX_FILE, index.sign(idx, channel_signer), txn.REPLACE)
     return changes
 
@@ -306,9 +335,10 @@ def refresh(
                     model=model, channel=channel, platform=plat, sequence=current.sequence + 1,
                     version=current.version, sha256=current.bundle.sha256, size=current.bundle.size,
                     now=now, expires_in=expires, downgrade=current.downgrade,
+                    min_app_version=current.min_app_version, rollout=current.rollout,
                 )  # fmt: skip
                 idx = _stage_pointer(t, idx, ptr, signers)
-                changes.append(PointerChange(model, channel, plat, ptr.version, ptr.sequence, True, ptr.downgrade))
+                changes.append(PointerChange.of(ptr))
             t.stage(layout.INDEX_FILE, index.sign(idx, signer), txn.REPLACE)
     return changes
 
@@ -421,6 +451,57 @@ def _verified_pointer(
             hint=f"refresh it first: `mobex refresh {model} --channel {channel} --key KEY.pem`",
         )
     return ptr
+
+
+def _rollout_for(
+    registry: Path, root: trust.Root, model: str, channel: str, platform: str, version: str, ppm: int | None
+) -> Rollout | None:
+    """The `rollout` of a pointer moving `channel` to `version` for `ppm` of devices (None: all of them).
+
+    The fallback is what the channel ships now, read from its verified pointer. Refused: a staged
+    rollout with nothing shipped before, a lower fraction than before (devices would move back),
+    and a new staged version while another is still rolling out (its devices would move back).
+    """
+    if ppm is None or ppm >= FULL_PPM:
+        return None
+    where = f"{model} {channel} ({platform})"
+    if _current_pointer(registry, model, channel, platform) is None:
+        raise UsageError(
+            f"{where} ships nothing yet: a staged rollout needs a version for the devices outside it",
+            hint="ship the first version to every device (leave out --rollout)",
+        )
+    current = _verified_pointer(registry, root, model, channel, platform, allow_expired=True)
+    back = f"`mobex rollback {model} --channel {channel} --to VERSION`"
+    if current.rollout is not None:
+        staged = current.rollout
+        if current.version != version:
+            raise UsageError(
+                f"{where} is still rolling out {current.version} to {describe(staged.fraction_ppm)} of devices",
+                hint=f"finish it first (--rollout 1), or end it with {back}",
+            )
+        if ppm < staged.fraction_ppm:
+            raise UsageError(
+                f"{where} ships {version} to {describe(staged.fraction_ppm)} already; {describe(ppm)} would move "
+                f"devices back to {staged.fallback.version}",
+                hint=f"a rollout fraction only goes up; to stop it, use {back}",
+            )
+        return Rollout(fraction_ppm=ppm, fallback=staged.fallback)
+    if semver_key(version) <= semver_key(current.version):
+        raise UsageError(
+            f"{where} ships {current.version} to every device; a staged rollout of {version} would move devices back",
+            hint=f"to go back, use {back}",
+        )
+    _check_bundle_file(registry, current)
+    return Rollout(fraction_ppm=ppm, fallback=current.release())
+
+
+def _recorded_min_app(ptr: Pointer, version: str) -> str | None:
+    """The min_app_version `ptr` records for `version` (its own or its fallback's), if any."""
+    if ptr.version == version:
+        return ptr.min_app_version
+    if ptr.rollout is not None and ptr.rollout.fallback.version == version:
+        return ptr.rollout.fallback.min_app_version
+    return None
 
 
 def _check_bundle_file(registry: Path, ptr: Pointer) -> None:

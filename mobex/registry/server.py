@@ -38,8 +38,9 @@ POINTER_MAX_AGE = 60
 IMMUTABLE_MAX_AGE = 31_536_000
 SOCKET_TIMEOUT_S = 30
 _MAX_PATH = 2048
-_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$", re.ASCII)
 _CHUNK = 1 << 16
+_BEYOND_ANY_FILE = 1 << 62
 
 
 def read_token_file(path: Path) -> str:
@@ -225,19 +226,19 @@ class RegistryHandler(BaseHTTPRequestHandler):
         if_range = self.headers.get("If-Range")
         if if_range is not None and if_range.strip() != etag:
             return None  # the file changed: send it whole
-        m = _RANGE_RE.match(header.strip())
+        m = _RANGE_RE.fullmatch(header.strip())
         if not m or (not m.group(1) and not m.group(2)):
             return None  # several ranges or malformed: ignore Range, send 200
-        first, last = m.group(1), m.group(2)
-        if first:
-            start = int(first)
-            end = min(int(last), size - 1) if last else size - 1
-            if last and int(last) < start:
+        first, last = _position(m.group(1)), _position(m.group(2))
+        if first is not None:
+            start = first
+            end = min(last, size - 1) if last is not None else size - 1
+            if last is not None and last < start:
                 return None
             if start >= size:
                 return "unsatisfiable"
         else:
-            suffix = int(last)
+            suffix = last
             if suffix == 0:
                 return "unsatisfiable"
             start, end = max(size - suffix, 0), size - 1
@@ -266,6 +267,13 @@ class RegistryHandler(BaseHTTPRequestHandler):
         self._send(status, headers, length=len(body))
         if not head:
             self.wfile.write(body)
+
+
+def _position(digits: str) -> int | None:
+    """A Range position; beyond 18 digits it is past the end of any file (int() refuses 4300+ digits)."""
+    if not digits:
+        return None
+    return int(digits) if len(digits) <= 18 else _BEYOND_ANY_FILE
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:

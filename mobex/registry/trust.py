@@ -22,7 +22,6 @@ sequences are stored per channel key id, so rotating the channel key also resets
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tempfile
 import zipfile
@@ -34,6 +33,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from mobex.bounded import loads_json
 from mobex.bundle.keys import load_private_key, load_public_key, public_key_hint
 from mobex.bundle.manifest import Manifest
 from mobex.bundle.signing import SIGNATURE_FILE
@@ -362,7 +362,7 @@ def bundle_signer_hint(zip_path: Path) -> str | None:
             infos = [i for i in zf.infolist() if i.orig_filename == SIGNATURE_FILE]
             if len(infos) != 1 or infos[0].file_size > 64 << 20:
                 return None
-            bundle = json.loads(zf.read(infos[0]))
+            bundle = loads_json(zf.read(infos[0]), SIGNATURE_FILE)
         hint = bundle["verificationMaterial"]["publicKey"]["hint"]
         return hint if isinstance(hint, str) else None
     except Exception:  # anything malformed: let the real verification report it

@@ -19,9 +19,7 @@ A feature drifts when its PSI exceeds the threshold or its KS p-value is below t
 
 from __future__ import annotations
 
-import json
 import math
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -76,16 +74,16 @@ class DriftReport:
         out["drifted"] = self.drifted
         out["drifted_features"] = [f.name for f in self.features if f.drifted]
         out["exit_code"] = DRIFT_EXIT_CODE if self.drifted else 0
-        return _json_safe(out)
+        return json_safe(out)
 
 
-def _json_safe(value):  # noqa: ANN001, ANN202
+def json_safe(value):  # noqa: ANN001, ANN202
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -196,15 +194,11 @@ def _compare_feature(ref: dict, plan: dict, name: str, kind: str, column: np.nda
 
 def load_new_data(path: Path, manifest_inputs: list[dict]) -> dict[str, np.ndarray]:
     """An .npz with one array per model input (sample axis first), checked against the bundle's inputs."""
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            raw = {k: npz[k] for k in npz.files}
-    except FileNotFoundError:
-        raise UsageError(f"data file {path} does not exist") from None
-    except ValueError as exc:
-        raise DataError(f"{path}: needs pickled objects, which mobex refuses to load: {exc}") from None
-    except Exception as exc:  # noqa: BLE001
-        raise DataError(f"{path} is not a readable .npz archive: {exc}") from None
+    from mobex.datasources.npz import read_npz
+
+    if not path.exists():
+        raise UsageError(f"data file {path} does not exist")
+    raw = read_npz(path, "new data")
     arrays = {}
     for spec in manifest_inputs:
         name, shape = spec["name"], list(spec["shape"])
@@ -226,113 +220,19 @@ def load_new_data(path: Path, manifest_inputs: list[dict]) -> dict[str, np.ndarr
             raise DataError(f"{path.name}: array {name!r} contains NaN or inf", "clean or drop those samples")
         if arr.dtype.kind not in "biuf":
             raise DataError(f"{path.name}: array {name!r} has dtype {arr.dtype}, not numbers")
-        arrays[name] = arr
+        arrays[name] = _as_built(arr, spec)
     counts = {k: a.shape[0] for k, a in arrays.items()}
     if len(set(counts.values())) > 1:
         raise DataError(f"{path.name}: inputs have different sample counts: {counts}")
     return arrays
 
 
-def _runner_for(root: Path, manifest) -> tuple[object, str]:  # noqa: ANN001
-    model_path = root / manifest.model["path"]
-    if manifest.model["format"] == "tflite":
-        from mobex.runtime.litert import TfliteRunner
-
-        return TfliteRunner(model_path), "litert"
-    import platform as host_platform
-
-    if host_platform.system() == "Darwin":
-        from mobex.runtime.coreml_runtime import CoreMLRuntimeRunner
-
-        return CoreMLRuntimeRunner(model_path), "coreml-runtime"
-    from mobex.runtime.mil.interpreter import MilReferenceRunner
-
-    return MilReferenceRunner(model_path), "mil-reference"
-
-
-def _model_outputs(runner, arrays: dict[str, np.ndarray], manifest_inputs: list[dict]) -> tuple[list[np.ndarray], int]:  # noqa: ANN001
-    """Run the model batch by batch (the input's first dimension); returns outputs and samples used."""
-    batch = int(manifest_inputs[0]["shape"][0])
-    n = next(iter(arrays.values())).shape[0]
-    usable = (n // batch) * batch
-    chunks: list[list[np.ndarray]] | None = None
-    for lo in range(0, usable, batch):
-        feed = {}
-        for spec in manifest_inputs:
-            arr = arrays[spec["name"]][lo : lo + batch]
-            dtype = np.dtype(spec["dtype"])
-            feed[spec["name"]] = arr.astype(np.float32 if dtype.kind == "f" or spec.get("quantization") else dtype)
-        outs = runner.run(feed)
-        if chunks is None:
-            chunks = [[] for _ in outs]
-        for i, o in enumerate(outs):
-            chunks[i].append(np.asarray(o))
-    if chunks is None:
-        raise DataError(f"the new data has {n} samples, fewer than the model's batch size {batch}")
-    return [np.concatenate(c, axis=0) for c in chunks], usable
-
-
-def check_bundle_drift(
-    bundle: Path,
-    data: Path,
-    *,
-    key: Path | None = None,
-    psi_threshold: float = DEFAULT_PSI,
-    ks_p: float = DEFAULT_KS_P,
-    run_model: bool = True,
-) -> DriftReport:
-    """Compare `data` with the reference statistics inside `bundle` (signature checked first when `key` is given)."""
-    from mobex.bundle.archive import safe_extract
-    from mobex.bundle.verify import read_manifest, verify_bundle
-
-    bundle, data = Path(bundle), Path(data)
-    if not 0 < ks_p < 1:
-        raise UsageError(f"--ks-p must be between 0 and 1, got {ks_p}")
-    if psi_threshold <= 0:
-        raise UsageError(f"--psi must be positive, got {psi_threshold}")
-    if key is not None:
-        manifest = verify_bundle(bundle, key)
-        verification = f"signature verified with {key}"
-    else:
-        manifest = read_manifest(bundle)
-        verification = "NOT verified: pass --key PUB.pem to check the bundle's signature first"
-    inputs_spec = manifest.model["inputs"]
-    with tempfile.TemporaryDirectory(prefix="mobex-drift-") as work:
-        root = Path(work) / "bundle"
-        safe_extract(bundle, root)
-        rel = str(manifest.model.get("reference_stats_file") or REFERENCE_STATS_ASSET)
-        asset = root / rel
-        if not asset.is_file():
-            raise UsageError(
-                f"{bundle.name} has no {rel}",
-                "rebuild the bundle with this mobex version: builds now store reference statistics for drift checks",
-            )
-        reference = json.loads(asset.read_text(encoding="utf-8"))
-        if reference.get("schema") != stats_mod.STATS_SCHEMA:
-            raise UsageError(f"{REFERENCE_STATS_ASSET} has schema {reference.get('schema')!r}; this mobex reads "
-                             f"{stats_mod.STATS_SCHEMA}")  # fmt: skip
-        arrays = load_new_data(data, inputs_spec)
-        notes: list[str] = []
-        outputs = None
-        if run_model and any(p["role"] == "output" for p in reference["plans"]):
-            runner, backend = _runner_for(root, manifest)
-            outputs, used = _model_outputs(runner, arrays, inputs_spec)
-            notes.append(f"outputs computed by the bundle's model ({backend}) on {used} samples")
-    n = next(iter(arrays.values())).shape[0]
-    rows, per_test = compare(reference, arrays, outputs, psi_threshold=psi_threshold, ks_p=ks_p)
-    if n < MIN_SAMPLES:
-        notes.append(f"only {n} new samples: the KS test has little power and PSI is noisy below {MIN_SAMPLES}")
-    notes.append(f"reference: {reference['samples']} validation samples")
-    return DriftReport(
-        bundle=str(bundle),
-        data=str(data),
-        verified=key is not None,
-        verification=verification,
-        samples=int(n),
-        psi_threshold=psi_threshold,
-        ks_p=ks_p,
-        ks_p_per_test=per_test,
-        features=rows,
-        notes=notes,
-        outputs_checked=outputs is not None,
-    )
+def _as_built(arr: np.ndarray, spec: dict) -> np.ndarray:
+    """Float data in the precision the build computed the reference statistics in (the recipe's input
+    dtype; float32 behind an int8-quantized model input), so equal data gives equal features."""
+    if arr.dtype.kind != "f":
+        return arr
+    if spec.get("quantization"):
+        return arr.astype(np.float32, copy=False)
+    dtype = np.dtype(spec["dtype"])
+    return arr.astype(dtype, copy=False) if dtype.kind == "f" else arr

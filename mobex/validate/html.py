@@ -18,6 +18,7 @@ PLATFORM_COLORS = {"android": "#3a8a3a", "ios": "#3867b5", "original": "#555555"
 _KNOWN_TOP_LEVEL = {
     "schema", "mobex_version", "status", "failures", "recipe", "data", "data_checks", "reference", "variants",
     "shipped", "bundles", "latency_note", "provenance", "timings", "rejected_variants", "pruning", "note",
+    "baseline",
 }  # fmt: skip
 _KNOWN_VARIANT = {
     "id", "target", "platform", "quantization", "status", "size_bytes", "backend", "parity", "latency",
@@ -636,6 +637,44 @@ def _kv_table(data: dict) -> str:
 # --------------------------------------------------------------------------- page
 
 
+_BASELINE_METRICS = ("accuracy", "f1", "top1_agreement", "cosine_min")
+
+
+def baseline_table(baselines: dict) -> str:
+    """Per platform: the shipped model next to the release it replaces (`mobex build --baseline`), and the
+    [release] budgets."""
+    parts = []
+    for platform, c in baselines.items():
+        if not isinstance(c, dict):
+            continue
+        old, new = c.get("previous") or {}, c.get("new") or {}
+        om, nm = old.get("metrics") or {}, new.get("metrics") or {}
+        lat = c.get("latency") or {}
+        rows = [
+            _row(["version", esc(old.get("version")), esc(new.get("version")), ""]),
+            _row(["variant", esc(old.get("quantization")), esc(new.get("quantization")), ""]),
+            _row(["model bytes", fmt_bytes(old.get("size_bytes")), fmt_bytes(new.get("size_bytes")),
+                  "" if c.get("size_growth") is None else f"{c['size_growth']:+.1%}"], numeric_from=1),
+            _row(["p50 ms (interleaved)", fmt(lat.get("previous_p50_ms")), fmt(lat.get("new_p50_ms")),
+                  "" if lat.get("ratio") is None else f"x{lat['ratio']:.3f}"], numeric_from=1),
+        ]  # fmt: skip
+        rows += [_row([esc(m), fmt(om.get(m)), fmt(nm.get(m)), ""], numeric_from=1) for m in _BASELINE_METRICS
+                 if m in om or m in nm]  # fmt: skip
+        agreement = ", ".join(f"{esc(k)} {fmt(v)}" for k, v in (c.get("agreement") or {}).items()) or "not compared"
+        budgets = "".join(
+            f"<li class='{'ok' if b.get('passed') else 'bad'}'>{esc(b.get('message'))}</li>"
+            for b in c.get("budgets") or []
+        )
+        notes = "".join(f"<li>{esc(n)}</li>" for n in c.get("notes") or [])
+        parts += [
+            f"<h3>{esc(platform)}: against {esc(old.get('source', ''))}</h3>",
+            _table(["", "previous", "new", "change"], rows),
+            f"<p>New outputs against the previous model's on the validation data: {agreement}.</p>",
+            f"<ul>{budgets}{notes}</ul>" if budgets or notes else "<p>No [release] budgets set.</p>",
+        ]
+    return "\n".join(parts)
+
+
 def render_html(report: dict) -> str:
     """The whole page from the report dict."""
     recipe = report.get("recipe") or {}
@@ -696,6 +735,8 @@ def render_html(report: dict) -> str:
         "<h2>Data checks</h2>",
         data_checks_table(report),
     ]
+    if isinstance(report.get("baseline"), dict) and report["baseline"]:
+        sections += ["<h2>Previous release</h2>", baseline_table(report["baseline"])]
     if isinstance(report.get("pruning"), dict):
         sections += ["<h2>Pruning</h2>", _kv_table(report["pruning"])]
     extra = {k: v for k, v in report.items() if k not in _KNOWN_TOP_LEVEL}

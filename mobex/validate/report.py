@@ -9,13 +9,105 @@ mobex.validate.html.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from xml.etree import ElementTree as ET
 
+from mobex import __version__
 from mobex.files import write_atomic
+from mobex.runtime.latency import HOST_NOTE
 from mobex.validate.html import render_html
 
 REPORT_SCHEMA = "https://mobex.dev/schemas/build-report/v1"
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """Everything report.json is assembled from, once, at the end of a build (see docs/report-schema.md).
+
+    `variants` are the validated results (mobex.validate.validator.VariantResult), `shipped` maps each
+    platform to the id of the variant it ships, `variant_notes` adds notes by variant id (the ship
+    decision's), `pruning` is a mobex.prune.pruning.PruneResult or None, `training` its data set.
+    """
+
+    recipe: Any
+    validation: Any
+    calibration: Any
+    reference: Any
+    variants: tuple[Any, ...]
+    shipped: dict[str, str]
+    variant_notes: dict[str, tuple[str, ...]]
+    failures: tuple[str, ...]
+    rejected: tuple[str, ...]
+    provenance: dict
+    pruning: Any = None
+    training: Any = None
+    bundles: tuple[dict, ...] = ()
+    timings: dict = field(default_factory=dict)
+    baselines: dict = field(default_factory=dict)  # platform -> comparison with the release it replaces
+
+
+def build_report(r: ReportInputs) -> dict:
+    """The report dict, in its documented key order."""
+    recipe, validation, calibration, reference = r.recipe, r.validation, r.calibration, r.reference
+    shipped_ids = set(r.shipped.values())
+    variants = [v.to_dict(v.id in shipped_ids, r.variant_notes.get(v.id, ())) for v in r.variants]
+    data = {
+        "validation": {"path": str(validation.path), "samples": validation.num_samples},
+        "calibration": {"path": str(calibration.path), "samples": calibration.num_samples},
+    }
+    checks = [c.to_dict() for c in validation.checks]
+    checks += [c.to_dict() for c in calibration.checks] if calibration is not validation else []
+    reference_entry = {
+        "backend": "torch",
+        "metrics": reference.metrics,
+        "latency": reference.latency,
+        "latency_by_threads": reference.latency_by_threads,
+    }
+    if r.pruning is not None:
+        reference_entry["model"] = "pruned"  # variants are compared with the pruned float model
+        if r.training is not None:
+            data["training"] = {"path": str(r.training.path), "samples": r.training.num_samples}
+            checks += [c.to_dict() for c in r.training.checks]
+        variants = [_with_drop_vs_original(v, r.pruning) for v in variants]
+    by_id = {v.id: v for v in r.variants}
+    report = {
+        "schema": REPORT_SCHEMA,
+        "mobex_version": __version__,
+        "status": "passed" if not r.failures else "failed",
+        "failures": list(r.failures),
+        "recipe": {
+            "path": str(recipe.path),
+            "sha256": recipe.sha256,
+            "name": recipe.model.name,
+            "version": recipe.model.version,
+            "task": recipe.model.task,
+        },
+        "data": data,
+        "data_checks": checks,
+        "reference": reference_entry,
+        "variants": variants,
+        "shipped": {platform: by_id[vid].request.spelled for platform, vid in r.shipped.items()},
+        "bundles": list(r.bundles),
+        "latency_note": HOST_NOTE,
+        "provenance": r.provenance,
+        "timings": r.timings,
+        "rejected_variants": list(r.rejected),
+    }
+    if r.pruning is not None:
+        report["pruning"] = r.pruning.to_dict()
+    if r.baselines:
+        report["baseline"] = r.baselines
+    return report
+
+
+def _with_drop_vs_original(variant: dict, pruning: Any) -> dict:
+    """What pruning and quantization cost together: the variant's accuracy against the unpruned original."""
+    parity = variant["parity"] or {}
+    if pruning.metric != "accuracy" or parity.get("accuracy") is None:
+        return variant
+    return {**variant, "parity": {**parity, "accuracy_drop_vs_original": pruning.original - parity["accuracy"]}}
 
 
 def report_json_bytes(report: dict) -> bytes:
@@ -72,6 +164,19 @@ def render_junit(report: dict) -> bytes:
 _VOLATILE_VARIANT_KEYS = ("latency", "latency_by_threads", "export_seconds", "validate_seconds")
 
 
+# Measured (not decided) parts of a variant's quantization_details: latencies, wall times.
+_VOLATILE_DETAILS = ("cost", "search", "search_seconds")
+
+
+def _decided(details: dict) -> dict:
+    out = {k: v for k, v in details.items() if k not in _VOLATILE_DETAILS}
+    finetune = out.get("finetune")
+    if isinstance(finetune, dict) and isinstance(finetune.get("trials"), list):
+        trials = [{k: v for k, v in t.items() if k != "seconds"} for t in finetune["trials"]]
+        out["finetune"] = {**finetune, "trials": trials}
+    return out
+
+
 def bundled_report(report: dict) -> dict:
     """The reproducible subset of a build report that goes into bundles."""
     out = json.loads(json.dumps(report))  # deep copy
@@ -87,6 +192,6 @@ def bundled_report(report: dict) -> dict:
         variant["gates"] = [g for g in variant["gates"] if g["metric"] != "p50_ms"]
         details = variant.get("quantization_details")
         if isinstance(details, dict):  # keep what was decided, drop measured timings
-            variant["quantization_details"] = {k: v for k, v in details.items() if k not in ("cost", "search")}
+            variant["quantization_details"] = _decided(details)
     out["note"] = "latency and wall times vary between runs: see the build's report.json"
     return out

@@ -16,7 +16,9 @@ the statistical tests see independent observations:
 Numeric features keep count, mean, std, min, max, fixed quantiles, a histogram on fixed bin edges
 (the reference deciles; PSI uses it) and a seeded subsample of REFERENCE_SAMPLE raw values (the
 two-sample KS test uses it). Values are rounded to 6 significant digits: the asset stays small and
-byte-identical between builds of the same model and data.
+byte-identical between builds of the same model and data. The histogram counts are taken on the
+rounded values, as `mobex drift` rounds new values before binning them, so the validation data
+compared with its own statistics has a PSI of exactly 0.
 """
 
 from __future__ import annotations
@@ -151,6 +153,7 @@ def numeric_stats(values: np.ndarray) -> dict:
         return {"kind": "numeric", "count": 0}
     edges = np.unique(np.quantile(v, np.linspace(0, 1, PSI_BINS + 1)[1:-1]))
     edges = np.unique([_r(e) for e in edges])
+    on_grid = rounded(v)  # binned exactly as drift bins new values: on the stored 6-digit grid
     rng = np.random.default_rng(_SEED)
     pick = np.sort(rng.choice(v.size, size=min(REFERENCE_SAMPLE, v.size), replace=False))
     return {
@@ -161,7 +164,7 @@ def numeric_stats(values: np.ndarray) -> dict:
         "min": _r(v.min()),
         "max": _r(v.max()),
         "quantiles": {f"{q:g}": _r(x) for q, x in zip(QUANTILES, np.quantile(v, QUANTILES), strict=True)},
-        "histogram": {"edges": [float(e) for e in edges], "counts": bin_counts(v, edges)},
+        "histogram": {"edges": [float(e) for e in edges], "counts": bin_counts(on_grid, edges)},
         "sample": [_r(x) for x in v[pick]],
     }
 

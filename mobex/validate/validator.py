@@ -9,39 +9,62 @@ A variant that could not be run says why in `status` and gets no invented number
 
 from __future__ import annotations
 
-import json
-import platform as host_platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from mobex import plugins
 from mobex.artifacts import ExportedVariant
 from mobex.data import Dataset
 from mobex.metrics.parity import parity_summary, reference_task_metrics
-from mobex.recipe import Recipe
+from mobex.plugins import VariantRequest
+from mobex.recipe import GatesSection, LatencySection, Recipe
 from mobex.runtime.latency import measure_runner
+from mobex.targets.base import BuiltVariant, NotRunnable, RunnerInfo
 from mobex.validate import gates as gates_mod
 from mobex.validate.stats import reference_statistics
 
 
-@dataclass
-class VariantReport:
-    """One candidate variant as the report shows it."""
+@dataclass(frozen=True)
+class ValidationPlan:
+    """What validating a variant reads from the recipe: task, labels, gates, latency settings, output names."""
 
-    platform: str
-    target: str
-    quantization: str
+    task: str
+    num_classes: int | None
+    gates: GatesSection
+    latency: LatencySection
+    output_names: tuple[str, ...]
+    preprocessing: dict
+
+    @classmethod
+    def of(cls, recipe: Recipe, output_names: list[str]) -> ValidationPlan:
+        labels = recipe.labels()
+        return cls(
+            task=recipe.model.task,
+            num_classes=len(labels) if labels else None,
+            gates=recipe.gates,
+            latency=recipe.latency,
+            output_names=tuple(output_names),
+            preprocessing=recipe.preprocessing.record(),
+        )
+
+
+@dataclass(frozen=True)
+class VariantResult:
+    """One candidate variant as validated: the report's entry, and what a bundle of it needs."""
+
+    request: VariantRequest
     status: str
     size_bytes: int | None = None
     backend: str | None = None
     parity: dict | None = None
     latency: dict | None = None
-    latency_by_threads: list[dict] = field(default_factory=list)
-    gates: list[dict] = field(default_factory=list)
+    latency_by_threads: tuple[dict, ...] = ()
+    gates: tuple[dict, ...] = ()
     passed: bool = False
-    shipped: bool = False
-    notes: list[str] = field(default_factory=list)
+    notes: tuple[str, ...] = ()
     export_seconds: float | None = None
     validate_seconds: float | None = None
     artifact: ExportedVariant | None = None
@@ -50,9 +73,25 @@ class VariantReport:
     # How a quantized variant was made (int8: calibration, equalization, fallback layers and their cost).
     quantization_details: dict | None = None
 
-    def to_dict(self) -> dict:
+    @property
+    def id(self) -> str:
+        return f"{self.request.platform}/{self.request.spelled}"
+
+    @property
+    def platform(self) -> str:
+        return self.request.platform
+
+    @property
+    def target(self) -> str:
+        return self.request.target
+
+    @property
+    def quantization(self) -> str:
+        return self.request.name
+
+    def to_dict(self, shipped: bool = False, extra_notes: tuple[str, ...] = ()) -> dict:
         return {
-            "id": f"{self.platform}/{self.quantization}",
+            "id": self.id,
             "target": self.target,
             "platform": self.platform,
             "quantization": self.quantization,
@@ -61,11 +100,11 @@ class VariantReport:
             "backend": self.backend,
             "parity": self.parity,
             "latency": self.latency,
-            "latency_by_threads": self.latency_by_threads,
-            "gates": self.gates,
+            "latency_by_threads": list(self.latency_by_threads),
+            "gates": list(self.gates),
             "passed": self.passed,
-            "shipped": self.shipped,
-            "notes": self.notes,
+            "shipped": shipped,
+            "notes": [*self.notes, *extra_notes],
             "inputs": [t.to_dict() for t in self.artifact.inputs] if self.artifact else None,
             "outputs": [t.to_dict() for t in self.artifact.outputs] if self.artifact else None,
             "export_seconds": self.export_seconds,
@@ -137,7 +176,7 @@ def run_reference(model, recipe: Recipe, data: Dataset) -> ReferenceResult:  # n
         latencies[0] if latencies else None,
         latencies,
         input_stats=reference_statistics(
-            _used(data), None, None, task=recipe.model.task, preprocessing=recipe.preprocessing
+            _used(data), None, None, task=recipe.model.task, preprocessing=recipe.preprocessing.record()
         ),
     )
 
@@ -148,106 +187,82 @@ def _used(data: Dataset) -> dict[str, np.ndarray]:
     return {name: arr[:n] for name, arr in data.arrays.items()}
 
 
-def _quantization_details(variant: ExportedVariant) -> dict | None:
-    """The sidecar `<model>.tflite.json` that mobex.quantize writes for int8 models, if any."""
-    sidecar = variant.path.with_name(variant.path.name + ".json")
-    if variant.target != "tflite" or not sidecar.is_file():
-        return None
-    try:
-        return json.loads(sidecar.read_text())
-    except (OSError, ValueError) as exc:
-        return {"error": f"could not read {sidecar.name}: {exc}"}
-
-
-def _coreml_runner(variant: ExportedVariant, recipe: Recipe):  # noqa: ANN202
-    """The best Core ML runner this host has: the real runtime on macOS, else the MIL reference interpreter."""
-    if host_platform.system() == "Darwin":
-        from mobex.runtime.coreml_runtime import CoreMLRuntimeRunner
-
-        return CoreMLRuntimeRunner(variant.path, compute_units=recipe.ios.compute_units), "coreml-runtime"
-    from mobex.runtime.mil.interpreter import MilReferenceRunner
-
-    return MilReferenceRunner(variant.path), "mil-reference"
-
-
 def validate_variant(
-    variant: ExportedVariant, recipe: Recipe, data: Dataset, reference: ReferenceResult, output_names: list[str]
-) -> VariantReport:
-    """Parity, task metrics, latency and gates of one exported variant."""
+    built: BuiltVariant, plan: ValidationPlan, options: Any, data: Dataset, reference: ReferenceResult
+) -> VariantResult:
+    """Parity, task metrics, latency and gates of one exported variant, in the runtime its target provides.
+
+    `options` are the target's options from the export job (e.g. Core ML's compute units).
+    """
     import time
 
     start = time.perf_counter()
-    report = VariantReport(
-        platform=variant.platform,
-        target=variant.target,
-        quantization=variant.quantization,
-        status="validated",
-        size_bytes=variant.size_bytes,
-        notes=list(variant.notes),
-        quantization_details=_quantization_details(variant),
-        export_seconds=round(variant.seconds, 3),
-        artifact=variant,
-    )
-    labels = recipe.labels()
+    variant, request = built.artifact, built.request
+    target = plugins.target(request.target)
+    notes = list(variant.notes)
+    backend = status = None
+    parity = latency = None
+    by_threads: list[dict] = []
+    stats = None
     not_run: str | None = None
     metrics: dict[str, float | None] = {"size_bytes": float(variant.size_bytes)}
     try:
-        if variant.target == "tflite":
-            from mobex.runtime.litert import TfliteRunner
-
-            runner = TfliteRunner(variant.path, num_threads=recipe.latency.threads[0])
-            report.backend = "litert"
-            partitions = runner.delegate_partitions()
-            if partitions == 0:
-                report.notes.append("no op runs in XNNPACK: the whole graph uses LiteRT's reference kernels")
-            elif partitions is not None and partitions > 1:
-                report.notes.append(
-                    f"runs as {partitions} XNNPACK partitions: ops XNNPACK has no kernel for in this precision run "
-                    "on LiteRT's reference kernels in between, which costs latency on CPU"
-                )
-        else:
-            runner, report.backend = _coreml_runner(variant, recipe)
-            unsupported = getattr(runner, "unsupported_ops", lambda: [])()
-            if unsupported:
-                raise _NotRunnable(f"unsupported op {', '.join(unsupported)}")
-        outputs = run_all(runner.run, data)
-        report.parity = parity_summary(
-            output_names,
+        info = _runner(target, variant, options, plan)
+        backend = info.backend
+        notes.extend(info.notes)
+        outputs = run_all(info.runner.run, data)
+        parity = parity_summary(
+            list(plan.output_names),
             reference.outputs,
             outputs,
-            task=recipe.model.task,
+            task=plan.task,
             labels=data.batch_labels(),
-            num_classes=len(labels) if labels else None,
+            num_classes=plan.num_classes,
         )
-        metrics.update({k: v for k, v in report.parity.items() if isinstance(v, (int, float))})
-        report.reference_stats = _variant_stats(reference, outputs, output_names, recipe, data)
-        if variant.target == "tflite":
-            report.latency_by_threads = _tflite_latency(variant, recipe, data)
-            report.latency = report.latency_by_threads[0]
-            metrics["p50_ms"] = report.latency["p50_ms"]
-        elif report.backend == "mil-reference":
-            report.notes.append("latency not measured: the MIL reference interpreter is not the Core ML runtime")
-    except _NotRunnable as exc:
+        metrics.update({k: v for k, v in parity.items() if isinstance(v, (int, float))})
+        stats = _variant_stats(reference, outputs, list(plan.output_names), plan, data)
+        make = target.latency_runner(variant.path, options)
+        if make is not None:
+            by_threads = _latency(make, plan, data)
+            latency = by_threads[0]
+            metrics["p50_ms"] = latency["p50_ms"]
+        elif info.latency_note:
+            notes.append(info.latency_note)
+    except NotRunnable as exc:
+        backend = exc.backend or backend
         not_run = str(exc)
-        report.status = f"not run: {exc}"
+        status = f"not run: {exc}"
     except Exception as exc:  # a runtime failure of the exported model is a result, not a crash
         not_run = f"{type(exc).__name__}: {exc}"
-        report.status = f"failed to run: {not_run}"
+        status = f"failed to run: {not_run}"
     results = gates_mod.evaluate(
-        variant.quantization, recipe.model.task, metrics, recipe.gates, not_run, has_labels=data.labels is not None
+        request.spec, plan.task, metrics, plan.gates, not_run, has_labels=data.labels is not None
     )
-    report.gates = [g.to_dict() for g in results]
-    report.passed = all(g.passed for g in results)
-    report.validate_seconds = round(time.perf_counter() - start, 3)
-    return report
+    return VariantResult(
+        request=request,
+        status=status or "validated",
+        size_bytes=variant.size_bytes,
+        backend=backend,
+        parity=parity,
+        latency=latency,
+        latency_by_threads=tuple(by_threads),
+        gates=tuple(g.to_dict() for g in results),
+        passed=all(g.passed for g in results),
+        notes=tuple(notes),
+        export_seconds=round(variant.seconds, 3),
+        validate_seconds=round(time.perf_counter() - start, 3),
+        artifact=variant,
+        reference_stats=stats,
+        quantization_details=variant.details,
+    )
 
 
-class _NotRunnable(Exception):
-    """The variant cannot be executed on this host (e.g. an op the reference interpreter lacks)."""
+def _runner(target: Any, variant: ExportedVariant, options: Any, plan: ValidationPlan) -> RunnerInfo:
+    return target.runner(variant.path, options, plan.latency.threads[0])
 
 
 def _variant_stats(
-    reference: ReferenceResult, outputs: list[np.ndarray], output_names: list[str], recipe: Recipe, data: Dataset
+    reference: ReferenceResult, outputs: list[np.ndarray], output_names: list[str], plan: ValidationPlan, data: Dataset
 ) -> dict:
     """Drift reference: the validation inputs' statistics plus this variant's own outputs on them.
 
@@ -255,86 +270,77 @@ def _variant_stats(
     shipped model measures what the data changed, not what quantization changed.
     """
     base = reference.input_stats or reference_statistics(
-        _used(data), None, None, task=recipe.model.task, preprocessing=recipe.preprocessing
+        _used(data), None, None, task=plan.task, preprocessing=plan.preprocessing
     )
-    own = reference_statistics({}, outputs, output_names, task=recipe.model.task)
+    own = reference_statistics({}, outputs, output_names, task=plan.task)
     return {**base, "plans": base["plans"] + own["plans"], "features": base["features"] + own["features"]}
 
 
-def _tflite_latency(variant: ExportedVariant, recipe: Recipe, data: Dataset) -> list[dict]:
-    """Load time, latency and peak memory of a fresh interpreter per thread count."""
-    from mobex.runtime.litert import TfliteRunner
-
+def _latency(make: Any, plan: ValidationPlan, data: Dataset) -> list[dict]:
+    """Load time, latency and peak memory of a fresh runner (`make(threads)`) per thread count."""
     first = data.feed(0)
     out = []
-    for threads in recipe.latency.threads:
+    for threads in plan.latency.threads:
         stats = measure_runner(
-            lambda t=threads: TfliteRunner(variant.path, num_threads=t),
+            lambda t=threads: make(t),
             first,
             threads=threads,
-            warmup=recipe.latency.warmup,
-            runs=recipe.latency.runs,
+            warmup=plan.latency.warmup,
+            runs=plan.latency.runs,
             batch=data.batch,
         )
         out.append(stats.to_dict())
     return out
 
 
-def failed_export_report(platform: str, target: str, quantization: str, message: str, recipe: Recipe) -> VariantReport:
+def failed_export_report(request: VariantRequest, message: str, plan: ValidationPlan) -> VariantResult:
     """A variant whose conversion failed: in the report with its gates failed, never silently missing."""
-    results = gates_mod.evaluate(quantization, recipe.model.task, {}, recipe.gates, f"conversion failed: {message}")
-    for g in results:
-        g.passed = False  # allow_unvalidated never lets a variant that does not exist pass
-    return VariantReport(
-        platform=platform,
-        target=target,
-        quantization=quantization,
-        status=f"conversion failed: {message}",
-        gates=[g.to_dict() for g in results],
-        passed=False,
-    )
+    status = f"conversion failed: {message}"
+    results = gates_mod.evaluate(request.spec, plan.task, {}, plan.gates, status, unvalidated_may_pass=False)
+    return VariantResult(request=request, status=status, gates=tuple(g.to_dict() for g in results), passed=False)
 
 
-def validate_model_file(recipe: Recipe, model_path: Path, quantization: str = "fp32") -> tuple[VariantReport, dict]:
-    """Validate one already-exported model (.tflite or .mlpackage) against the recipe's original model.
+def validate_model_file(recipe: Recipe, model_path: Path, quantization: str = "fp32") -> tuple[VariantResult, dict]:
+    """Validate one already-exported model (a .tflite file, an .mlpackage folder, ...) against the recipe's
+    original model.
 
     The same checks as a build's validation stage, without converting anything: data checks, the
-    original model's outputs, parity, task metrics, latency (TFLite) and the gates of the
-    `quantization` family. Returns the variant report and the original model's metrics and latency.
+    original model's outputs, parity, task metrics, latency (where its target measures it) and the gates
+    of the `quantization` variant's family. Returns the variant's result and the original model's metrics
+    and latency.
     """
     from mobex.artifacts import path_size
     from mobex.data import load_dataset
     from mobex.errors import UsageError
-    from mobex.export import output_names
     from mobex.sources import load_model
 
     model_path = Path(model_path)
-    if model_path.suffix == ".tflite" and model_path.is_file():
-        from mobex.runtime.litert import load_tflite_io
-
-        io = load_tflite_io(model_path)
-        target, platform, inputs, outputs = "tflite", "android", io.inputs, io.outputs
-    elif model_path.suffix == ".mlpackage" and model_path.is_dir():
-        from mobex.converters.coreml import read_io
-
-        target, platform = "coreml", "ios"
-        inputs, outputs = read_io(model_path)
-    else:
-        raise UsageError(
-            f"{model_path} is not a .tflite file or an .mlpackage folder", "pass a model exported by mobex or LiteRT"
+    info = plugins.target_for_format(model_path.suffix.removeprefix("."))
+    if info is None or not model_path.exists() or model_path.is_dir() != info.model_is_folder:
+        kinds = " or ".join(
+            f"a .{t.file_format} {'folder' if t.model_is_folder else 'file'}" for t in plugins.targets()
         )
+        raise UsageError(f"{model_path} is not {kinds}", "pass a model exported by mobex")
+    spec = plugins.find_variant(info.name, quantization)
+    if spec is None:
+        valid = ", ".join(plugins.variant_hint(info.name))
+        raise UsageError(f"--variant {quantization!r} is not a {info.name} variant", f"use one of {valid}")
+    target = plugins.target(info.name)
+    inputs, outputs = target.read_io(model_path)
+    request = VariantRequest(info.platforms[0], info.name, quantization, quantization)
     data = load_dataset(recipe, "validation", recipe.data.validation)
     reference = run_reference(load_model(recipe), recipe, data)
     variant = ExportedVariant(
-        target=target,
-        platform=platform,
+        target=info.name,
+        platform=request.platform,
         quantization=quantization,
         path=model_path,
         inputs=list(inputs),
         outputs=list(outputs),
         size_bytes=path_size(model_path),
     )
-    report = validate_variant(variant, recipe, data, reference, output_names(recipe, len(reference.outputs)))
+    plan = ValidationPlan.of(recipe, recipe.output_names(len(reference.outputs)))
+    report = validate_variant(BuiltVariant(request, variant), plan, target.options(recipe), data, reference)
     reference_entry = {
         "backend": "torch",
         "metrics": reference.metrics,

@@ -169,3 +169,28 @@ def test_bad_arguments_are_usage_errors(tmp_path: Path) -> None:
         convert_tflite(model, {"x": torch.randn(1, 5)}, tmp_path / "m.tflite")
     assert "[[inputs]]" in info.value.hint
     assert list(tmp_path.iterdir()) == []
+
+
+class _Mixer(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.svd(x)[1]
+
+
+class _Nested(nn.Module):
+    """An unsupported op deep inside: encoder.layers.1.mixer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layer = nn.ModuleDict({"proj": nn.Linear(4, 4), "mixer": _Mixer()})
+        self.encoder = nn.Module()
+        self.encoder.layers = nn.ModuleList([nn.ModuleDict({"proj": nn.Linear(4, 4)}), layer])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder.layers[1]["mixer"](self.encoder.layers[0]["proj"](x))
+
+
+def test_unsupported_op_error_names_the_module_path_and_a_workaround(tmp_path: Path) -> None:
+    with pytest.raises(ConversionError) as info:
+        convert_tflite(_Nested(), {"x": torch.randn(4, 4)}, tmp_path / "m.tflite")
+    assert "encoder.layers.1.mixer" in info.value.message
+    assert "op " in info.value.message and info.value.hint

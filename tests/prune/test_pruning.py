@@ -9,9 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from mobex.data import load_dataset, load_validation_and_calibration
+from mobex.data import example_inputs, load_dataset, load_validation_and_calibration
 from mobex.errors import ConversionError, DataError, RecipeError, UsageError
-from mobex.export import example_inputs
 from mobex.prune.macs import count_model
 from mobex.prune.pruning import load_finetune_data, load_pruned_model, prune_model, save_pruned_model
 from mobex.recipe import FinetuneSection, PruneSection, load_recipe

@@ -59,3 +59,26 @@ def test_trust_publish_refresh_and_errors(tmp_path: Path, bundle_factory) -> Non
         "publish", str(bundle), "--registry", str(reg), "--key", str(keys["ci"][0]), "--expires", "soon", expect=2
     )
     assert "duration" in late.stderr
+
+
+def test_staged_promote_and_pulls_by_device_and_app_version(tmp_path: Path, bundle_factory, keypair) -> None:
+    from mobex.registry.rollout import bucket
+
+    reg, key, pub = tmp_path / "reg", str(keypair[0]), str(keypair[1])
+    mobex("publish", str(bundle_factory("1.0.0")), "--registry", str(reg), "--channel", "stable", "--key", key)
+    mobex("publish", str(bundle_factory("1.1.0")), "--registry", str(reg), "--channel", "beta", "--key", key,
+          "--min-app-version", "5.0.0")  # fmt: skip
+    staged = mobex("promote", "digits", "--registry", str(reg), "--from", "beta", "--to", "stable", "--key", key,
+                   "--rollout", "10%")  # fmt: skip
+    assert "rollout 10% (other devices keep 1.0.0), apps 5.0.0 or later" in staged.stdout
+    inside = next(f"d{i}" for i in range(1000) if bucket("digits", "stable", "1.1.0", f"d{i}") < 100_000)
+    pull = ["pull", "digits", "--from", str(reg), "--platform", "android", "--key", pub]
+    got = json.loads(mobex(*pull, "--out", str(tmp_path / "a"), "--device-id", inside, "--app-version", "5.1.0",
+                           "--json").stdout)  # fmt: skip
+    assert (got["version"], got["selected"], got["rollout_ppm"]) == ("1.1.0", "in-rollout", 100_000)
+    plain = mobex(*pull, "--out", str(tmp_path / "b"))
+    assert "installed 1.0.0" in plain.stdout and "no --device-id" in plain.stdout
+    # a full pointer that needs a newer app: exit 7, nothing installed
+    mobex("promote", "digits", "--registry", str(reg), "--from", "beta", "--to", "stable", "--key", key)
+    old_app = mobex(*pull, "--out", str(tmp_path / "c"), "--app-version", "4.0.0", expect=7)
+    assert "ships nothing app version 4.0.0 may install" in old_app.stderr and not (tmp_path / "c" / "current").exists()

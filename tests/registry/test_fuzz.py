@@ -134,11 +134,11 @@ def test_mutated_bundles_are_refused_or_identical(world: dict, keypair, monkeypa
 def test_mutated_pointer_envelopes_are_refused_or_identical(world: dict, keypair, how: tuple) -> None:
     pub = load_public_key(keypair[1])
     root = trust.pinned_root(pub)
-    original, _ = check_pointer(
+    original, *_ = check_pointer(
         world["pointer"], root, model="digits", channel="stable", platform="android", now=datetime.now(UTC)
     )
     try:
-        ptr, _ = check_pointer(
+        ptr, *_ = check_pointer(
             mutate(world["pointer"], how), root, model="digits", channel="stable", platform="android",
             now=datetime.now(UTC),
         )  # fmt: skip
@@ -156,7 +156,8 @@ json_values = st.recursive(
 
 @settings(FUZZ, max_examples=150)
 @given(field=st.sampled_from(["model", "channel", "platform", "sequence", "version", "bundle", "bundle.path",
-                              "bundle.sha256", "bundle.size", "published", "expires", "downgrade", "schema", "new"]),
+                              "bundle.sha256", "bundle.size", "published", "expires", "downgrade", "schema", "new",
+                              "min_app_version", "rollout"]),
        value=json_values)  # fmt: skip
 def test_signed_but_malformed_pointer_payloads_never_crash(world: dict, keypair, field: str, value) -> None:
     key = load_private_key(keypair[0])
@@ -169,7 +170,7 @@ def test_signed_but_malformed_pointer_payloads_never_crash(world: dict, keypair,
     payload = json.dumps(doc).encode()
     envelope = dsse.sign(dsse.POINTER_TYPE, payload, [key])
     try:
-        ptr, _ = check_pointer(
+        ptr, *_ = check_pointer(
             envelope, trust.pinned_root(key.public_key()), model="digits", channel="stable", platform="android",
             now=datetime.now(UTC),
         )  # fmt: skip

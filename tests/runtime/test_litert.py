@@ -144,8 +144,8 @@ def test_multi_signature_file_uses_serving_default_in_torch_order(tmp_path: Path
 
 def test_delegate_partitions_show_ops_outside_xnnpack(tmp_path: Path) -> None:
     """int8 HARD_SWISH has no XNNPACK kernel: the int8 graph splits around it; fp32 stays one partition."""
-    from mobex.quantize.tflite.recipes import quantize_tflite
     from mobex.quantize.tflite.static_int8 import Int8Options
+    from mobex.targets.tflite import quantize_tflite
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.Hardswish(), nn.Conv2d(8, 8, 3, padding=1)).eval()

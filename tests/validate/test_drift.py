@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from mobex.cli_validate import DRIFT_EXIT_CODE, register
 from mobex.errors import DataError, VerificationError
+from mobex.monitor.bundle_drift import check_bundle_drift
 from mobex.validate import drift, stats
 
 
@@ -158,8 +159,8 @@ def test_data_that_does_not_fit_the_model(built_digits, tmp_path: Path) -> None:
     wrong_name = tmp_path / "a.npz"
     np.savez(wrong_name, pixels=np.zeros((10, 1, 8, 8), np.float32))
     with pytest.raises(DataError, match=r"no array named 'image' \(found: pixels\)"):
-        drift.check_bundle_drift(built_digits.bundle("ios"), wrong_name)
+        check_bundle_drift(built_digits.bundle("ios"), wrong_name)
     wrong_shape = tmp_path / "b.npz"
     np.savez(wrong_shape, image=np.zeros((10, 8, 8), np.float32))
     with pytest.raises(DataError, match=r"shape \[10, 8, 8\], expected \[N, 1, 8, 8\]"):
-        drift.check_bundle_drift(built_digits.bundle("ios"), wrong_shape)
+        check_bundle_drift(built_digits.bundle("ios"), wrong_shape)

@@ -13,6 +13,7 @@ import pytest
 
 from mobex.validate.html import render_html
 from mobex.validate.report import bundled_report, render_junit, write_reports
+from tests.system_deps import require_system
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -77,13 +78,19 @@ def test_bundle_report_drops_volatile_fields(built_digits) -> None:
         assert v["parity"] is None or "abs_error_histogram" in v["parity"]["outputs"][0]
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install chromium)")
-def test_report_renders_in_headless_chromium(built_digits, tmp_path: Path) -> None:
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The browser, checked before the session's digits build is made (session fixtures come first)."""
+    require_system(CHROMIUM is not None, "chromium (headless, to render report.html)", "chromium")
+    return str(CHROMIUM)
+
+
+def test_report_renders_in_headless_chromium(chromium: str, built_digits, tmp_path: Path) -> None:
     out = tmp_path / "reports"
     write_reports(built_digits.report, out)
     url = (out / "report.html").resolve().as_uri()
     flags = [
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
         f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,2000",
     ]  # fmt: skip

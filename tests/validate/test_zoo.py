@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mobex.validate.gates import DEFAULT_GATES
+from mobex.metrics.limits import DEFAULT_GATES
 
 ZOO_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "zoo.py"
 SLOW = {"mobilevit", "mobilenet_v2", "convnext", "efficientnet"}

@@ -30,39 +30,44 @@ calibration data the weights are coremltools' round-to-nearest, and the notes sa
 
 from __future__ import annotations
 
-import re
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mobex.artifacts import ExportedVariant, path_size
-from mobex.converters.coreml import read_io, resolve_target, save_package
+from mobex.artifacts import ExportedVariant
+from mobex.converters.coreml import package_variant, resolve_target, save_package
 from mobex.errors import ConversionError, UsageError
 from mobex.quantize.feeds import checked_feeds
 
 DEFAULT_WEIGHT_THRESHOLD = 256
 _COREML_DEFAULT_WEIGHT_THRESHOLD = 2048
-PALETTE_BITS = (2, 4, 6, 8)
-
-# Which constexpr ops a compressed program holds, per variant family and opset.
-EXPECTED_OPS = {
-    "int8-weights": ("constexpr_affine_dequantize", "constexpr_blockwise_shift_scale"),
-    "int4-weights": ("constexpr_blockwise_shift_scale",),
-    "palettize": ("constexpr_lut_to_dense",),
-    "sparse": ("constexpr_sparse_to_dense",),
-    "w8a8": ("quantize", "dequantize"),
-}
 # Calibration samples w8a8 and the weight rounding run through the MIL reference interpreter (slower than Core ML).
 W8A8_MAX_SAMPLES = 64
-# Variant families whose weights the calibration data refines (GPTQ rounding and/or bias correction).
-CALIBRATED_FAMILIES = ("int8-weights", "int4-weights", "palettize", "sparse", "w8a8")
 
 
-def variant_names() -> list[str]:
-    """The fixed variant names (sparse-<pct> takes any whole percentage 1..99)."""
-    return ["int8-weights", "int4-weights", "w8a8", *(f"palettize-{b}bit" for b in PALETTE_BITS), "sparse-<pct>"]
+@dataclass(frozen=True)
+class Compression:
+    """One Core ML compression, as its variant registers it (mobex.targets.coreml).
+
+    `apply` is the coremltools.optimize.coreml function ("linear_quantize_weights", "palettize_weights",
+    "prune_weights"); `config(cto, weight_threshold)` its op config; `expected_ops` the ops the compressed
+    program must hold (else nothing was compressed); `min_target` the iOS it needs, with `min_target_why` and
+    `min_target_hint` for the error; `activations`: quantize activations first (w8a8, calibrated in the MIL
+    reference interpreter). Calibration data, when given, refines the weights of every compression.
+    """
+
+    apply: str
+    config: Callable[[Any, int], Any]
+    details: str
+    expected_ops: tuple[str, ...]
+    min_target: str = "iOS16"
+    min_target_why: str = ""
+    min_target_hint: str = ""
+    activations: bool = False
 
 
 def compress_coreml(
@@ -70,30 +75,78 @@ def compress_coreml(
     variant: str,
     out_path: Path,
     *,
+    compression: Compression,
     deployment_target: str,
     weight_threshold: int = DEFAULT_WEIGHT_THRESHOLD,
     calibration: list[dict[str, np.ndarray]] | None = None,
     max_calibration_samples: int = W8A8_MAX_SAMPLES,
     weight_rounding: str = "gptq",
 ) -> ExportedVariant:
-    """Compress the weights of `base` (an fp16 or fp32 .mlpackage) into a new package at `out_path`.
+    """Compress the weights of `base` (an fp16 or fp32 .mlpackage) as `compression` says, into `out_path`.
 
-    Variants: `int8-weights` (per-channel symmetric int8), `int4-weights` (per-block of 32, iOS18+),
-    `palettize-{2,4,6,8}bit` (k-means look-up tables), `sparse-<pct>` (magnitude pruning to pct%
-    zeros, stored sparse), `w8a8` (int8 activations calibrated on `calibration`, a list of feeds keyed
-    by input name, plus per-channel int8 weights; iOS17+). Metadata of the base is kept.
-
-    `calibration` is required for `w8a8` and optional for the others: when given, at most
-    `max_calibration_samples` of it choose the weights' rounding and correct the biases (`int8_mil`),
-    unless `weight_rounding` is "nearest" (coremltools' own rounding, as without calibration data).
+    Metadata of the base is kept. `calibration` (a list of feeds keyed by input name) is required when the
+    compression quantizes activations and optional otherwise: when given, at most `max_calibration_samples`
+    of it choose the weights' rounding and correct the biases (`gptq.py`), unless `weight_rounding` is
+    "nearest" (coremltools' own rounding, as without calibration data).
     """
     import coremltools as ct
     import coremltools.optimize.coreml as cto
 
     started = time.perf_counter()
+    out_path = Path(out_path)
+    target = _check_arguments(base, out_path, deployment_target, weight_threshold, weight_rounding)
+    if target < int(getattr(ct.target, compression.min_target)):
+        raise UsageError(
+            f"{variant} needs {compression.min_target} or later ({compression.min_target_why}); "
+            f"the deployment target is {deployment_target}",
+            hint=compression.min_target_hint,
+        )
+    if compression.activations or calibration:
+        calibration = _check_calibration(base, calibration, variant)
+    mlmodel = _base_model(base, variant, compression, deployment_target, target)
+    feeds = _subset(calibration, max_calibration_samples) if calibration else []
+    if compression.activations:
+        mlmodel = _quantize_activations(mlmodel, base, feeds)
+    config = compression.config(cto, weight_threshold)
+    try:
+        compressed = getattr(cto, compression.apply)(mlmodel, cto.OptimizationConfig(global_config=config))
+    except Exception as exc:  # noqa: BLE001 - report coremltools' reason with the variant name
+        raise ConversionError(f"coremltools could not apply {variant} to {base.path.name}: {exc}") from exc
+    refinement = None
+    if feeds and weight_rounding == "gptq":
+        from mobex.quantize.coreml.gptq import collect_moments, refine_weights
+
+        compressed, refinement = refine_weights(compressed, collect_moments(base.path, feeds))
+    compressed.user_defined_metadata["mobex.compression"] = variant
+    save_package(compressed, out_path)
+    counts = _compressed_op_counts(out_path, base, compression, weight_threshold, variant)
+    notes = [
+        f"{variant} from the {base.quantization} base ({compression.details})",
+        f"weight_threshold={weight_threshold} (coremltools' default is {_COREML_DEFAULT_WEIGHT_THRESHOLD}): "
+        f"smaller tensors stay {base.quantization}",
+        "compressed ops: " + ", ".join(f"{op} x{n}" for op, n in sorted(counts.items())),
+    ]
+    if compression.activations:
+        notes.append(
+            f"activation ranges: min/max of {len(feeds)} calibration samples run in mobex's MIL reference "
+            "interpreter (coremltools' own calibration needs macOS)"
+        )
+    if refinement is not None:
+        notes.append(refinement.summary())
+    else:
+        why = 'weight_rounding = "nearest"' if feeds else "no calibration data given for this variant"
+        notes.append(f"weights rounded to nearest by coremltools ({why})")
+    return package_variant(out_path, variant, notes, started)
+
+
+def _check_arguments(
+    base: ExportedVariant, out_path: Path, deployment_target: str, weight_threshold: int, weight_rounding: str
+) -> int:
+    """The deployment target's spec version, after refusing arguments no compression can work with."""
+    import coremltools as ct
+
     if base.target != "coreml":
         raise UsageError(f"compress_coreml needs a Core ML variant, got a {base.target} one ({base.path})")
-    out_path = Path(out_path)
     if out_path.suffix != ".mlpackage":
         raise UsageError(f"Core ML output path must end in .mlpackage: {out_path}")
     if weight_threshold < 1:
@@ -106,22 +159,12 @@ def compress_coreml(
             f"Core ML weight compression needs iOS16 or later; the deployment target is {deployment_target}",
             hint="set [ios] minimum_deployment_target to iOS16 or later, or ship only fp16/fp32",
         )
+    return target
 
-    family, config, details = _config(cto, variant, weight_threshold)
-    if family == "w8a8" and target < int(ct.target.iOS17):
-        raise UsageError(
-            f"w8a8 needs iOS17 or later (activation quantize/dequantize ops are an iOS17 Core ML feature); "
-            f"the deployment target is {deployment_target}",
-            hint='set [ios] minimum_deployment_target = "iOS17", or use int8-weights',
-        )
-    if family == "w8a8" or calibration:
-        calibration = _check_calibration(base, calibration, variant)
-    if family == "int4-weights" and target < int(ct.target.iOS18):
-        raise UsageError(
-            f"int4-weights needs iOS18 or later (per-block int4 weights are an iOS18 Core ML feature); "
-            f"the deployment target is {deployment_target}",
-            hint='set [ios] minimum_deployment_target = "iOS18", or use int8-weights / palettize-4bit',
-        )
+
+def _base_model(base: ExportedVariant, variant: str, compression: Compression, deployment_target: str, target: int):  # noqa: ANN202
+    """The base package loaded for compression, refused when its spec and the deployment target disagree."""
+    import coremltools as ct
 
     mlmodel = ct.models.MLModel(str(base.path), skip_model_load=True)
     base_spec_version = mlmodel.get_spec().specificationVersion
@@ -131,76 +174,34 @@ def compress_coreml(
             f"deployment target {deployment_target} (spec {target})",
             hint="convert the base with the same deployment target as the compressed variants",
         )
-    if family == "int4-weights" and base_spec_version < int(ct.target.iOS18):
+    if base_spec_version < int(getattr(ct.target, compression.min_target)):
         raise UsageError(
-            f"int4-weights needs a base converted for iOS18 or later; {base.path.name} targets an older OS",
-            hint='convert the base with deployment_target="iOS18"',
+            f"{variant} needs a base converted for {compression.min_target} or later; {base.path.name} targets "
+            "an older OS",
+            hint=f'convert the base with deployment_target="{compression.min_target}"',
         )
+    return mlmodel
 
-    feeds = _subset(calibration, max_calibration_samples) if calibration else []
-    if family == "w8a8":
-        mlmodel = _quantize_activations(mlmodel, base, feeds)
-    compress = {
-        "w8a8": cto.linear_quantize_weights,
-        "int8-weights": cto.linear_quantize_weights,
-        "int4-weights": cto.linear_quantize_weights,
-        "palettize": cto.palettize_weights,
-        "sparse": cto.prune_weights,
-    }[family]
-    try:
-        compressed = compress(mlmodel, cto.OptimizationConfig(global_config=config))
-    except Exception as exc:  # noqa: BLE001 - report coremltools' reason with the variant name
-        raise ConversionError(f"coremltools could not apply {variant} to {base.path.name}: {exc}") from exc
-    refinement = None
-    if feeds and family in CALIBRATED_FAMILIES and weight_rounding == "gptq":
-        from mobex.quantize.coreml.gptq import collect_moments, refine_weights
 
-        compressed, refinement = refine_weights(compressed, collect_moments(base.path, feeds))
-    compressed.user_defined_metadata["mobex.compression"] = variant
-    save_package(compressed, out_path)
-
+def _compressed_op_counts(
+    out_path: Path, base: ExportedVariant, compression: Compression, weight_threshold: int, variant: str
+) -> dict[str, int]:
+    """The compressed (and activation-quantization) ops of the written package; refuse one with none."""
     counts = constexpr_op_counts(out_path)
-    if family == "w8a8":
+    if compression.activations:
         quant_ops = program_op_counts(out_path)
         if not quant_ops.get("quantize"):
             raise ConversionError(
-                f"w8a8 inserted no activation quantize ops into {base.path.name}",
+                f"{variant} inserted no activation quantize ops into {base.path.name}",
                 hint="coremltools quantizes the inputs of conv, linear, add and pooling ops; the model has none",
             )
         counts.update({op: quant_ops.get(op, 0) for op in ("quantize", "dequantize")})
-    if not any(counts.get(op) for op in EXPECTED_OPS[family]):
+    if not any(counts.get(op) for op in compression.expected_ops):
         raise ConversionError(
             f"{variant} left every weight of {base.path.name} uncompressed",
             hint=f"no weight tensor has {weight_threshold} or more elements; lower weight_threshold",
         )
-    inputs, outputs = read_io(out_path)
-    notes = [
-        f"{variant} from the {base.quantization} base ({details})",
-        f"weight_threshold={weight_threshold} (coremltools' default is {_COREML_DEFAULT_WEIGHT_THRESHOLD}): "
-        f"smaller tensors stay {base.quantization}",
-        "compressed ops: " + ", ".join(f"{op} x{n}" for op, n in sorted(counts.items())),
-    ]
-    if family == "w8a8":
-        notes.append(
-            f"activation ranges: min/max of {len(feeds)} calibration samples run in mobex's MIL reference "
-            "interpreter (coremltools' own calibration needs macOS)"
-        )
-    if refinement is not None:
-        notes.append(refinement.summary())
-    elif family in CALIBRATED_FAMILIES:
-        why = 'weight_rounding = "nearest"' if feeds else "no calibration data given for this variant"
-        notes.append(f"weights rounded to nearest by coremltools ({why})")
-    return ExportedVariant(
-        target="coreml",
-        platform="ios",
-        quantization=variant,
-        path=out_path,
-        inputs=inputs,
-        outputs=outputs,
-        size_bytes=path_size(out_path),
-        seconds=time.perf_counter() - started,
-        notes=notes,
-    )
+    return counts
 
 
 def constexpr_op_counts(package: Path) -> dict[str, int]:
@@ -324,43 +325,3 @@ def _quantize_activations(
         raise ConversionError(
             f"coremltools could not insert activation quantization into {base.path.name}: {exc}"
         ) from exc
-
-
-def _config(cto: Any, variant: str, weight_threshold: int) -> tuple[str, Any, str]:
-    """(family, coremltools op config, human description) for a variant name."""
-    if variant == "w8a8":
-        config = cto.OpLinearQuantizerConfig(
-            mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=weight_threshold
-        )
-        return variant, config, "int8 activations (calibrated) and int8 symmetric per-channel weights"
-    if variant == "int8-weights":
-        config = cto.OpLinearQuantizerConfig(
-            mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=weight_threshold
-        )
-        return variant, config, "int8 symmetric, per output channel"
-    if variant == "int4-weights":
-        config = cto.OpLinearQuantizerConfig(
-            mode="linear_symmetric",
-            dtype="int4",
-            granularity="per_block",
-            block_size=32,
-            weight_threshold=weight_threshold,
-        )
-        return variant, config, "int4 symmetric, per block of 32 input channels"
-    match = re.fullmatch(r"palettize-(\d+)bit", variant)
-    if match:
-        nbits = int(match.group(1))
-        if nbits not in PALETTE_BITS:
-            raise UsageError(f"unsupported palette size in {variant!r}", hint="use 2, 4, 6 or 8 bits")
-        config = cto.OpPalettizerConfig(mode="kmeans", nbits=nbits, weight_threshold=weight_threshold)
-        return "palettize", config, f"k-means palette of {2**nbits} values per tensor"
-    match = re.fullmatch(r"sparse-(\d+)", variant)
-    if match:
-        pct = int(match.group(1))
-        if not 0 < pct < 100:
-            raise UsageError(f"sparsity in {variant!r} must be a whole percentage 1..99")
-        config = cto.OpMagnitudePrunerConfig(target_sparsity=pct / 100, weight_threshold=weight_threshold)
-        return "sparse", config, f"{pct}% smallest-magnitude weights zeroed, stored as bitmask + values"
-    raise UsageError(
-        f"unknown Core ML compression variant {variant!r}", hint="use one of " + ", ".join(variant_names())
-    )

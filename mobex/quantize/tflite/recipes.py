@@ -1,28 +1,18 @@
-"""Quantized variants of a float .tflite with ai-edge-quantizer, one recipe per variant name.
+"""Quantized variants of a float .tflite: one ai-edge-quantizer recipe applied, or the static int8 pipeline.
 
-Variant -> ai-edge-quantizer recipe (weights; compute):
-- fp32: none, a copy of the converted model (fp32; fp32)
-- fp16: FLOAT_CASTING weight-only, 16-bit float, on FC/conv/embedding ops (fp16 + DEQUANTIZE; fp32)
-- dynamic-int8: `recipe.dynamic_wi8_afp32()` for CONV_2D/FULLY_CONNECTED (int8 per-channel; int8, activations
-  quantized at run time) with DEPTHWISE_CONV_2D weight-only (int8 per-channel; fp32). Measured on
-  EfficientNet-Lite0: hybrid depthwise kernels are both the least accurate (per-tensor run-time int8 of
-  9-tap filters) and outside XNNPACK; with float depthwise compute the variant went from 82 % to 95 % top-1
-  agreement and from 25 ms to 6 ms (x86, 1 thread), for 0.1 % more bytes. Depthwise is ~2 % of the MACs.
-- int8-weights: `recipe.weight_only_wi8_afp32()` (int8 per-channel; fp32)
-- int4-weights: `recipe.weight_only_wi4_afp32()` (int4 per-channel; fp32)
-- int8: `recipe.static_wi8_ai8()`, calibrated (int8 per-channel; int8 with static activation ranges),
-  made by `static_int8.StaticInt8`: ranges from `calibration.py` (true min/max over all samples, or
-  percentile / MSE), GPTQ weight levels (`gptq.py`), bias correction of the int8 weights
-  (`bias_correction.py`) and, when the result misses the gate limits on the calibration data, a measured
-  float fallback of the most sensitive ops (`search.py`). What was done is written next to the
-  model as `<model>.tflite.json`.
+The TFLite target (mobex.targets.tflite) registers each variant with the recipe it applies (fp16 as
+FLOAT_CASTING weight-only, dynamic-int8, int8-weights, int4-weights); this module applies a recipe
+(`apply_recipe`), makes the calibrated static int8 variant (`static_int8_variant`, the steps of
+`static_int8.StaticInt8`: ranges from `calibration.py`, GPTQ weight levels (`gptq.py`), bias correction
+(`bias_correction.py`) and, when the result misses the gate limits on the calibration data, a measured float
+fallback of the most sensitive ops (`search.py`)), and checks what it wrote: a variant keeps the fp32
+model's I/O names, order and shapes, and is written atomically. How the int8 variant was made travels in
+the returned variant's `details`.
 
-When calibration data is given, `dynamic-int8` and `int8-weights` also get GPTQ weight levels and bias
-correction (`calibrate_weights`): the same format and size, with levels chosen to minimise
-each layer's output error on the calibration data rather than each weight's rounding error.
-
-ai-edge-quantizer has no named fp16 recipe; its FLOAT_CASTING algorithm (weight-only, float16) stores
-fp16 weights with DEQUANTIZE ops, the same form TFLite's classic "float16 quantization" produced.
+When calibration data is given, weight-quantized variants with float activations (dynamic-int8,
+int8-weights) also get GPTQ weight levels and bias correction (`calibrate_weights`): the same format and
+size, with levels chosen to minimise each layer's output error on the calibration data rather than each
+weight's rounding error.
 
 Static int8 makes the graph's inputs and outputs int8 by default. With `int8_io=False` (the default)
 mobex adds NO_QUANTIZE for the virtual INPUT/OUTPUT ops so the model keeps float I/O with
@@ -45,6 +35,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from mobex.artifacts import ExportedVariant, path_size
+from mobex.converters.tflite_metadata import carry_model_contract
 from mobex.errors import ConversionError, DataError, UsageError
 from mobex.quantize.feeds import checked_feeds
 from mobex.quantize.tflite.bias_correction import bias_correction_inputs, correct_biases
@@ -52,115 +43,138 @@ from mobex.quantize.tflite.calibration import calibrate
 from mobex.quantize.tflite.gptq import RoundedOp, round_weights, weight_inputs
 from mobex.quantize.tflite.graph import TfliteGraph
 from mobex.quantize.tflite.static_int8 import HELD_OUT, Int8Options, Int8Result, StaticInt8
-from mobex.runtime.litert import TfliteIO, load_tflite_io
+from mobex.runtime.litert import SIGNATURE_KEY, TfliteIO, load_tflite_io
 
 T = TypeVar("T")
 
-TFLITE_VARIANTS = ("fp32", "fp16", "dynamic-int8", "int8-weights", "int4-weights", "int8")
-# Float-activation variants whose int8 weights the calibration data (when given) rounds and bias-corrects.
-_CALIBRATED_WEIGHT_VARIANTS = ("dynamic-int8", "int8-weights")
-
-# Below this ratio of the fp32 size a weight-quantized variant is doing its job; above it, most
-# weights sat in ops the quantizer does not handle, and the report should say so.
-_EXPECTED_RATIO = {"fp16": 0.6, "dynamic-int8": 0.4, "int8-weights": 0.4, "int4-weights": 0.3, "int8": 0.4}
+# Below this ratio of the fp32 size the static int8 variant is doing its job (see `apply_recipe`'s max_ratio).
+STATIC_INT8_MAX_RATIO = 0.4
 
 
-def quantize_tflite(
+def copy_fp32(base: ExportedVariant, out_path: Path) -> ExportedVariant:
+    """The fp32 variant: the converted model itself (copied when `out_path` is another file)."""
+    _check_base(base)
+    out_path = Path(out_path)
+    start = time.perf_counter()
+    if out_path.resolve() != Path(base.path).resolve():
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(out_path, Path(base.path).read_bytes())
+    return ExportedVariant(
+        target="tflite",
+        platform="android",
+        quantization="fp32",
+        path=out_path,
+        inputs=list(base.inputs),
+        outputs=list(base.outputs),
+        size_bytes=path_size(out_path),
+        seconds=time.perf_counter() - start,
+        notes=list(base.notes),
+    )
+
+
+def apply_recipe(
     base: ExportedVariant,
     variant: str,
     out_path: Path,
     *,
+    recipe: list[dict[str, Any]],
+    description: str,
+    max_ratio: float,
     calibration: list[dict[str, np.ndarray]] | None = None,
+    weight_rounding: str | None = None,
+) -> ExportedVariant:
+    """Write `variant` of the fp32 model `base`, made by one ai-edge-quantizer `recipe`, to `out_path`.
+
+    `description` is the report's one line for the recipe; `max_ratio` the size (x fp32) below which the
+    recipe did its job (above it, most weights sat in ops the recipe does not quantize, and a note says so).
+    With `weight_rounding` set ("gptq" or "nearest"), the variant's int8 weights may be calibrated:
+    `calibration` (feeds keyed by the signature input names) chooses their levels by GPTQ and corrects the
+    biases, unless the rounding is "nearest".
+    """
+    from ai_edge_quantizer import quantizer
+
+    _check_base(base)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    try:
+        qt = quantizer.Quantizer(str(base.path), recipe)
+        with contextlib.redirect_stderr(io.StringIO()):
+            result = qt.quantize(None, enable_progress_bar=False, enable_progress_report=False)
+    except Exception as e:  # noqa: BLE001 - the quantizer raises ValueError/RuntimeError/KeyError
+        raise ConversionError(
+            f"ai-edge-quantizer failed to make the {variant!r} variant of {base.path}: {type(e).__name__}: {e}"
+        ) from e
+    data, notes = bytes(result.quantized_model), []
+    if calibration and weight_rounding == "gptq":
+        data, notes = _calibrated_weights(base, data, _calibration_feeds(base, calibration))
+    elif calibration and weight_rounding == "nearest":
+        notes = ['weights rounded to nearest by ai-edge-quantizer (weight_rounding = "nearest")']
+    return _finish(base, variant, out_path, data, description, max_ratio, notes, None, start)
+
+
+def static_int8_variant(
+    base: ExportedVariant,
+    out_path: Path,
+    *,
+    description: str,
+    calibration: list[dict[str, np.ndarray]] | None,
     int8_io: bool = False,
     int8: Int8Options | None = None,
     training: list[dict[str, np.ndarray]] | None = None,
     held_out: list[dict[str, np.ndarray]] | None = None,
 ) -> ExportedVariant:
-    """Write the `variant` of the float model `base` to `out_path` (atomically) and describe it.
+    """The static `int8` variant of the fp32 model `base`, calibrated on `calibration`, at `out_path`.
 
-    `calibration` (needed by `int8`; used by `dynamic-int8` and `int8-weights` to choose the weights'
-    int8 levels and correct the biases) is a list of feeds keyed by the signature input names, each
-    array with the input's shape. `int8_io=True` (only with `int8`) keeps int8 model I/O.
-    `int8` sets how the static variant is made (calibration size, range estimation, bias correction,
-    float fallback and the gate limits it must meet); the defaults correct biases and, having no
-    limits, never fall back. For `int8`, `<out_path>.json` records calibration, fallback and search.
-    `training` (feeds like `calibration`) is what `int8.finetune` trains on, when that is set; every 10th
-    of them is held out, and the fallback search's candidates must pass on those too. Without fine-tuning,
-    `held_out` gives such samples directly.
+    `int8_io=True` keeps int8 model I/O. `int8` sets how it is made (calibration size, range estimation,
+    bias correction, float fallback and the gate limits it must meet); the defaults correct biases and,
+    having no limits, never fall back. The returned variant's `details` record calibration, fallback and
+    search. `training` (feeds like `calibration`) is what `int8.finetune` trains on, when that is set; every
+    10th of them is held out, and the fallback search's candidates must pass on those too. Without
+    fine-tuning, `held_out` gives such samples directly.
     """
-    if variant not in TFLITE_VARIANTS:
-        raise UsageError(
-            f"unknown TFLite variant {variant!r}",
-            hint=f"[android] variants can be: {', '.join(TFLITE_VARIANTS)}",
-        )
-    if base.target != "tflite" or base.quantization != "fp32":
-        raise UsageError(
-            f"quantize_tflite needs the fp32 TFLite model, got a {base.quantization} {base.target} variant"
-        )
-    if int8_io and variant != "int8":
-        raise UsageError(f"int8 I/O needs the static 'int8' variant, not {variant!r}")
+    _check_base(base)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    feeds = _calibration_feeds(base, calibration)
+    try:
+        train = _training_feeds(base, training) if training else None
+        held = _training_feeds(base, held_out, purpose="search check") if held_out and not train else None
+        options = int8 or Int8Options()
+        with StaticInt8(Path(base.path), feeds, options, int8_io=int8_io, training=train, held_out=held) as maker:
+            made = maker.quantize()
+    except (DataError, UsageError):
+        raise
+    except Exception as e:  # noqa: BLE001 - the quantizer raises ValueError/RuntimeError/KeyError
+        raise ConversionError(
+            f"ai-edge-quantizer failed to make the 'int8' variant of {base.path}: {type(e).__name__}: {e}"
+        ) from e
+    details = json.loads(json.dumps(made.details(), sort_keys=True))  # canonical: the report shows it as is
+    return _finish(
+        base, "int8", out_path, made.model, description, STATIC_INT8_MAX_RATIO, _int8_notes(made), details, start
+    )
 
-    if variant == "fp32":
-        if out_path.resolve() != Path(base.path).resolve():
-            _write_atomic(out_path, Path(base.path).read_bytes())
-        return ExportedVariant(
-            target="tflite",
-            platform="android",
-            quantization="fp32",
-            path=out_path,
-            inputs=list(base.inputs),
-            outputs=list(base.outputs),
-            size_bytes=path_size(out_path),
-            seconds=time.perf_counter() - start,
-            notes=list(base.notes),
-        )
 
-    if variant == "int8":
-        feeds = _calibration_feeds(base, calibration)
-        _, description = _recipe(variant, int8_io)
-        try:
-            train = _training_feeds(base, training) if training else None
-            held = _training_feeds(base, held_out, purpose="search check") if held_out and not train else None
-            options = int8 or Int8Options()
-            with StaticInt8(Path(base.path), feeds, options, int8_io=int8_io, training=train, held_out=held) as maker:
-                made = maker.quantize()
-        except (DataError, UsageError):
-            raise
-        except Exception as e:  # noqa: BLE001 - the quantizer raises ValueError/RuntimeError/KeyError
-            raise ConversionError(
-                f"ai-edge-quantizer failed to make the 'int8' variant of {base.path}: {type(e).__name__}: {e}"
-            ) from e
-        data, notes_extra = made.model, _int8_notes(made)
-        sidecar = made.sidecar()
-    else:
-        from ai_edge_quantizer import quantizer
-
-        recipe, description = _recipe(variant, int8_io)
-        try:
-            qt = quantizer.Quantizer(str(base.path), recipe)
-            with contextlib.redirect_stderr(io.StringIO()):
-                result = qt.quantize(None, enable_progress_bar=False, enable_progress_report=False)
-        except Exception as e:  # noqa: BLE001 - the quantizer raises ValueError/RuntimeError/KeyError
-            raise ConversionError(
-                f"ai-edge-quantizer failed to make the {variant!r} variant of {base.path}: {type(e).__name__}: {e}"
-            ) from e
-        data, notes_extra, sidecar = bytes(result.quantized_model), [], None
-        if calibration and variant in _CALIBRATED_WEIGHT_VARIANTS:
-            if int8 is None or int8.weight_rounding == "gptq":
-                data, notes_extra = _calibrated_weights(base, data, _calibration_feeds(base, calibration))
-            else:
-                notes_extra = ['weights rounded to nearest by ai-edge-quantizer (weight_rounding = "nearest")']
+def _finish(
+    base: ExportedVariant,
+    variant: str,
+    out_path: Path,
+    data: bytes,
+    description: str,
+    max_ratio: float,
+    notes_extra: list[str],
+    details: dict | None,
+    start: float,
+) -> ExportedVariant:
+    """Write the quantized bytes atomically (checked to keep the fp32 model's I/O) and describe them."""
+    data = carry_model_contract(Path(base.path).read_bytes(), data, SIGNATURE_KEY)  # the fp32 model's names, metadata
     written = _write_atomic(out_path, data, check=lambda p: _same_io(base, p, variant))
-    if sidecar is not None:
-        _write_atomic(sidecar_path(out_path), (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
     seconds = time.perf_counter() - start
     size = path_size(out_path)
     ratio = size / base.size_bytes
     notes = [f"ai-edge-quantizer: {description}; {size} bytes, {ratio:.2f}x the fp32 model", *notes_extra]
-    if ratio > _EXPECTED_RATIO[variant]:
+    if ratio > max_ratio:
         notes.append(
             f"only {ratio:.2f}x the fp32 size: most weights are in ops this recipe does not quantize "
             "(the quantizer handles fully-connected, conv and embedding weights)"
@@ -175,50 +189,15 @@ def quantize_tflite(
         size_bytes=size,
         seconds=seconds,
         notes=notes,
+        details=details,
     )
 
 
-def _recipe(variant: str, int8_io: bool) -> tuple[list[dict[str, Any]], str]:
-    """The ai-edge-quantizer recipe for a variant, and a one-line description for the report."""
-    from ai_edge_quantizer import qtyping, recipe, recipe_manager
-    from ai_edge_quantizer.algorithm_manager import AlgorithmName
-
-    ops = qtyping.TFLOperationName
-    if variant == "dynamic-int8":
-        manager = recipe_manager.RecipeManager()
-        manager.load_quantization_recipe(recipe.dynamic_wi8_afp32())
-        manager.add_weight_only_config(regex=".*", operation_name=ops.DEPTHWISE_CONV_2D, num_bits=8)
-        return manager.get_quantization_recipe(), (
-            "dynamic_wi8_afp32 (int8 weights, dynamic int8 activations) with depthwise convolutions weight-only "
-            "(int8 weights, float compute)"
+def _check_base(base: ExportedVariant) -> None:
+    if base.target != "tflite" or base.quantization != "fp32":
+        raise UsageError(
+            f"TFLite variants are made from the fp32 TFLite model, got a {base.quantization} {base.target} one"
         )
-    if variant == "int8-weights":
-        return recipe.weight_only_wi8_afp32(), "weight_only_wi8_afp32 (int8 weights, float compute)"
-    if variant == "int4-weights":
-        return recipe.weight_only_wi4_afp32(), "weight_only_wi4_afp32 (int4 weights, float compute)"
-    manager = recipe_manager.RecipeManager()
-    if variant == "fp16":
-        config = qtyping.OpQuantizationConfig(
-            weight_tensor_config=qtyping.TensorQuantizationConfig(num_bits=16, dtype=qtyping.TensorDataType.FLOAT),
-            compute_precision=qtyping.ComputePrecision.FLOAT,
-            explicit_dequantize=True,
-        )
-        for op in (
-            ops.FULLY_CONNECTED,
-            ops.CONV_2D,
-            ops.DEPTHWISE_CONV_2D,
-            ops.CONV_2D_TRANSPOSE,
-            ops.EMBEDDING_LOOKUP,
-        ):
-            manager.add_quantization_config(".*", op, config, algorithm_key=AlgorithmName.FLOAT_CASTING)
-        return manager.get_quantization_recipe(), "float_casting weight-only fp16 (fp16 weights, float compute)"
-    # variant == "int8"
-    manager.load_quantization_recipe(recipe.static_wi8_ai8())
-    if int8_io:
-        return manager.get_quantization_recipe(), "static_wi8_ai8 (int8 weights and activations, int8 I/O)"
-    for op in (ops.INPUT, ops.OUTPUT):
-        manager.add_quantization_config(".*", op, algorithm_key=AlgorithmName.NO_QUANTIZE)
-    return manager.get_quantization_recipe(), "static_wi8_ai8 (int8 weights and activations, float I/O)"
 
 
 def _calibrated_weights(base: ExportedVariant, data: bytes, feeds: list[dict]) -> tuple[bytes, list[str]]:
@@ -262,14 +241,10 @@ def calibrate_weights(
         moment_samples=samples,
         num_threads=num_threads,
     )
-    rounded = round_weights(model, graph, stats.moments)
-    corrected = correct_biases(model, graph, stats.means)
+    quantized = TfliteGraph(model)  # parsed once for both rewrites: they change weight bytes, not the graph
+    rounded = round_weights(model, graph, stats.moments, graph=quantized)
+    corrected = correct_biases(model, graph, stats.means, graph=quantized)
     return rounded, len(corrected)
-
-
-def sidecar_path(model_path: Path) -> Path:
-    """Where the int8 details of a .tflite are written: `<model>.tflite.json`."""
-    return Path(model_path).with_name(Path(model_path).name + ".json")
 
 
 def _int8_notes(made: Int8Result) -> list[str]:
@@ -300,9 +275,9 @@ def _int8_notes(made: Int8Result) -> list[str]:
     if made.fallback:
         names = "; ".join(op.label for op in made.fallback)
         growth = len(made.model) / max(1, made.plain_size)
-        latency = ""
-        if made.p50_ms is not None and made.plain_p50_ms:
-            latency = f", p50 {made.plain_p50_ms:.3g} -> {made.p50_ms:.3g} ms"
+        # Measured p50s and search times are in quantization_details (cost, search_seconds), not in the
+        # note: notes go into bundles, which must be the same bytes when the same model is built again.
+        latency = " (p50: quantization_details.cost)" if made.p50_ms is not None and made.plain_p50_ms else ""
         verdict = "passes" if made.passed else "still misses"
         kept = sum(op.scope in made.int8_weight_ops for op in made.fallback)
         weights = f", {kept} of them with int8 weights" if kept else ""
@@ -311,7 +286,7 @@ def _int8_notes(made: Int8Result) -> list[str]:
         notes.append(
             f"float fallback of {len(made.fallback)} op(s) ({names}{weights}) {verdict} the int8 gate on "
             f"calibration data ({shown}); cost: size x{growth:.3f}{latency}; "
-            f"{len(made.search.trials)} candidates measured in {made.search.seconds:.0f} s"
+            f"{len(made.search.trials)} candidates measured"
         )
     else:
         notes.append(f"no float fallback within max_fallback_layers passes the int8 gate on calibration data ({shown})")
@@ -333,7 +308,7 @@ def _finetune_notes(made: Int8Result) -> list[str]:
         where = f"{len(trial.fallback)} op(s) in float" if trial.fallback else "full int8"
         notes.append(
             f"int8 fine-tuning ({where}; {trial.report.epochs} epochs on {trial.report.samples} training samples, "
-            f"{trial.report.seconds:.0f} s, twin fidelity {trial.report.fidelity_db:.1f} dB): calibration {key} "
+            f"twin fidelity {trial.report.fidelity_db:.1f} dB): calibration {key} "
             f"{trial.before.get(key, float('nan')):.4g} -> {trial.after.get(key, float('nan')):.4g}, held-out "
             f"training samples {trial.held_out.get(key, float('nan')):.4g} "
             f"({'passes the int8 gate on both' if trial.passed else 'misses the int8 gate'})"

@@ -74,36 +74,6 @@ class Int8Options:
         if self.weight_rounding not in ("gptq", "nearest"):
             raise ValueError("weight_rounding must be 'gptq' or 'nearest'")
 
-    @classmethod
-    def from_recipe(cls, recipe: Any) -> Int8Options:  # Recipe, kept import-light
-        from mobex.validate.gates import limits_for
-
-        q = recipe.quantization
-        limits = {m: v for m, (v, _) in limits_for("int8", recipe.model.task, recipe.gates).items()}
-        return cls(
-            calibration_samples=q.calibration_samples,
-            fallback=q.int8_fallback,
-            max_fallback_layers=q.max_fallback_layers,
-            bias_correction=q.bias_correction,
-            range_estimation=q.range_estimation,
-            weight_rounding=q.weight_rounding,
-            equalize=q.equalize,
-            task=recipe.model.task,
-            limits=limits,
-            finetune=None
-            if q.finetune is None
-            else FinetuneSettings(
-                epochs=q.finetune.epochs,
-                learning_rate=q.finetune.learning_rate,
-                bias_learning_rate=q.finetune.bias_learning_rate,
-                scale_learning_rate=q.finetune.scale_learning_rate,
-                batch_size=q.finetune.batch_size,
-                max_samples=q.finetune.max_samples,
-                seed=q.finetune.seed,
-                threads=q.finetune.threads,
-            ),
-            finetune_fallback_trials=0 if q.finetune is None else q.finetune.fallback_trials,
-        )
 
 
 def search_limits(limits: dict[str, float]) -> dict[str, tuple[float, str]]:
@@ -177,8 +147,8 @@ class Int8Result:
     finetune: list[FinetuneTrial] = field(default_factory=list)  # quantization-aware fine-tuning runs
     finetune_skipped: str | None = None  # why fine-tuning was configured but not run
 
-    def sidecar(self) -> dict:
-        """The `<model>.tflite.json` written next to the model (read by the report)."""
+    def details(self) -> dict:
+        """How the model was made, for the report's `quantization_details` (it travels in the variant)."""
         out: dict[str, Any] = {
             "fallback_layers": [
                 {
@@ -310,7 +280,7 @@ class StaticInt8:
             float_ops = with_float_islands(self.graph, float_ops, float_io=not self.int8_io)
         model = self.ai_edge_quantized(float_ops, only)
         graph = TfliteGraph(model)  # parsed once for the three rewrites (~0.3 s on EfficientNet-Lite0)
-        plain = only is None and not float_ops  # the full-int8 model: its rewrites go into the sidecar
+        plain = only is None and not float_ops  # the full-int8 model: its rewrites go into the details
         widened = fit_int32_biases(model, self.graph, graph)  # before GPTQ: it rounds at the widened scales
         if plain:
             self._widened = widened

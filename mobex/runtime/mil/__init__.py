@@ -6,6 +6,6 @@ so Core ML parity can be checked where `MLModel.predict` is unavailable (Linux C
     outputs = runner.run({"image": x})
 """
 
-from .interpreter import MilExecutionError, MilReferenceRunner, UnsupportedOpError, supported_ops
+from .interpreter import MilExecutionError, MilReferenceRunner, MilState, UnsupportedOpError, supported_ops
 
-__all__ = ["MilExecutionError", "MilReferenceRunner", "UnsupportedOpError", "supported_ops"]
+__all__ = ["MilExecutionError", "MilReferenceRunner", "MilState", "UnsupportedOpError", "supported_ops"]

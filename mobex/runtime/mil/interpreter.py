@@ -17,17 +17,19 @@ import numpy as np
 from mobex.artifacts import TensorSpec
 from mobex.errors import DataError
 
+from .image_io import NativeIO
 from .ops_common import BOUNDARY_DTYPES, CONTAINER_DTYPES, KERNELS, UnsupportedOpError, round_fp16
+from .ops_state import MilState
 from .program import (
     CompiledProgram,
     MilExecutionError,
     compile_program,
     compile_unloadable,
     load_pymil_program,
-    run_step,
+    run_block,
 )
 
-__all__ = ["MilExecutionError", "MilReferenceRunner", "UnsupportedOpError", "supported_ops"]
+__all__ = ["MilExecutionError", "MilReferenceRunner", "MilState", "UnsupportedOpError", "supported_ops"]
 
 
 def supported_ops() -> list[str]:
@@ -40,6 +42,11 @@ class MilReferenceRunner:
 
     inputs / outputs: the program's I/O as TensorSpec (dtype as the caller sees it: "float16" for
     fp16 I/O; -1 for a flexible dim). `run` returns outputs in the program's output order.
+
+    Stateful programs (iOS18 `read_state` / `coreml_update_state`): `states` lists the state
+    buffers; `make_state()` returns fresh ones (zeros, as Core ML's `MLModel.make_state`), and
+    `run(feed, state=s)` reads and updates them in place, so calling it again continues from there.
+    Without a `state`, each `run` starts from fresh buffers.
     """
 
     def __init__(self, mlpackage_path: Path, function_name: str = "main") -> None:
@@ -51,8 +58,10 @@ class MilReferenceRunner:
             if load_error is None
             else compile_unloadable(spec, function_name, load_error)
         )
+        self._native = NativeIO.read(spec)  # image inputs, classifier outputs (image_io.py)
         self.inputs: list[TensorSpec] = self._program.inputs
-        self.outputs: list[TensorSpec] = self._program.outputs
+        self.outputs: list[TensorSpec] = self._native.outputs(self._program.outputs)
+        self.states: list[TensorSpec] = self._program.states
 
     # ------------------------------------------------------------------ introspection
 
@@ -67,13 +76,21 @@ class MilReferenceRunner:
     @property
     def computes_in_fp16(self) -> bool:
         """True when any op of the program produces fp16 values."""
-        return any("fp16" in step.info.out_dtypes for step in self._program.steps)
+        return any("fp16" in step.info.out_dtypes for step in self._program.all_steps())
+
+    @property
+    def is_stateful(self) -> bool:
+        return bool(self.states)
+
+    def make_state(self) -> MilState:
+        """Fresh state buffers for this program (zeros), to pass to `run` call after call."""
+        return MilState.zeros(self.states)
 
     # ------------------------------------------------------------------ running
 
     def _feed_value(self, spec: TensorSpec, value: Any) -> np.ndarray:
         mil = self._program.input_dtypes[spec.name]
-        arr = np.asarray(value)
+        arr = np.asarray(self._native.feed(spec.name, value))
         if arr.dtype.kind not in "biuf":
             raise DataError(
                 f"input {spec.name!r} has dtype {arr.dtype}, expected a numeric array ({spec.dtype})",
@@ -89,8 +106,20 @@ class MilReferenceRunner:
             return round_fp16(arr.astype(np.float32))
         return arr.astype(CONTAINER_DTYPES.get(mil, arr.dtype), copy=False)
 
-    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Execute the program on one feed {input name: array}; outputs in program order, as numpy."""
+    def run(self, feed: dict[str, np.ndarray], state: MilState | None = None) -> list[np.ndarray]:
+        """Execute the program on one feed {input name: array}; outputs in program order, as numpy
+        (a classifier's label and score dictionary as one score array: image_io.py).
+
+        `state` (stateful programs): the buffers `read_state` reads and `coreml_update_state`
+        writes; they are updated in place.
+        """
+        return self._native.results([s.name for s in self._program.outputs], self._execute(feed, state))
+
+    def run_native(self, feed: dict[str, np.ndarray], state: MilState | None = None) -> dict[str, Any]:
+        """{output name: value} as Core ML gives them: a classifier's label (str) and {label: score}."""
+        return self._native.native([s.name for s in self._program.outputs], self._execute(feed, state))
+
+    def _execute(self, feed: dict[str, np.ndarray], state: MilState | None) -> list[Any]:
         program = self._program
         if program.unsupported:
             raise UnsupportedOpError(
@@ -104,17 +133,14 @@ class MilReferenceRunner:
                 hint=f"the program takes {[s.name for s in self.inputs]}",
             )
         env: dict[str, Any] = {s.name: self._feed_value(s, feed[s.name]) for s in self.inputs}
-        for step in program.steps:
-            results = run_step(step, env)
-            for name, value in zip(step.outputs, results, strict=True):
-                env[name] = value
-            for name in step.release:
-                env.pop(name, None)
+        if self.states:
+            state = state if state is not None else self.make_state()
+            env.update(state.cells_for(self.states))
+        values = run_block(program.main, env)
         out = []
-        for spec, mil in zip(self.outputs, program.output_dtypes, strict=True):
+        for (is_var, _), value, mil in zip(program.main.outputs, values, program.output_dtypes, strict=True):
             # Copy folded constants: callers must not be able to edit the runner's state.
-            value = np.array(program.consts[spec.name]) if spec.name in program.consts else env[spec.name]
+            arr = np.asarray(value) if is_var else np.array(value)
             boundary = BOUNDARY_DTYPES.get(mil)
-            arr = np.asarray(value)
             out.append(arr.astype(boundary) if boundary is not None and arr.dtype != boundary else arr)
         return out

@@ -71,20 +71,32 @@ class KernelEntry:
     fn: Kernel
     prepare: Prepare | None
     exact: bool  # output is exactly representable in the input's precision: no fp16 rounding needed
+    takes_blocks: bool = False  # control flow: called as fn(a, info, blocks) to run its nested blocks
+    foldable: bool = True  # False: never evaluated at load even when every input is constant (random ops)
 
 
 KERNELS: dict[str, KernelEntry] = {}
 
 
-def register(*op_types: str, prepare: Prepare | None = None, exact: bool = False):
+def register(
+    *op_types: str,
+    prepare: Prepare | None = None,
+    exact: bool = False,
+    takes_blocks: bool = False,
+    foldable: bool = True,
+):
     """Register `fn` as the kernel of each op type in `op_types`."""
 
     def deco(fn: Kernel) -> Kernel:
         for name in op_types:
-            KERNELS[name] = KernelEntry(fn=fn, prepare=prepare, exact=exact)
+            KERNELS[name] = KernelEntry(fn, prepare, exact, takes_blocks, foldable)
         return fn
 
     return deco
+
+
+class OpaqueValue:
+    """A runtime value that is not a tensor (a make_list list, a state buffer): kernels pass it on as is."""
 
 
 # --------------------------------------------------------------------------- helpers

@@ -169,44 +169,82 @@ def _slice_by_size(a: Args, info: OpInfo):
     return x[tuple(slices)]
 
 
+IOS17 = 8  # spec version of the iOS17 opset: indices must be non-negative, validate_indices added
+
+
+def _indices(a: Args, info: OpInfo, idx, dims) -> tuple[np.ndarray, np.ndarray | None]:
+    """Indices into axes of sizes `dims` (the last axis of idx when several), and which are in bounds.
+
+    Before iOS17 a negative index counts from the end. From iOS17 only 0 <= i < dim is valid: with
+    `validate_indices` anything else is a runtime error (Core ML fails the prediction); without,
+    the op's result is "undefined but memory safe", and here an out-of-bound index reads 0 (gathers)
+    or its update is dropped (scatters). Returns (indices, mask of valid ones or None when all are).
+    """
+    idx = np.asarray(idx).astype(np.int64)
+    dims_arr = np.asarray(dims, dtype=np.int64)
+    if info.opset < IOS17:
+        return np.where(idx < 0, idx + dims_arr, idx), None
+    bad = (idx < 0) | (idx >= dims_arr)
+    if np.ndim(dims):  # gather_nd / scatter_nd: one index tuple per position
+        bad = bad.any(axis=-1)
+    if not bad.any():
+        return idx, None
+    if bval(a.get("validate_indices", False)):
+        raise IndexError(f"{info.op_type}: indices out of bounds (valid: 0 <= index < {dims})")
+    return np.where(np.expand_dims(bad, -1) if np.ndim(dims) else bad, 0, idx), ~bad
+
+
+def _zero_invalid(res: np.ndarray, valid: np.ndarray | None, lead: int, trail: int) -> np.ndarray:
+    """Zero the gathered positions of invalid indices; `valid` sits after `lead` dims of res."""
+    if valid is None:
+        return res
+    mask = valid.reshape((1,) * lead + valid.shape + (1,) * trail)
+    return np.where(mask, res, np.zeros((), res.dtype))
+
+
 @register("gather", exact=True)
 def _gather(a: Args, info: OpInfo):
     x = np.asarray(a["x"])
-    idx = np.asarray(a["indices"]).astype(np.int64)
     axis = norm_axis(ival(a.get("axis", 0)), x.ndim)
     batch_dims = ival(a.get("batch_dims", 0))
-    idx = np.where(idx < 0, idx + x.shape[axis], idx)
+    idx, valid = _indices(a, info, a["indices"], x.shape[axis])
     if batch_dims == 0:
-        return np.take(x, idx, axis=axis)
+        return _zero_invalid(np.take(x, idx, axis=axis), valid, axis, x.ndim - axis - 1)
     # batch_dims > 0: gather independently per leading batch index (coremltools `compute_gather`).
     bshape = x.shape[:batch_dims]
     xb = x.reshape((-1,) + x.shape[batch_dims:])
     ib = idx.reshape((-1,) + idx.shape[batch_dims:])
     res = np.stack([np.take(p, i, axis=axis - batch_dims) for p, i in zip(xb, ib, strict=True)])
-    return res.reshape(bshape + res.shape[1:])
+    res = res.reshape(bshape + res.shape[1:])
+    if valid is not None:  # valid is [*B, *I]: align it after the batch dims and the axes before `axis`
+        inner = valid.reshape(bshape + (1,) * (axis - batch_dims) + valid.shape[batch_dims:])
+        res = np.where(inner.reshape(inner.shape + (1,) * (res.ndim - inner.ndim)), res, np.zeros((), res.dtype))
+    return res
 
 
 @register("gather_along_axis", exact=True)
 def _gather_along_axis(a: Args, info: OpInfo):
     x = np.asarray(a["x"])
     axis = norm_axis(ival(a.get("axis", 0)), x.ndim)
-    idx = np.asarray(a["indices"]).astype(np.int64)
-    idx = np.where(idx < 0, idx + x.shape[axis], idx)
-    return np.take_along_axis(x, idx, axis=axis)
+    idx, valid = _indices(a, info, a["indices"], x.shape[axis])
+    return _zero_invalid(np.take_along_axis(x, idx, axis=axis), valid, 0, 0)
 
 
 @register("gather_nd", exact=True)
 def _gather_nd(a: Args, info: OpInfo):
     x = np.asarray(a["x"])
-    idx = np.asarray(a["indices"]).astype(np.int64)
+    raw = np.asarray(a["indices"])
     batch_dims = ival(a.get("batch_dims", 0))
+    idx, valid = _indices(a, info, raw, x.shape[batch_dims : batch_dims + raw.shape[-1]])
     if batch_dims:
         bshape = x.shape[:batch_dims]
         xb = x.reshape((-1,) + x.shape[batch_dims:])
         ib = idx.reshape((-1,) + idx.shape[batch_dims:])
         res = np.stack([p[tuple(np.moveaxis(i, -1, 0))] for p, i in zip(xb, ib, strict=True)])
-        return res.reshape(bshape + res.shape[1:])
-    return x[tuple(np.moveaxis(idx, -1, 0))]
+        res = res.reshape(bshape + res.shape[1:])
+    else:
+        res = x[tuple(np.moveaxis(idx, -1, 0))]
+    return _zero_invalid(res, valid, 0, res.ndim - (0 if valid is None else valid.ndim))
 
 
 _SCATTER_MODES = {
@@ -234,11 +272,12 @@ def _scatter_apply(data: np.ndarray, index: tuple, updates: np.ndarray, mode: st
 def _scatter(a: Args, info: OpInfo):
     data = np.array(a["data"], copy=True)
     axis = norm_axis(ival(a.get("axis", 0)), data.ndim)
-    idx = np.asarray(a["indices"]).astype(np.int64).reshape(-1)
-    idx = np.where(idx < 0, idx + data.shape[axis], idx)
-    updates = np.moveaxis(np.asarray(a["updates"]), axis, 0)
+    idx, valid = _indices(a, info, np.asarray(a["indices"]).reshape(-1), data.shape[axis])
     moved = np.moveaxis(data, axis, 0)  # a view: updates land in `data`
-    _scatter_apply(moved, (idx,), updates.reshape((len(idx),) + moved.shape[1:]), sval(a.get("mode", "add")))
+    updates = np.moveaxis(np.asarray(a["updates"]), axis, 0).reshape((len(idx),) + moved.shape[1:])
+    if valid is not None:
+        idx, updates = idx[valid], updates[valid]
+    _scatter_apply(moved, (idx,), updates, sval(a.get("mode", "add")))
     return data
 
 
@@ -246,19 +285,25 @@ def _scatter(a: Args, info: OpInfo):
 def _scatter_along_axis(a: Args, info: OpInfo):
     data = np.array(a["data"], copy=True)
     axis = norm_axis(ival(a.get("axis", 0)), data.ndim)
-    idx = np.asarray(a["indices"]).astype(np.int64)
-    idx = np.where(idx < 0, idx + data.shape[axis], idx)
-    grids = list(np.indices(idx.shape, sparse=True))
+    idx, valid = _indices(a, info, a["indices"], data.shape[axis])
+    grids = [np.broadcast_to(g, idx.shape) for g in np.indices(idx.shape, sparse=True)]
     grids[axis] = idx
-    _scatter_apply(data, tuple(grids), np.asarray(a["updates"]), sval(a.get("mode", "add")))
+    updates = np.broadcast_to(np.asarray(a["updates"]), idx.shape)
+    if valid is not None:
+        grids, updates = [g[valid] for g in grids], updates[valid]
+    _scatter_apply(data, tuple(grids), updates, sval(a.get("mode", "add")))
     return data
 
 
 @register("scatter_nd")
 def _scatter_nd(a: Args, info: OpInfo):
     data = np.array(a["data"], copy=True)
-    idx = np.asarray(a["indices"]).astype(np.int64)
-    _scatter_apply(data, tuple(np.moveaxis(idx, -1, 0)), np.asarray(a["updates"]), sval(a.get("mode", "add")))
+    raw = np.asarray(a["indices"])
+    idx, valid = _indices(a, info, raw, data.shape[: raw.shape[-1]])
+    updates = np.asarray(a["updates"])
+    if valid is not None:
+        idx, updates = idx[valid], updates[valid]
+    _scatter_apply(data, tuple(np.moveaxis(idx, -1, 0)), updates, sval(a.get("mode", "add")))
     return data
 
 
@@ -426,3 +471,93 @@ def _crop(a: Args, info: OpInfo):
     (top, bottom), (left, right) = ilist(a["crop_height"]), ilist(a["crop_width"])
     h, w = x.shape[-2:]
     return x[..., top : h - bottom, left : w - right]
+
+
+@register("reverse_sequence", exact=True)
+def _reverse_sequence(a: Args, info: OpInfo):
+    """For each index b along batch_axis, reverse the first lengths[b] elements along seq_axis."""
+    x = np.array(a["x"], copy=True)
+    seq_axis = norm_axis(ival(a.get("seq_axis", 0)), x.ndim)
+    batch_axis = norm_axis(ival(a.get("batch_axis", 0)), x.ndim)
+    lengths = ilist(a["lengths"])
+    moved = np.moveaxis(x, (batch_axis, seq_axis), (0, 1))  # a view: writes land in x
+    for b, n in enumerate(lengths):
+        moved[b, :n] = moved[b, :n][::-1].copy()
+    return x
+
+
+@register("space_to_batch", exact=True)
+def _space_to_batch(a: Args, info: OpInfo):
+    """Pad H, W, then move each block offset (bh, bw) into the batch: batch index (bh*Bw + bw)*N + n
+    (TensorFlow's space_to_batch_nd, channel-first)."""
+    x = np.asarray(a["x"])
+    bh, bw = ilist(a["block_shape"])
+    (pt, pb), (pl, pr) = np.asarray(a["paddings"]).astype(np.int64).reshape(2, 2).tolist()
+    x = np.pad(x, [(0, 0), (0, 0), (pt, pb), (pl, pr)])
+    n, c, h, w = x.shape
+    y = x.reshape(n, c, h // bh, bh, w // bw, bw).transpose(3, 5, 0, 1, 2, 4)
+    return y.reshape(bh * bw * n, c, h // bh, w // bw)
+
+
+@register("batch_to_space", exact=True)
+def _batch_to_space(a: Args, info: OpInfo):
+    """The inverse of space_to_batch, then crop H, W."""
+    x = np.asarray(a["x"])
+    bh, bw = ilist(a["block_shape"])
+    (ct, cb), (cl, cr) = np.asarray(a["crops"]).astype(np.int64).reshape(2, 2).tolist()
+    nb, c, h, w = x.shape
+    n = nb // (bh * bw)
+    y = x.reshape(bh, bw, n, c, h, w).transpose(2, 3, 4, 0, 5, 1).reshape(n, c, h * bh, w * bw)
+    return y[:, :, ct : h * bh - cb, cl : w * bw - cr]
+
+
+def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """IoU of one (y1, x1, y2, x2) box with each of `others`."""
+    h = np.maximum(0.0, np.minimum(box[2], others[:, 2]) - np.maximum(box[0], others[:, 0]))
+    w = np.maximum(0.0, np.minimum(box[3], others[:, 3]) - np.maximum(box[1], others[:, 1]))
+    inter = h * w
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(inter > 0, inter / (area + areas - inter), 0.0)
+
+
+def _greedy_nms(corners: np.ndarray, order: list[int], iou_threshold: float) -> list[int]:
+    """Walk `order` (best first), keep a box unless it overlaps a kept one by more than the threshold."""
+    kept: list[int] = []
+    for i in order:
+        if not kept or np.all(_iou(corners[i], corners[kept]) <= iou_threshold):
+            kept.append(int(i))
+    return kept
+
+
+@register("non_maximum_suppression")
+def _non_maximum_suppression(a: Args, info: OpInfo):
+    """Boxes (x, y, w, h centre-size) ranked by their best class score; scores not above
+    `score_threshold` are dropped, then greedy IoU suppression (per class when
+    per_class_suppression), best first, up to `max_boxes`. When nothing survives, the best box is
+    kept (coremltools' reference). Outputs are padded with zeros and index -1."""
+    boxes = np.asarray(a["boxes"], dtype=np.float64)
+    scores = np.asarray(a["scores"], dtype=np.float64)
+    iou_t, score_t = float(np.asarray(a["iou_threshold"])), float(np.asarray(a["score_threshold"]))
+    max_boxes = ival(a["max_boxes"])
+    per_class = bval(a.get("per_class_suppression", False))
+    n_batch, _, n_score = scores.shape
+    out_boxes = np.zeros((n_batch, max_boxes, 4))
+    out_scores = np.zeros((n_batch, max_boxes, n_score))
+    out_idx = -np.ones((n_batch, max_boxes), dtype=np.int32)
+    out_n = np.zeros(n_batch, dtype=np.int32)
+    for b in range(n_batch):
+        cx, cy, w, h = boxes[b].T
+        corners = np.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], axis=1)
+        best = scores[b].max(axis=-1)
+        order = [i for i in np.argsort(-best, kind="stable") if best[i] > score_t]
+        classes = scores[b].argmax(axis=-1)
+        groups = [[i for i in order if classes[i] == c] for c in dict.fromkeys(classes[order])]
+        kept = {i for group in (groups if per_class else [order]) for i in _greedy_nms(corners, group, iou_t)}
+        ids = [i for i in order if i in kept][:max_boxes] or [int(np.argmax(best))]
+        out_boxes[b, : len(ids)] = boxes[b, ids]
+        out_scores[b, : len(ids)] = scores[b, ids]
+        out_idx[b, : len(ids)] = ids
+        out_n[b] = len(ids)
+    return out_boxes, out_scores, out_idx, out_n

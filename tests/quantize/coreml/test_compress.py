@@ -15,7 +15,9 @@ from torch import nn
 
 from mobex.converters.coreml import LABELS_KEY, CoreMLMetadata, convert_coreml
 from mobex.errors import ConversionError, UsageError
-from mobex.quantize.coreml.compress import EXPECTED_OPS, compress_coreml, constexpr_op_counts
+from mobex.plugins import variant as registered
+from mobex.quantize.coreml.compress import constexpr_op_counts
+from mobex.targets.coreml import compress_variant as compress_coreml
 
 torch.set_num_threads(1)
 
@@ -76,9 +78,8 @@ def test_compressed_package_is_smaller_and_uses_constexpr_ops(
 
     assert out.quantization == variant and out.target == "coreml" and out.platform == "ios"
     assert out.size_bytes <= max_ratio * coreml_base16.size_bytes, (out.size_bytes, coreml_base16.size_bytes)
-    family = variant.split("-")[0] if not variant.startswith("int8") else variant
     counts = constexpr_op_counts(out.path)
-    assert sum(counts.get(op, 0) for op in EXPECTED_OPS[family]) == 3  # all three linear weights
+    assert sum(counts.get(op, 0) for op in registered("coreml", variant).expected_ops) == 3  # all three linear weights
     assert [(t.name, t.shape, t.dtype) for t in out.inputs] == [("features", (1, 128), "float32")]
     assert [(t.name, t.shape, t.dtype) for t in out.outputs] == [("output_0", (1, 16), "float32")]
     assert any("weight_threshold=256" in n for n in out.notes)
@@ -119,6 +120,31 @@ def test_int4_weights_on_ios18(coreml_base18, tmp_path: Path) -> None:
         assert np.all(np.abs(restored - original) <= step * 0.51 + 1e-3)
 
 
+def test_grouped_palettes_keep_channels_of_different_scales(tmp_path: Path) -> None:
+    """palettize-4bit-grouped (iOS18): one 16-value palette per 16 output channels. With channel scales spread
+    over 100x, one palette per tensor spends its levels on the large channels and flattens the small ones."""
+    torch.manual_seed(0)
+    model = WideMLP().eval()
+    with torch.no_grad():
+        layer = model.net[2]
+        layer.weight.mul_(torch.logspace(-1, 1, layer.weight.shape[0])[:, None])
+    base = convert_coreml(
+        model, {"features": torch.randn(1, 128)}, tmp_path / "base.mlpackage", precision="fp16",
+        deployment_target="iOS18", metadata=CoreMLMetadata(name="wide", version="2.0.0"),
+    )  # fmt: skip
+    truth = linear_weights(base.path)[1]
+    errors = {}
+    for variant in ("palettize-4bit", "palettize-4bit-grouped"):
+        out = compress_coreml(base, variant, tmp_path / f"{variant}.mlpackage", deployment_target="iOS18")
+        assert constexpr_op_counts(out.path).get("constexpr_lut_to_dense") == 3
+        got = linear_weights(out.path)[1]
+        small = slice(0, 64)  # the channels with the smallest scales
+        errors[variant] = float(np.abs(got[small] - truth[small]).mean() / np.abs(truth[small]).mean())
+    assert errors["palettize-4bit-grouped"] < errors["palettize-4bit"] / 3, errors
+    with pytest.raises(UsageError, match="needs iOS18 or later"):
+        compress_coreml(base, "palettize-4bit-grouped", tmp_path / "x.mlpackage", deployment_target="iOS17")
+
+
 def test_metadata_is_kept(coreml_base16, tmp_path: Path) -> None:
     out = compress_coreml(coreml_base16, "palettize-4bit", tmp_path / "p.mlpackage", deployment_target="iOS16")
     model = ct.models.MLModel(str(out.path), skip_model_load=True)
@@ -146,9 +172,9 @@ def test_compression_is_reproducible(coreml_base16, tmp_path: Path) -> None:
         ("int4-weights", "iOS16", "int4-weights needs iOS18 or later"),
         ("int4-weights", "iOS17", "int4-weights needs iOS18 or later"),
         ("int4-weights", "iOS18", "needs a base converted for iOS18"),
-        ("palettize-3bit", "iOS16", "unsupported palette size"),
-        ("sparse-0", "iOS16", "whole percentage 1..99"),
-        ("sparse-100", "iOS16", "whole percentage 1..99"),
+        ("palettize-3bit", "iOS16", "unknown Core ML compression variant"),
+        ("sparse-0", "iOS16", "unknown Core ML compression variant"),
+        ("sparse-100", "iOS16", "unknown Core ML compression variant"),
         ("fp8-weights", "iOS16", "unknown Core ML compression variant"),
         ("int8-weights", "iOS15", "needs iOS16 or later"),
         ("int8-weights", "iOS99", "unknown Core ML deployment target"),

@@ -14,8 +14,10 @@ from torch import nn
 
 from mobex.converters.coreml import CoreMLMetadata, convert_coreml
 from mobex.errors import UsageError
-from mobex.quantize.coreml.compress import compress_coreml, constexpr_op_counts
+from mobex.quantize.coreml.compress import constexpr_op_counts
 from mobex.runtime.mil.interpreter import MilReferenceRunner
+from mobex.targets.coreml import compress_variant as compress_coreml
+from tests.conftest import SAMPLES
 from tests.quantize.edgenet import edgenet_and_digits
 
 torch.set_num_threads(1)
@@ -92,14 +94,13 @@ def test_efficientnet_lite0_int8_weights_keep_97_percent(tmp_path: Path) -> None
 
     coremltools' round-to-nearest int8 weights keep 85.5 % top-1 agreement with the float model on the
     validation crops; the calibrated rounding keeps >= 97 %."""
-    from mobex.data import load_validation_and_calibration
-    from mobex.export import example_inputs
+    from mobex.data import example_inputs, load_validation_and_calibration
     from mobex.metrics.parity import parity_summary
     from mobex.recipe import load_recipe
     from mobex.runtime.torch_model import TorchRunner
     from mobex.sources import load_model
 
-    folder = Path(__file__).resolve().parents[2] / "sample_models" / "efficientnet_lite0"
+    folder = SAMPLES / "efficientnet_lite0"
     if not (folder / "weights.safetensors").exists():
         pytest.skip("run sample_models/efficientnet_lite0/prepare.py to fetch the weights and make the data")
     recipe = load_recipe(folder / "recipe.toml")

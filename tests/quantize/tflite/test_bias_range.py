@@ -78,7 +78,7 @@ def test_the_dead_channels_bias_fits_in_int32(built) -> None:
     scale = graph.tensors[first.inputs[2]].scales[DEAD]
     assert bias[DEAD] * scale == pytest.approx(-2.5, rel=1e-3)  # still the same bias
     assert result.widened and result.widened[0].channels == [DEAD]
-    assert result.sidecar()["int32_bias_widened"] == [{"op": result.widened[0].op, "channels": [DEAD]}]
+    assert result.details()["int32_bias_widened"] == [{"op": result.widened[0].op, "channels": [DEAD]}]
 
 
 @pytest.mark.parametrize("delegate", [False, True], ids=["builtin-kernels", "xnnpack"])

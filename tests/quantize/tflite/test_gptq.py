@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,9 +12,9 @@ import torch
 
 from mobex.converters.tflite import convert_tflite
 from mobex.quantize.tflite.graph import TfliteGraph
-from mobex.quantize.tflite.recipes import quantize_tflite, sidecar_path
 from mobex.quantize.tflite.static_int8 import Int8Options
 from mobex.runtime.litert import TfliteRunner
+from mobex.targets.tflite import quantize_tflite
 from tests.quantize.edgenet import edgenet_and_digits
 
 torch.set_num_threads(1)
@@ -65,9 +64,9 @@ def test_static_int8_records_the_gptq_rounding(edgenet, tmp_path: Path) -> None:
     )
     gptq = quantize_tflite(base, "int8", tmp_path / "g.tflite", calibration=calib, int8=options)
 
-    details = json.loads(sidecar_path(gptq.path).read_text())
+    details = gptq.details
     assert details["weight_rounding"]["gptq_ops"] >= 3
-    assert json.loads(sidecar_path(nearest.path).read_text())["weight_rounding"]["gptq_ops"] == 0
+    assert nearest.details["weight_rounding"]["gptq_ops"] == 0
     assert any("chosen by GPTQ" in n for n in gptq.notes)
     assert snr_db(gptq.path, val, reference) > snr_db(nearest.path, val, reference)
 

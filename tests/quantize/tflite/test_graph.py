@@ -88,7 +88,7 @@ def test_a_build_with_the_convolutions_in_float_has_no_int8_island(net, tmp_path
     with StaticInt8(Path(base.path), feeds, options) as maker:
         model = maker.build(frozenset({stem.scope, dw.scope}))
         full = TfliteGraph(maker.build())
-        reported, islands = maker._with_islands([stem, dw])  # what the sidecar lists, and marks as islands
+        reported, islands = maker._with_islands([stem, dw])  # what quantization_details lists, and marks as islands
     assert [op.index for op in reported] == [op.index for op in graph.ops if op.index <= dw.index]
     assert islands == {op.scope for op in graph.ops if op.index < stem.index}
     built = TfliteGraph(model)

@@ -16,18 +16,18 @@ import pytest
 import torch
 
 from mobex.converters.tflite import convert_tflite
-from mobex.data import load_dataset, load_validation_and_calibration
+from mobex.data import example_inputs, load_dataset, load_validation_and_calibration
 from mobex.errors import RecipeError
-from mobex.export import example_inputs
 from mobex.quantize.tflite.graph import TfliteGraph
 from mobex.quantize.tflite.qat import FinetuneSettings, UnsupportedGraph, _torch_twin, finetune_int8
 from mobex.quantize.tflite.static_int8 import Int8Options, StaticInt8
 from mobex.recipe import load_recipe
 from mobex.runtime.litert import TfliteRunner
 from mobex.sources import load_model
+from mobex.targets.tflite import int8_options
+from tests.conftest import SAMPLES
 
 torch.set_num_threads(1)
-SAMPLES = Path(__file__).resolve().parents[2] / "sample_models"
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def digits(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     base = convert_tflite(load_model(recipe), example_inputs(recipe, validation), tmp / "fp32.tflite")
     calib = list(calibration.feeds())
     training = list(load_dataset(recipe, "training", recipe.data.training).feeds())
-    options = replace(Int8Options.from_recipe(recipe), fallback=False)
+    options = replace(int8_options(recipe), fallback=False)
     with StaticInt8(base.path, calib, options) as maker:
         int8 = maker.build()
     return base, calib, training, int8
@@ -129,7 +129,7 @@ def test_the_flow_fine_tunes_only_a_failing_model_and_keeps_only_a_better_one(di
         trial.before["snr_db"],
     )
     assert kept == better
-    assert made.sidecar()["finetune"]["trials"][0]["samples"] == 256
+    assert made.details()["finetune"]["trials"][0]["samples"] == 256
 
     easy = replace(strict, limits={"top1_agreement": 0.5})  # passes without fine-tuning: nothing is trained
     with StaticInt8(base.path, calib, easy, training=training) as maker:

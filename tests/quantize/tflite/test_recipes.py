@@ -12,14 +12,16 @@ from torch import nn
 from mobex.artifacts import ExportedVariant
 from mobex.converters.tflite import convert_tflite
 from mobex.errors import DataError, UsageError
-from mobex.quantize.tflite.recipes import TFLITE_VARIANTS, quantize_tflite
+from mobex.plugins import variants_of
 from mobex.runtime.litert import TfliteRunner
 from mobex.runtime.torch_model import TorchRunner
+from mobex.targets.tflite import quantize_tflite
 
 torch.set_num_threads(1)
 
 # Upper bounds on size relative to fp32 for a weight-dominated model (the Linear(2048, 64) holds
 # ~95% of the weights), and lower bounds on the worst sample's cosine similarity of the logits.
+TFLITE_VARIANTS = [spec.name for spec in variants_of("tflite")]
 MAX_SIZE_RATIO = {
     "fp32": 1.0,
     "fp16": 0.55,
@@ -100,9 +102,11 @@ def test_variant_is_smaller_and_close_to_torch(variant: str, digits, base: Expor
     assert (q.target, q.platform, q.quantization, q.path) == ("tflite", "android", variant, out)
     assert q.size_bytes == out.stat().st_size
     assert q.size_bytes <= MAX_SIZE_RATIO[variant] * base.size_bytes, (q.size_bytes, base.size_bytes)
-    written = sorted(p.name for p in tmp_path.iterdir())
-    # Static int8 records how it was made (calibration, bias correction, fallback) next to the model.
-    assert written == sorted([out.name, *([f"{out.name}.json"] if variant == "int8" else [])])
+    # Only the model is written; static int8 says how it was made (calibration, fallback) in the variant itself.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+    assert (q.details is not None) == (variant == "int8")
+    if variant == "int8":
+        assert q.details["calibration"]["samples"] == len(calib) and "fallback_layers" in q.details
     # Float I/O unless asked otherwise: a drop-in replacement for the fp32 model.
     assert [(s.name, s.shape, s.dtype, s.quantization) for s in q.inputs] == [("image", (1, 1, 8, 8), "float32", None)]
     assert [(s.name, s.dtype) for s in q.outputs] == [("output_0", "float32")]

@@ -8,7 +8,6 @@ so per-tensor int8 of that tensor flattens the other 31 channels to a few levels
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,9 +19,9 @@ from torch import nn
 from mobex.converters.tflite import convert_tflite
 from mobex.errors import DataError
 from mobex.metrics.parity import parity_summary
-from mobex.quantize.tflite.recipes import quantize_tflite, sidecar_path
 from mobex.quantize.tflite.static_int8 import Int8Options, StaticInt8, search_limits
 from mobex.runtime.litert import TfliteRunner
+from mobex.targets.tflite import quantize_tflite
 
 torch.set_num_threads(1)
 
@@ -78,7 +77,7 @@ def test_the_hostile_layer_falls_back_and_the_gate_passes(hostile, tmp_path: Pat
     assert broken["top1_agreement"] < 0.9, broken["top1_agreement"]  # the outlier really breaks plain int8
 
     fixed = quantize_tflite(base, "int8", tmp_path / "fixed.tflite", calibration=calib, int8=OPTIONS)
-    details = json.loads(sidecar_path(fixed.path).read_text())
+    details = fixed.details
     fallen = [(layer["op"], layer["name"]) for layer in details["fallback_layers"]]
     # Exactly the two ops that touch the outlier tensor: the layer producing it and the one reading it.
     assert fallen == [("FULLY_CONNECTED", "FULLY_CONNECTED Linear_0"),
@@ -99,7 +98,7 @@ def test_equalization_fixes_the_same_outlier_without_any_fallback(hostile, tmp_p
     base, calib, val = hostile
     options = replace(OPTIONS, equalize=True)
     q = quantize_tflite(base, "int8", tmp_path / "eq.tflite", calibration=calib, int8=options)
-    details = json.loads(sidecar_path(q.path).read_text())
+    details = q.details
     assert details["fallback_layers"] == [] and details["search"] == []
     assert "cross-layer equalization of 2 linear stream(s)" in details["equalization"]
     good = validate(q.path, base.path, val)
@@ -131,7 +130,7 @@ def test_a_failed_search_tells_how_to_give_it_more_room(hostile, tmp_path: Path)
     q = quantize_tflite(
         base, "int8", tmp_path / "tight.tflite", calibration=calib, int8=replace(OPTIONS, max_fallback_layers=1)
     )
-    assert not json.loads(sidecar_path(q.path).read_text())["passed_on_calibration"]
+    assert not q.details["passed_on_calibration"]
     assert any("max_fallback_layers" in n and "more ops in float" in n for n in q.notes), q.notes
 
 
@@ -172,7 +171,7 @@ def test_without_fine_tuning_held_out_samples_still_check_the_search(hostile, tm
         assert maker.holdout[0] is many[0] and maker.holdout[-1] is many[-1]  # evenly spread
     q = quantize_tflite(base, "int8", tmp_path / "h.tflite", calibration=calib, int8=OPTIONS, held_out=held)
     assert any("passes the int8 gate" in n and "on held-out training samples: top1_agreement" in n for n in q.notes)
-    trials = json.loads(sidecar_path(q.path).read_text())["search"]
+    trials = q.details["search"]
     assert any("held_out_top1_agreement" in t["metrics"] for t in trials if t["passed"])
     assert all(t["passed"] <= ("held_out_top1_agreement" in t["metrics"]) for t in trials)
     bad = [{"features": np.full((1, 64), np.nan, dtype=np.float32)}]

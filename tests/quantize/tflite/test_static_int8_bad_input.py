@@ -11,8 +11,8 @@ import pytest
 from mobex.data import load_validation_and_calibration
 from mobex.errors import DataError, RecipeError
 from mobex.pipeline import BuildOptions, build
-from mobex.quantize.tflite.static_int8 import Int8Options
 from mobex.recipe import load_recipe
+from mobex.targets.tflite import int8_options
 
 
 def edit(recipe: Path, pattern: str, replacement: str) -> None:
@@ -49,7 +49,7 @@ def test_quantization_options_are_checked(sample_copy, key: str, value: str) -> 
         load_recipe(folder / "recipe.toml")
     (folder / "recipe.toml").write_text(original + '\n[quantization]\nweight_rounding = "nearest"\n')
     recipe = load_recipe(folder / "recipe.toml")
-    assert Int8Options.from_recipe(recipe).weight_rounding == "nearest"
+    assert int8_options(recipe).weight_rounding == "nearest"
 
 
 @pytest.mark.parametrize(("bad", "message"), [("nan", "NaN"), ("inf", "inf"), ("shape", r"shape \[200, 1, 8\]")])
@@ -108,17 +108,17 @@ def test_broken_training_data_for_the_search_check_stops_the_build_before_conver
 ) -> None:
     """Without [quantization.finetune], the int8 search still holds out [data].training samples: the data is
     checked up front, and `search_held_out = false` takes it out of the int8 work."""
-    from mobex.export import _int8_training_feeds
+    from mobex.targets.tflite import TfliteTarget, int8_training_feeds
 
     folder = sample_copy("digits_cnn")
     recipe = load_recipe(folder / "recipe.toml")
     assert recipe.quantization.finetune is None and recipe.data.training is not None
-    training, held_out = _int8_training_feeds(recipe)
+    training, held_out = int8_training_feeds(TfliteTarget().options(recipe), recipe)
     full = np.load(folder / "data" / "train.npz")["image"]
     assert training is None and len(held_out) == -(-len(full) // 10)
     np.testing.assert_array_equal(held_out[1]["image"][0], full[10])  # every 10th sample
     off = recipe.model_copy(
         update={"quantization": recipe.quantization.model_copy(update={"search_held_out": False})}
     )
-    assert _int8_training_feeds(off) == (None, None)
+    assert int8_training_feeds(TfliteTarget().options(off), off) == (None, None)
     build_refuses_nan_in_the_training_data(folder, tmp_path)

@@ -1,13 +1,12 @@
 """Static int8 on the shipped samples, with the recipe's own settings: the two failures measured before
 mobex's int8 work are fixed (wine MLP: agreement 0.556 and cosine -0.73; digits ViT: cosine 0.90).
 
-Each test converts the sample, quantizes it exactly as `mobex build` does (`Int8Options.from_recipe`),
+Each test converts the sample, quantizes it exactly as `mobex build` does (`mobex.targets.tflite.int8_options`),
 and checks the int8 gate on the validation split, which neither calibration nor the search saw.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -17,19 +16,18 @@ import pytest
 import torch
 
 from mobex.converters.tflite import convert_tflite
-from mobex.data import load_validation_and_calibration
-from mobex.export import example_inputs
+from mobex.data import example_inputs, load_validation_and_calibration
+from mobex.metrics.limits import limits_for
 from mobex.metrics.parity import parity_summary
-from mobex.quantize.tflite.recipes import quantize_tflite, sidecar_path
-from mobex.quantize.tflite.static_int8 import Int8Options
+from mobex.plugins import variant
 from mobex.recipe import load_recipe
 from mobex.runtime.litert import TfliteRunner
 from mobex.runtime.torch_model import TorchRunner
 from mobex.sources import load_model
-from mobex.validate.gates import limits_for
+from mobex.targets.tflite import int8_options, quantize_tflite
+from tests.conftest import SAMPLES
 
 torch.set_num_threads(1)
-SAMPLES = Path(__file__).resolve().parents[2] / "sample_models"
 
 
 @dataclass
@@ -52,7 +50,7 @@ def convert(sample: str, tmp: Path) -> Sample:
 
 
 def build_int8(s: Sample, tmp: Path, name: str = "int8", **overrides):
-    options = replace(Int8Options.from_recipe(s.recipe), **overrides)
+    options = replace(int8_options(s.recipe), **overrides)
     feeds = list(s.calibration.feeds())
     q = quantize_tflite(s.base, "int8", tmp / f"{name}.tflite", calibration=feeds, int8=options)
     runner = TfliteRunner(q.path)
@@ -63,7 +61,7 @@ def build_int8(s: Sample, tmp: Path, name: str = "int8", **overrides):
 
 
 def assert_int8_gate(recipe, parity: dict) -> None:
-    for metric, (limit, _) in limits_for("int8", recipe.model.task, recipe.gates).items():
+    for metric, (limit, _) in limits_for(variant("tflite", "int8"), recipe.model.task, recipe.gates).items():
         value = parity[metric]
         ok = value <= limit if metric == "accuracy_drop" else value >= limit
         assert ok, (metric, value, limit)
@@ -80,7 +78,7 @@ def test_wine_mlp_keeps_its_raw_feature_standardisation_in_float(tmp_path: Path)
     assert broken["top1_agreement"] < 0.8 and broken["cosine_min"] < 0.5, broken  # the measured failure
 
     q, parity = build_int8(sample, tmp_path)
-    details = json.loads(sidecar_path(q.path).read_text())
+    details = q.details
     assert [layer["op"] for layer in details["fallback_layers"]] == ["SUB", "MUL"]
     assert [s["op"] for s in details["sensitivity"][:2]] == ["SUB", "MUL"]  # measured as the most damaging
     assert parity["top1_agreement"] >= 0.99
@@ -105,7 +103,7 @@ def test_digits_cnn_int8_keeps_99_percent_agreement(tmp_path: Path) -> None:
     q, parity = build_int8(sample, tmp_path)
     assert parity["top1_agreement"] >= 0.99
     assert_int8_gate(sample.recipe, parity)
-    assert json.loads(sidecar_path(q.path).read_text())["fallback_layers"] == []
+    assert q.details["fallback_layers"] == []
 
 
 def efficientnet(tmp: Path) -> Sample:

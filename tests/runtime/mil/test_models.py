@@ -1,6 +1,7 @@
 """Whole-model checks of the MIL reference interpreter: small CNN / ViT / MLP / BERT models converted
-with coremltools (fp32 and fp16 programs), compressed-weight packages (coremltools.optimize), and
-interpreter speed on an ImageNet-size MobileNetV2 (marked slow)."""
+with coremltools (fp32 and fp16 programs), compressed-weight packages (coremltools.optimize),
+recurrent layers (nn.LSTM / nn.GRU through mobex's converter), and an ImageNet-size MobileNetV2
+(marked slow)."""
 
 from __future__ import annotations
 
@@ -399,6 +400,70 @@ def test_compressed_weights(kind, mil):
     plain = mil.path("decompressed")
     decompressed.save(str(plain))
     np.testing.assert_array_equal(MilReferenceRunner(plain).run({"x": x.numpy()})[0], got)
+
+
+# --------------------------------------------------------------------------- recurrent layers
+
+
+class Recurrent(nn.Module):
+    """nn.LSTM / nn.GRU returning the output sequence and every final state."""
+
+    def __init__(self, kind: str, layers: int, bidirectional: bool, batch_first: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.rnn = getattr(nn, kind)(6, 8, num_layers=layers, bidirectional=bidirectional, batch_first=batch_first)
+
+    def forward(self, x):
+        out, state = self.rnn(x)
+        return (out, *state) if isinstance(state, tuple) else (out, state)
+
+
+RECURRENT = [
+    (kind, layers, bidir, batch_first)
+    for kind in ("LSTM", "GRU")
+    for layers in (1, 2)
+    for bidir in (False, True)
+    for batch_first in (False, True)
+]
+# One fp32 and one fp16 configuration of each layer in the default run, the rest marked slow.
+FAST_RECURRENT = {("LSTM", 2, True, True, "fp32"), ("LSTM", 1, False, False, "fp16"), ("GRU", 2, True, True, "fp32"),
+                  ("GRU", 1, False, False, "fp16")}  # fmt: skip
+
+
+def _recurrent_params():
+    for kind, layers, bidir, batch_first in RECURRENT:
+        for precision in ("fp32", "fp16"):
+            case = (kind, layers, bidir, batch_first, precision)
+            marks = () if case in FAST_RECURRENT else (pytest.mark.slow,)
+            name = f"{kind}-{layers}layer-{'bi' if bidir else 'uni'}-{'batch_first' if batch_first else 'seq_first'}"
+            yield pytest.param(*case, id=f"{name}-{precision}", marks=marks)
+
+
+@pytest.mark.parametrize(("kind", "layers", "bidirectional", "batch_first", "precision"), list(_recurrent_params()))
+def test_recurrent_layers_via_mobex_converter(kind, layers, bidirectional, batch_first, precision, tmp_path):
+    """nn.LSTM (-> MIL lstm ops) and nn.GRU (-> while_loop, coremltools has no GRU op matching torch's)
+    converted by mobex's Core ML converter run in the interpreter and match torch."""
+    from mobex.converters.coreml import CoreMLMetadata, convert_coreml
+
+    torch.set_num_threads(1)
+    model = Recurrent(kind, layers, bidirectional, batch_first).eval()
+    x = image(3, 5, 6, seed=1)
+    variant = convert_coreml(
+        model, {"x": x}, tmp_path / "rnn.mlpackage", precision=precision,
+        metadata=CoreMLMetadata(name="rnn", version="0.0.0"),
+    )  # fmt: skip
+    runner = MilReferenceRunner(variant.path)
+    assert runner.unsupported_ops() == []
+    counts = runner.op_counts()
+    assert counts.get("lstm", 0) == (layers if kind == "LSTM" else 0)
+    assert counts.get("while_loop", 0) == (layers * (1 + bidirectional) if kind == "GRU" else 0)
+    got = runner.run({"x": x.numpy()})
+    with torch.no_grad():
+        want = [t.numpy() for t in model(x)]
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape
+        np.testing.assert_allclose(g, w, atol=1e-5 if precision == "fp32" else 3e-3)
 
 
 # --------------------------------------------------------------------------- ImageNet size

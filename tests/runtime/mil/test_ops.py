@@ -663,6 +663,91 @@ def test_builder_norms_reductions_and_rearrangements(mil):
         np.testing.assert_allclose(g, w, atol=FP32_TOL, rtol=1e-4, err_msg=f"output {i}")
 
 
+def _tf_space_to_batch(x: np.ndarray, block: tuple[int, int], pads: list[list[int]]) -> np.ndarray:
+    """TensorFlow's space_to_batch_nd (NHWC), element by element, on a channel-first tensor."""
+    x = np.pad(x, [(0, 0), (0, 0), tuple(pads[0]), tuple(pads[1])])
+    n, c, h, w = x.shape
+    bh, bw = block
+    out = np.empty((n * bh * bw, c, h // bh, w // bw), x.dtype)
+    for i in range(bh):
+        for j in range(bw):
+            out[(i * bw + j) * n : (i * bw + j + 1) * n] = x[:, :, i::bh, j::bw]
+    return out
+
+
+def test_builder_reverse_sequence_space_batch_and_nms(mil):
+    from coremltools.converters.mil import Builder as mb
+
+    rng = np.random.default_rng(4)
+    lengths = np.array([3, 0, 5, 1], np.int32)
+
+    @mb.program(
+        input_specs=[mb.TensorSpec(shape=(5, 4, 3)), mb.TensorSpec(shape=(2, 3, 5, 6)), mb.TensorSpec(shape=(1, 4, 4))],
+        opset_version=ct.target.iOS16,
+    )
+    def prog(seq, img, boxes):
+        scores = np.array([[[0.1], [0.9], [0.8], [0.7]]], np.float32)
+        return (
+            mb.reverse_sequence(x=seq, lengths=lengths, seq_axis=0, batch_axis=1),
+            mb.space_to_batch(x=img, block_shape=[2, 3], paddings=[[1, 0], [0, 0]]),
+            mb.batch_to_space(
+                x=mb.space_to_batch(x=img, block_shape=[2, 3], paddings=[[1, 0], [0, 0]]),
+                block_shape=[2, 3], crops=[[1, 0], [0, 0]],
+            ),
+            *mb.non_maximum_suppression(
+                boxes=boxes, scores=scores, iou_threshold=0.3, score_threshold=0.2, max_boxes=3,
+            ),
+        )  # fmt: skip
+
+    seq = rng.uniform(-1, 1, (5, 4, 3)).astype(np.float32)
+    img = rng.uniform(-1, 1, (2, 3, 5, 6)).astype(np.float32)
+    # centre-size boxes: 1 and 2 overlap by IoU 0.6 (2 suppressed), 3 is apart; 0 scores below 0.2
+    boxes = np.array([[[0, 0, 2, 2], [5, 5, 2, 2], [5.5, 5, 2, 2], [9, 9, 1, 1]]], np.float32)
+    got = _builder_runner(prog, mil, target=ct.target.iOS16).run({"seq": seq, "img": img, "boxes": boxes})
+    want_seq = seq.copy()
+    for b, n in enumerate(lengths):
+        want_seq[:n, b] = seq[:n, b][::-1]
+    np.testing.assert_array_equal(got[0], want_seq)
+    np.testing.assert_array_equal(got[1], _tf_space_to_batch(img, (2, 3), [[1, 0], [0, 0]]))
+    np.testing.assert_array_equal(got[2], img)
+    out_boxes, out_scores, out_idx, out_n = got[3:]
+    np.testing.assert_array_equal(out_idx, [[1, 3, -1]])
+    np.testing.assert_array_equal(out_n, [2])
+    np.testing.assert_array_equal(out_boxes[0, :2], boxes[0, [1, 3]])
+    np.testing.assert_allclose(out_scores[0, :, 0], [0.9, 0.7, 0.0])
+
+
+def test_fp16_parameters_next_to_fp32_input_load_and_run(mil):
+    """batch_norm with fp16 statistics and the default (fp32) epsilon, converted at fp32: coremltools
+    writes the program (x becomes fp32, the statistics stay fp16) and then its own loader refuses it;
+    the interpreter loads and runs it."""
+    from coremltools.converters.mil import Builder as mb
+
+    x = np.random.default_rng(5).uniform(-2, 2, (1, 3, 2, 2)).astype(np.float32)
+    mean, var = np.array([1.0, -2.0, 0.5], np.float16), np.array([2.0, 0.5, 1.0], np.float16)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 3, 2, 2), dtype=ct.converters.mil.mil.types.fp16)])
+    def prog(x):
+        return mb.batch_norm(x=x, mean=mean, variance=var)
+
+    model = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS15,
+                       compute_precision=ct.precision.FLOAT32)  # fmt: skip
+    path = mil.path()
+    model.save(str(path))
+    from coremltools.converters.mil.frontend.milproto.load import load as milproto_load
+
+    from mobex.runtime.mil.program import load_pymil_program
+
+    spec = ct.utils.load_spec(str(path))
+    with pytest.raises(ValueError, match="must have the same data type"):
+        milproto_load(spec, spec.specificationVersion, str(path / "Data/com.apple.CoreML/weights"))
+    loaded, _, error = load_pymil_program(path)
+    assert error is None and loaded is not None
+    (got,) = MilReferenceRunner(path).run({"x": x})
+    m, v = mean.astype(np.float32)[None, :, None, None], var.astype(np.float32)[None, :, None, None]
+    np.testing.assert_allclose(got, (x - m) / np.sqrt(v + 1e-5), atol=1e-4)
+
+
 def test_builder_ios18_slice_update_and_sdpa(mil):
     from coremltools.converters.mil import Builder as mb
 
@@ -761,9 +846,13 @@ def test_flexible_input_shape(mil):
 # --------------------------------------------------------------------------- unsupported ops, bad feeds
 
 
-def test_unsupported_op_is_reported_and_refuses_to_run(mil):
+def test_unsupported_op_is_reported_and_refuses_to_run(mil, monkeypatch):
+    """An op coremltools knows but the interpreter has no kernel for (one is removed for the test)."""
     from coremltools.converters.mil import Builder as mb
 
+    from mobex.runtime.mil.ops_common import KERNELS
+
+    monkeypatch.delitem(KERNELS, "random_uniform")
     assert "random_uniform" not in supported_ops()
 
     @mb.program(input_specs=[mb.TensorSpec(shape=(2, 3))], opset_version=ct.target.iOS16)

@@ -34,15 +34,21 @@ import org.json.JSONObject;
  * java.security (SHA-256, SHA256withECDSA on P-256), java.util.zip, java.util.Base64 (API 26+;
  * use android.util.Base64 below that) and org.json.
  *
- * <p>An app pins the channel and release public keys (PEM) and their key ids (hex SHA-256 of the
- * PEM text, as `mobex keygen` prints), stores the last pointer sequence it accepted, and calls
- * {@link #verifyPointer} then {@link #verifyBundle}. Any problem throws {@link Rejected}; nothing
- * is extracted here (entries are hashed in memory-bounded streams), so an app extracts only after
- * both calls succeed. Root rotation (trust/N.root.json) is not implemented in this reference.
+ * <p>An app pins the registry's root public key (or a root.json it ships), walks the rotation chain
+ * with {@link Trust#resolve}, stores the newest root and the last pointer sequence it accepted, and
+ * calls {@link #verifyPointer} then {@link #verifyBundle}. {@link Trust#pinKeys} pins channel and
+ * release keys directly instead (rotation then needs an app update). Any problem throws
+ * {@link Rejected}; nothing is extracted here (entries are hashed in memory-bounded streams), so an
+ * app extracts only after both calls succeed.
  */
 public final class MobexVerifier {
     public static final String POINTER_TYPE = "application/vnd.mobex.channel-pointer+json";
     public static final String POINTER_SCHEMA = "https://mobex.dev/schemas/channel-pointer/v1";
+    /** Pointers with min_app_version and/or rollout; v1 pointers never carry them. */
+    public static final String POINTER_SCHEMA_V2 = "https://mobex.dev/schemas/channel-pointer/v2";
+    static final String SEMVER = "(0|[1-9]\\d*)\\.(0|[1-9]\\d*)\\.(0|[1-9]\\d*)"
+            + "(?:-((?:0|[1-9]\\d*|\\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\\.(?:0|[1-9]\\d*|\\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
+            + "(?:\\+([0-9a-zA-Z-]+(?:\\.[0-9a-zA-Z-]+)*))?";
     public static final String MANIFEST_SCHEMA = "https://mobex.dev/schemas/bundle-manifest/v1";
     public static final String SIGSTORE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json";
     public static final String INTOTO_TYPE = "application/vnd.in-toto+json";
@@ -64,28 +70,70 @@ public final class MobexVerifier {
         }
     }
 
-    /** The fields of a verified pointer that the bundle check needs. */
-    public static final class Pointer {
-        public final String model, channel, platform, version, path, sha256;
-        public final long sequence, size, expires;
-        public final boolean downgrade;
+    /** A version, its bundle (layout path, sha256, size) and the oldest app version that may load it. */
+    public static final class Release {
+        public final String version, path, sha256, minAppVersion;
+        public final long size;
 
-        Pointer(JSONObject p) throws Rejected {
-            model = str(p, "model");
-            channel = str(p, "channel");
-            platform = str(p, "platform");
-            version = str(p, "version");
-            sequence = integer(p, "sequence");
-            JSONObject b = obj(p, "bundle");
+        Release(JSONObject r, String model, String platform) throws Rejected {
+            version = str(r, "version");
+            if (!version.matches(SEMVER)) throw new Rejected("version is not SemVer");
+            JSONObject b = obj(r, "bundle");
             path = str(b, "path");
             sha256 = str(b, "sha256");
             size = integer(b, "size");
+            minAppVersion = r.has("min_app_version") ? str(r, "min_app_version") : null;
+            if (minAppVersion != null && !minAppVersion.matches(SEMVER)) throw new Rejected("min_app_version is not SemVer");
+            String expectedPath = "models/" + model + "/versions/" + version + "/" + model + "-" + version + "-"
+                    + platform + ".zip";
+            if (!path.equals(expectedPath) || model.contains("/")) throw new Rejected("bundle path is not the registry layout's");
+            if (!sha256.matches("[0-9a-f]{64}") || size < 1) throw new Rejected("bad bundle digest or size");
+        }
+    }
+
+    /** A verified pointer: its release, the staged rollout's fallback (or null), and what this device gets. */
+    public static final class Pointer {
+        public final String model, channel, platform;
+        public final long sequence, expires;
+        public final boolean downgrade;
+        public final Release primary;
+        public final Release fallback; // null unless staged
+        public final int rolloutPpm; // 1..999999 when staged, else 1_000_000
+        /** What this device and app install (set by verifyPointer: primary or fallback). */
+        public Release selected;
+
+        Pointer(JSONObject p) throws Rejected {
+            String schema = str(p, "schema");
+            if (!POINTER_SCHEMA.equals(schema) && !POINTER_SCHEMA_V2.equals(schema)) {
+                throw new Rejected("unknown pointer schema");
+            }
+            model = str(p, "model");
+            channel = str(p, "channel");
+            platform = str(p, "platform");
+            sequence = integer(p, "sequence");
             expires = time(str(p, "expires"));
             time(str(p, "published"));
             Object d = p.opt("downgrade");
             if (d != null && !(d instanceof Boolean)) throw new Rejected("downgrade must be a boolean");
             downgrade = Boolean.TRUE.equals(d);
-            if (!POINTER_SCHEMA.equals(str(p, "schema"))) throw new Rejected("unknown pointer schema");
+            primary = new Release(p, model, platform);
+            boolean staged = p.has("rollout");
+            if (POINTER_SCHEMA.equals(schema) && (staged || p.has("min_app_version"))) {
+                throw new Rejected("rollout and min_app_version need pointer schema v2");
+            }
+            if (staged) {
+                JSONObject r = obj(p, "rollout");
+                long ppm = integer(r, "fraction_ppm");
+                if (ppm < 1 || ppm >= Rollout.PPM) throw new Rejected("rollout fraction_ppm out of range");
+                rolloutPpm = (int) ppm;
+                fallback = new Release(obj(r, "fallback"), model, platform);
+                if (compareSemver(fallback.version, primary.version) >= 0) {
+                    throw new Rejected("rollout fallback must be older than the rolled-out version");
+                }
+            } else {
+                rolloutPpm = Rollout.PPM;
+                fallback = null;
+            }
         }
     }
 
@@ -120,7 +168,10 @@ public final class MobexVerifier {
         return out.toByteArray();
     }
 
-    /** The payload of a DSSE envelope, if `key` made one of its signatures over PAE(type, payload). */
+    /**
+     * The payload of a DSSE envelope, if `key` made one of its signatures over PAE(type, payload); key
+     * ids are not consulted (model-signing bundles). Registry documents use {@link Trust#verifyEnvelope}.
+     */
     public static byte[] verifyEnvelope(JSONObject env, String payloadType, PublicKey key) throws Rejected {
         if (!payloadType.equals(str(env, "payloadType"))) {
             throw new Rejected("payload type is " + env.opt("payloadType") + ", expected " + payloadType);
@@ -147,48 +198,46 @@ public final class MobexVerifier {
     // --- the pointer (bundles.md 5.2 steps 1-5) -------------------------------------------------
 
     /**
-     * Steps 1-5: signature by the channel key, model/channel/platform, expiry, sequence, downgrade.
+     * Steps 1-5: signature by the root's channel keys, model/channel/platform, expiry, sequence,
+     * which release this device gets (rollout bucket, min_app_version), downgrade.
      *
+     * @param root from {@link Trust#resolve} (or a pin)
      * @param lastSequence the highest sequence accepted before for this pointer and key (0: none)
      * @param installedVersion the installed bundle's version, or null
-     * @param releaseKey needed only for downgrade pointers (they must be co-signed by it)
+     * @param deviceId the stable device id for staged rollouts, or null (then: the fallback)
+     * @param appVersion this app's SemVer version, or null (then a min_app_version is a rejection)
      */
-    public static Pointer verifyPointer(byte[] envelope, PublicKey channelKey, PublicKey releaseKey, String model,
-            String channel, String platform, long nowEpochSeconds, long lastSequence, String installedVersion)
-            throws Rejected {
+    public static Pointer verifyPointer(byte[] envelope, Trust.Root root, String model, String channel,
+            String platform, long nowEpochSeconds, long lastSequence, String installedVersion, String deviceId,
+            String appVersion) throws Rejected {
         if (envelope.length > (1 << 20)) throw new Rejected("pointer too large");
         JSONObject env = json(envelope);
-        byte[] payload = verifyEnvelope(env, POINTER_TYPE, channelKey);
+        byte[] payload = Trust.verifyEnvelope(env, POINTER_TYPE, root.roleKeys("channel"), root.threshold("channel"));
         Pointer p = new Pointer(json(payload));
         if (!p.model.equals(model) || !p.channel.equals(channel) || !p.platform.equals(platform)) {
             throw new Rejected("pointer is for " + p.model + "/" + p.channel + "/" + p.platform);
         }
-        String expectedPath = "models/" + model + "/versions/" + p.version + "/" + model + "-" + p.version + "-"
-                + platform + ".zip";
-        if (!p.path.equals(expectedPath) || p.model.contains("/") || p.version.contains("/")) {
-            throw new Rejected("bundle path is not the registry layout's");
-        }
-        if (!p.sha256.matches("[0-9a-f]{64}") || p.size < 1) throw new Rejected("bad bundle digest or size");
         if (nowEpochSeconds > p.expires + SKEW_SECONDS) throw new Rejected("pointer expired");
         if (p.sequence < 1) throw new Rejected("sequence must be positive");
         if (p.sequence < lastSequence) throw new Rejected("sequence went back: replayed pointer");
-        if (installedVersion != null && compareSemver(p.version, installedVersion) < 0 && !p.downgrade) {
+        if (appVersion != null && !appVersion.matches(SEMVER)) throw new Rejected("app version is not SemVer");
+        p.selected = Rollout.select(p, deviceId, appVersion);
+        if (installedVersion != null && compareSemver(p.selected.version, installedVersion) < 0 && !p.downgrade) {
             throw new Rejected("older version without downgrade flag");
         }
         if (p.downgrade) {
-            if (releaseKey == null) throw new Rejected("downgrade pointer and no release key");
-            verifyEnvelope(env, POINTER_TYPE, releaseKey);
+            Trust.verifyEnvelope(env, POINTER_TYPE, root.roleKeys("release"), root.threshold("release"));
         }
         return p;
     }
 
     // --- the bundle (steps 6-9) ---------------------------------------------------------------
 
-    /** Steps 6-9: archive digest and size, model-signing signature, every file, manifest vs pointer. */
-    public static JSONObject verifyBundle(File zip, Pointer p, PublicKey releaseKey, String releaseKeyId)
-            throws Rejected, IOException {
-        if (zip.length() != p.size) throw new Rejected("archive size differs from the pointer");
-        if (!hex(sha256File(zip, p.size)).equals(p.sha256)) throw new Rejected("archive sha256 differs from the pointer");
+    /** Steps 6-9 for the selected release: digest and size, model-signing signature by a release key of root. */
+    public static JSONObject verifyBundle(File zip, Pointer p, Trust.Root root) throws Rejected, IOException {
+        Release rel = p.selected;
+        if (zip.length() != rel.size) throw new Rejected("archive size differs from the pointer");
+        if (!hex(sha256File(zip, rel.size)).equals(rel.sha256)) throw new Rejected("archive sha256 differs from the pointer");
         Map<String, String> digests = new HashMap<>();
         Map<String, Long> sizes = new HashMap<>();
         byte[] signature = null;
@@ -240,7 +289,8 @@ public final class MobexVerifier {
         JSONObject sig = json(signature);
         if (!SIGSTORE_MEDIA_TYPE.equals(sig.opt("mediaType"))) throw new Rejected("unknown signature media type");
         String hint = str(obj(obj(sig, "verificationMaterial"), "publicKey"), "hint");
-        if (!hint.equals(releaseKeyId)) throw new Rejected("bundle signed by another key");
+        PublicKey releaseKey = root.roleKeys("release").get(hint);
+        if (releaseKey == null) throw new Rejected("bundle signed by another key");
         JSONObject statement = json(verifyEnvelope(obj(sig, "dsseEnvelope"), INTOTO_TYPE, releaseKey));
         if (!STATEMENT_TYPE.equals(statement.opt("_type"))) throw new Rejected("not an in-toto statement v1");
         if (!PREDICATE_TYPE.equals(statement.opt("predicateType"))) throw new Rejected("wrong predicate type");
@@ -266,7 +316,7 @@ public final class MobexVerifier {
 
         JSONObject manifest = json(manifestBytes);
         if (!MANIFEST_SCHEMA.equals(manifest.opt("schema"))) throw new Rejected("unknown manifest schema");
-        if (!p.model.equals(manifest.opt("name")) || !p.version.equals(manifest.opt("version"))
+        if (!p.model.equals(manifest.opt("name")) || !rel.version.equals(manifest.opt("version"))
                 || !p.platform.equals(manifest.opt("platform"))) {
             throw new Rejected("manifest name/version/platform differ from the pointer");
         }
@@ -337,6 +387,14 @@ public final class MobexVerifier {
         } catch (ParseException e) {
             throw new Rejected("bad time " + s);
         }
+    }
+
+    /** The names of an object's members (Android's org.json has no typed keySet). */
+    static Set<String> names(JSONObject o) {
+        Set<String> out = new HashSet<>();
+        JSONArray names = o.names();
+        for (int i = 0; names != null && i < names.length(); i++) out.add(names.optString(i));
+        return out;
     }
 
     static JSONObject json(byte[] data) throws Rejected {

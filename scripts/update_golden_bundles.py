@@ -1,0 +1,72 @@
+"""Record (or check) the golden bundles: the SHA-256 of every entry of the sample bundles, signature aside.
+
+The same recipe, data and toolchain must give the same bundle bytes (README "Bundles": deterministic zips,
+SOURCE_DATE_EPOCH). tests/test_golden_bundles.py builds the samples as this script does and compares with
+tests/golden/bundles.json, so a change that alters what ships (a converter, a quantizer, the manifest, the
+report inside the bundle) is seen. When such a change is intended, run this script and commit the new file:
+
+    python scripts/update_golden_bundles.py            # rebuilds every sample in GOLDEN, rewrites the file
+    python scripts/update_golden_bundles.py --check    # compares only, exit 1 on a difference
+
+Each sample is built from a copy in a temporary folder outside git (so provenance has no commit), with
+SOURCE_DATE_EPOCH fixed and a throwaway signing key (signatures are randomized and left out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+GOLDEN_FILE = ROOT / "tests" / "golden" / "bundles.json"
+GOLDEN = ("tabular_mlp", "digits_cnn")  # sample folders under sample_models/
+EPOCH = 1_700_000_000
+SIGNATURE = "signature.sigstore.json"
+
+
+def bundle_hashes(sample: str, work: Path) -> dict[str, dict[str, str]]:
+    """Build `sample` in `work` and return {bundle file: {entry: sha256}} (signature left out)."""
+    sys.path.insert(0, str(ROOT))
+    from mobex.bundle.keys import generate_keypair
+    from mobex.pipeline import BuildOptions, build
+    from mobex.recipe import load_recipe
+
+    folder = work / sample
+    shutil.copytree(ROOT / "sample_models" / sample, folder)
+    key, _ = generate_keypair(work / f"{sample}-key.pem")
+    result = build(load_recipe(folder / "recipe.toml"), BuildOptions(out_dir=work / f"{sample}-out", key=key,
+                                                                     source_date_epoch=EPOCH))  # fmt: skip
+    out: dict[str, dict[str, str]] = {}
+    for path in result.bundles:
+        with zipfile.ZipFile(path) as zf:
+            out[path.name] = {
+                i.filename: hashlib.sha256(zf.read(i)).hexdigest() for i in zf.infolist() if i.filename != SIGNATURE
+            }
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="compare with the recorded file instead of rewriting it")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="mobex-golden-") as tmp:
+        actual = {sample: bundle_hashes(sample, Path(tmp)) for sample in GOLDEN}
+    if args.check:
+        recorded = json.loads(GOLDEN_FILE.read_text())
+        same = recorded == actual
+        print("golden bundles: " + ("unchanged" if same else "DIFFERENT"))
+        return 0 if same else 1
+    GOLDEN_FILE.parent.mkdir(parents=True, exist_ok=True)
+    GOLDEN_FILE.write_text(json.dumps(actual, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {GOLDEN_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
