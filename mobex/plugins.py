@@ -24,7 +24,7 @@ FAMILIES: tuple[str, ...] = ("fp32", "fp16", "int8", "low-bit")
 PLATFORMS: tuple[str, ...] = ("android", "ios")
 
 # The targets mobex ships; each module registers itself when imported.
-BUILTIN_TARGET_MODULES: tuple[str, ...] = ("mobex.targets.tflite", "mobex.targets.coreml")
+BUILTIN_TARGET_MODULES: tuple[str, ...] = ("mobex.targets.tflite", "mobex.targets.coreml", "mobex.targets.executorch")
 ENTRY_POINT_GROUP = "mobex.targets"
 
 
@@ -36,7 +36,8 @@ class VariantSpec:
     ExportedVariant. `calibration`: the variant calibrates static activation ranges, so the build refuses
     to start without enough calibration samples. `expected_ops`: op kinds a correct build of it contains
     (the target's tests check them). `min_os`: the lowest OS version (for the platform the target names,
-    e.g. "iOS16") the variant runs on, or None.
+    e.g. "iOS16") the variant runs on, or None. `platforms`: the platforms this variant serves when not every one
+    its target serves (ExecuTorch's Core ML delegate variants are iOS only); empty: all of the target's.
     """
 
     target: str
@@ -47,6 +48,7 @@ class VariantSpec:
     calibration: bool = False
     expected_ops: tuple[str, ...] = ()
     description: str = ""
+    platforms: tuple[str, ...] = ()
 
     @property
     def qualified(self) -> str:
@@ -103,18 +105,23 @@ def register_variant(
     calibration: bool = False,
     expected_ops: tuple[str, ...] = (),
     description: str = "",
+    platforms: tuple[str, ...] = (),
 ) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
     """Decorator: register `build(session) -> ExportedVariant` as variant `name` of `target`."""
     if family not in FAMILIES:
         raise ValueError(f"variant {target}:{name}: unknown family {family!r}; valid: {', '.join(FAMILIES)}")
     if not name or ":" in name or name != name.strip():
         raise ValueError(f"variant name {name!r} must be non-empty, without ':' or surrounding spaces")
+    if not set(platforms) <= set(PLATFORMS):
+        raise ValueError(f"variant {target}:{name}: unknown platforms {platforms}; valid: {', '.join(PLATFORMS)}")
 
     def decorate(build: Callable[[Any], Any]) -> Callable[[Any], Any]:
         key = (target, name)
         if key in _VARIANTS:
             raise ValueError(f"variant {target}:{name} is registered twice")
-        _VARIANTS[key] = VariantSpec(target, name, family, build, min_os, calibration, tuple(expected_ops), description)
+        _VARIANTS[key] = VariantSpec(
+            target, name, family, build, min_os, calibration, tuple(expected_ops), description, tuple(platforms)
+        )
         return build
 
     return decorate
@@ -209,9 +216,16 @@ def parse_request(platform: str, spelled: str) -> VariantRequest:
             raise ValueError(f"unknown target {prefix!r} in variant {spelled!r}; targets: {known}") from None
         if platform not in info.platforms:
             raise ValueError(f"target {info.name!r} does not serve {platform} (it serves {', '.join(info.platforms)})")
-    if find_variant(info.name, name) is None:
-        title = info.title or info.name
+    spec = find_variant(info.name, name)
+    title = info.title or info.name
+    if spec is None:
         raise ValueError(f"unknown {title} variant {name!r}; valid: {', '.join(variant_hint(info.name))}")
+    if spec.platforms and platform not in spec.platforms:
+        others = [s.name for s in variants_of(info.name) if not s.platforms or platform in s.platforms]
+        raise ValueError(
+            f"{title} variant {name!r} is for {', '.join(spec.platforms)}, not {platform}; "
+            f"{platform} can have: {', '.join(others)}"
+        )
     return VariantRequest(platform, info.name, name, spelled)
 
 

@@ -430,6 +430,10 @@ class CoreMLDelegateRunner:
         self._order = outs  # program output i <- delegate output outs[i]
         self._mil_outputs = mil_out
 
+    def unsupported_ops(self) -> list[str]:
+        """Ops of the delegated ML program that the MIL reference interpreter cannot run (empty: it runs)."""
+        return self._mil.unsupported_ops()
+
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         """One inference in the MIL reference interpreter; outputs in torch output order, float as float32."""
         mil_feed = {}
