@@ -228,6 +228,13 @@ def test_a_build_ships_executorch_int8_on_android_and_the_coreml_delegate_on_ios
                          capture_output=True, text=True, cwd=ROOT, timeout=120)  # fmt: skip
     assert cli.returncode == 0, cli.stderr
     assert json.loads(cli.stdout)["model"]["format"] == "pte"
+    from mobex.errors import UsageError
+    from mobex.serving.bundle import open_bundle_zip
+    from mobex.serving.launch import load_model
+    from mobex.serving.service import ServeOptions
+
+    with pytest.raises(UsageError, match="needs the CoreMLBackend backend"):  # no Core ML in Linux's ExecuTorch
+        load_model(open_bundle_zip(bundles["ios.zip"], public), ServeOptions(token=None))
     publish(bundles["android.zip"], tmp_path / "reg", "stable", private)
     pulled = pull("tabular-mlp", tmp_path / "reg", "stable", "android", public, tmp_path / "app")
     assert pulled.version == "1.0.0"
