@@ -4,8 +4,8 @@
     python scripts/bench_executorch.py sample_models/efficientnet_lite0/recipe.toml --int8-steps --json et.json
 
 Rows:
-- tflite fp32 and tflite int8: the Android export of `mobex build` (`export_platform`), so int8 is the
-  pipeline's own (its fallback search included);
+- tflite fp32 and tflite int8: the TFLite export job of `mobex build` (`plan_exports` / `run_export`), so
+  int8 is the pipeline's own (its fallback search included);
 - executorch fp32: `convert_executorch` (torch.export + XNNPACK);
 - executorch int8, ExecuTorch default: XNNPACKQuantizer's per-channel static config as ExecuTorch ships it
   (histogram observers, its own annotation), calibrated on the recipe's calibration data, no fallback;
@@ -54,11 +54,12 @@ class Row:
 
 
 def et_options(recipe: Any, **overrides: Any) -> Any:
-    """EtInt8Options from the recipe's [quantization] and int8 gate limits, as TFLite int8 reads them."""
-    from mobex.quantize.executorch.static_int8 import EtInt8Options
-    from mobex.quantize.tflite.static_int8 import Int8Options
+    """EtInt8Options as `mobex build` makes them for `executorch:int8` (mobex.targets.executorch), overridden."""
+    from dataclasses import replace
 
-    return EtInt8Options.like(Int8Options.from_recipe(recipe), **overrides)
+    from mobex.targets.executorch import et_int8_options
+
+    return replace(et_int8_options(recipe), **overrides)
 
 
 def int8_steps(recipe: Any, with_steps: bool) -> list[tuple[str, dict]]:
@@ -78,29 +79,25 @@ def int8_steps(recipe: Any, with_steps: bool) -> list[tuple[str, dict]]:
 
 def held_out_feeds(recipe: Any) -> list[dict] | None:
     """Every 10th training sample, as the pipeline's int8 search checks its candidates on them."""
-    from mobex.data import load_dataset
-    from mobex.export import int8_training_path
-    from mobex.quantize.tflite.static_int8 import HOLDOUT_EVERY
+    from mobex.targets.executorch import ExecutorchTarget, held_out_feeds
 
-    path = int8_training_path(recipe)
-    if path is None:
-        return None
-    data = load_dataset(recipe, "training", path)
-    return [data.feed(i) for i in range(0, data.num_samples, HOLDOUT_EVERY)]
+    return held_out_feeds(ExecutorchTarget().options(recipe), recipe)
 
 
-def tflite_rows(recipe: Any, workdir: Path) -> list[Row]:
-    from mobex.export import export_platform
+def tflite_rows(recipe: Any, names: list[str], workdir: Path) -> list[Row]:
+    from mobex.export import plan_exports, run_export
 
-    exported = export_platform(str(recipe.path), "android", str(workdir))
-    by_name = {v.quantization: v for v in exported.variants}
+    android = type(recipe.android).model_validate({**recipe.android.model_dump(), "variants": ["fp32", "int8"],
+                                                    "ship": "smallest-passing"})  # fmt: skip
+    only = recipe.model_copy(update={"android": android, "ios": None})
+    (job,) = plan_exports(only, workdir, names)
+    exported = run_export(job)
     for failure in exported.failures:
-        print(f"tflite {failure.quantization} failed: {failure.message}", file=sys.stderr)
+        print(f"tflite {failure.request.name} failed: {failure.message}", file=sys.stderr)
     rows = []
-    for name in ("fp32", "int8"):
-        if name in by_name:
-            v = by_name[name]
-            rows.append(Row(f"tflite {name}", "tflite", name, v.path, v.size_bytes, v.seconds))
+    for built in exported.variants:
+        v = built.artifact
+        rows.append(Row(f"tflite {built.request.name}", "tflite", built.request.name, v.path, v.size_bytes, v.seconds))
     return rows
 
 
@@ -144,6 +141,7 @@ def runner_for(row: Row) -> Any:
 def validate(rows: list[Row], recipe: Any, validation: Any, reference: list, names: list[str]) -> None:
     """Parity and gates of every row on the whole validation split (as mobex.validate.validator does)."""
     from mobex.metrics.parity import parity_summary
+    from mobex.plugins import variant
     from mobex.validate import gates
     from mobex.validate.validator import run_all
 
@@ -156,8 +154,9 @@ def validate(rows: list[Row], recipe: Any, validation: Any, reference: list, nam
         )  # fmt: skip
         row.parity = {k: v for k, v in parity.items() if k != "outputs"}
         metrics = {"size_bytes": float(row.size_bytes), **{k: v for k, v in parity.items() if isinstance(v, float)}}
+        spec = variant(row.target, row.quantization)
         results = gates.evaluate(
-            row.quantization, recipe.model.task, metrics, recipe.gates, has_labels=validation.labels is not None
+            spec, recipe.model.task, metrics, recipe.gates, has_labels=validation.labels is not None
         )
         row.gates = [g.to_dict() for g in results]
         row.passed = all(g.passed for g in results)
@@ -182,8 +181,7 @@ def interleaved_p50(rows: list[Row], feed: dict, runs: int) -> None:
 def run(recipe_path: Path, steps: bool) -> dict:
     import torch
 
-    from mobex.data import load_validation_and_calibration
-    from mobex.export import example_inputs, output_names
+    from mobex.data import example_inputs, load_validation_and_calibration
     from mobex.recipe import load_recipe
     from mobex.runtime.torch_model import TorchRunner
     from mobex.sources import load_model
@@ -195,11 +193,11 @@ def run(recipe_path: Path, steps: bool) -> dict:
     model = load_model(recipe)
     example = example_inputs(recipe, validation)
     reference = run_all(TorchRunner(model, [i.name for i in recipe.inputs]).run, validation)
-    names = output_names(recipe, len(reference))
+    names = recipe.output_names(len(reference))
     workdir = Path(tempfile.mkdtemp(prefix="mobex-bench-et-"))
     try:
         started = time.perf_counter()
-        rows = tflite_rows(recipe, workdir)
+        rows = tflite_rows(recipe, names, workdir)
         print(f"tflite: {time.perf_counter() - started:.0f} s", file=sys.stderr)
         rows += executorch_rows(recipe, model, example, names, workdir, steps)
         validate(rows, recipe, validation, reference, names)
