@@ -57,6 +57,9 @@ class ExportedVariant:
     notes: list[str] = field(default_factory=list)
     # How a quantized variant was made (TFLite int8: calibration, fallback, search), shown in the report.
     details: dict | None = None
+    # The target's `manifest_extras(path)`, read where the file was made (the export worker, which has the
+    # converter loaded), so bundling a cached variant loads no converter. None: ask the target at bundle time.
+    manifest_extras: dict | None = None
 
 
 def path_size(path: Path) -> int:

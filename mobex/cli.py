@@ -50,7 +50,9 @@ def _print_json(data: object) -> None:
 
 @app.command()
 def build(
-    recipe: Annotated[Path, typer.Argument(help="The recipe TOML file.")],
+    recipes: Annotated[
+        list[Path], typer.Argument(help="The recipe TOML file; several, or workspace files listing them: a fleet.")
+    ],
     out: Annotated[Path, typer.Option("--out", help="Folder for bundles and reports.")] = Path("dist"),
     key: Annotated[
         Path | None, typer.Option("--key", help="ECDSA P-256 private key (PEM). Default: a development key.")
@@ -73,32 +75,58 @@ def build(
         Path | None, typer.Option("--baseline-token-file", help="Bearer token for a registry --baseline.")
     ] = None,
     allow_outside_paths: OutsidePathsFlag = False,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Neither reuse nor store build cache entries: run every stage.")
+    ] = False,
+    executor: Annotated[
+        str, typer.Option("--executor", help="Where exports and validations run: local, or ray (a Ray cluster).")
+    ] = "local",
+    ray_address: Annotated[
+        str | None, typer.Option("--ray-address", help="The Ray cluster (default: $RAY_ADDRESS, else auto).")
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Fleet builds: recipes built at once.")] = 2,
     as_json: JsonFlag = False,
 ) -> None:
-    """Convert, quantize, validate, gate, bundle and sign everything the recipe asks for."""
+    """Convert, quantize, validate, gate, bundle and sign everything the recipe asks for (or each recipe's)."""
     from mobex.logs import quiet_third_party_logs
     from mobex.recipe_paths import allow_outside_paths as allow_paths
 
     allow_paths(allow_outside_paths)
     quiet_third_party_logs()
     from mobex.bundle.keys import load_private_key
+    from mobex.cli_fleet import fleet_build, single_recipe
+
+    if key is not None:
+        load_private_key(key)  # fail on a bad key before minutes of work
+    epoch_text = os.environ.get("SOURCE_DATE_EPOCH")
+    epoch = int(epoch_text) if epoch_text else None
+    recipe = single_recipe(recipes)
+    if recipe is None:  # several recipes, or a workspace file: mobex.fleet
+        if baseline:
+            from mobex.errors import UsageError
+
+            raise UsageError(
+                "--baseline compares one release with the one it replaces: pass one recipe",
+                "gate each recipe of a fleet with its own `mobex build RECIPE --baseline ...`",
+            )
+        fleet_build(recipes, out, key, jobs, workers, executor, ray_address, not no_cache, epoch, as_json)
+        return
+    from mobex.fleet.run import make_executor
     from mobex.pipeline import BuildOptions
     from mobex.pipeline import build as run_build
     from mobex.recipe import load_recipe
 
     console = _console()
     parsed = load_recipe(recipe)
-    if key is not None:
-        load_private_key(key)  # fail on a bad key before minutes of work
-    epoch = os.environ.get("SOURCE_DATE_EPOCH")
     token = None
     if baseline_token_file is not None:
         from mobex.registry.server import read_token_file
 
         token = read_token_file(baseline_token_file)
     options = BuildOptions(
-        out_dir=out, key=key, jobs=jobs, source_date_epoch=int(epoch) if epoch else None, baselines=baseline or [],
+        out_dir=out, key=key, jobs=jobs, source_date_epoch=epoch, baselines=baseline or [],
         baseline_channel=baseline_channel, baseline_key=baseline_key, baseline_token=token,
+        cache=not no_cache, executor=make_executor(executor, ray_address),
     )  # fmt: skip
     with console.status("starting") as status:
         try:
@@ -331,6 +359,7 @@ def inspect(
 
 def _register_command_groups() -> None:
     """Commands that live in their own modules (registry, drift, serving); each adds itself to `app`."""
+    from mobex.cli_cache import register as register_cache
     from mobex.cli_registry import register as register_registry
     from mobex.cli_release import register as register_release
     from mobex.cli_serving import register as register_serving
@@ -342,6 +371,7 @@ def _register_command_groups() -> None:
     register_registry(app)
     register_serving(app)
     register_release(app)
+    register_cache(app)
 
 
 _register_command_groups()

@@ -70,8 +70,9 @@ def _print_validation(entry: dict, reference: dict) -> None:
     for col in ("metric", "value", "original"):
         table.add_column(col)
     ref_metrics = reference.get("metrics") or {}
-    for key in ("max_abs_error", "mean_abs_error", "max_rel_error", "cosine_min", "snr_db", "top1_agreement",
-                "top5_agreement", "accuracy", "f1", "mae", "rmse"):  # fmt: skip
+    for key in ("max_abs_error", "mean_abs_error", "max_rel_error", "cosine_min", "snr_db", "range_error_max",
+                "top1_agreement", "top5_agreement", "accuracy", "f1", "mae", "rmse", "map50_agreement",
+                "matched_iou_mean", "map50", "pixel_agreement", "miou_agreement", "miou", "recall_at_k"):  # fmt: skip
         if p.get(key) is not None:
             table.add_row(key, _num(p[key]), _num(ref_metrics.get(key)) if key in ref_metrics else "")
     lat = entry.get("latency") or {}

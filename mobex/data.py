@@ -16,6 +16,16 @@ labels file. Problems that make validation meaningless (NaN, wrong shapes, value
 preprocessing range, labels beyond the labels file, validation data whose every input is constant)
 raise DataError; the rest are warnings. A constant input next to varying ones (an attention mask of
 ones) and constant calibration or training arrays are warnings only: such inputs are legitimate there.
+
+Streaming models (`[[state]]` in the recipe) take sequences instead (`Sequences`): every other input's array
+is [num_sequences, steps, *shape[1:]], a state input's array (optional: zeros) the initial state of each
+sequence, [num_sequences, *shape[1:]], and labels, when given, one per step: [num_sequences, steps, ...].
+`Dataset.arrays` then holds one sample per step, grouped by batch of sequences ([group, step, sequence in
+the batch]), with the initial state at every step until `with_fed_states` records the states a model fed
+itself (mobex.runtime.streaming).
+
+Integer inputs that a requested target stores as int32 (TFLite and Core ML store int64 inputs as int32) must
+fit int32: values outside are refused here, before any conversion, and the checked range is reported.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mobex import plugins
 from mobex.datasources import SourceRequest, read_source
 from mobex.datasources.base import Check
 from mobex.errors import DataError
@@ -41,9 +52,47 @@ _FLOAT_KINDS = "f"
 _INT_KINDS = "iub"
 
 
+@dataclass(frozen=True)
+class Sequences:
+    """A streaming model's data: the per-step inputs [S, T, *shape[1:]], each sequence's initial state
+    [S, *shape[1:]] per state input, and optional per-step labels [S, T, ...]. Sequences run `batch` at a time."""
+
+    steps: dict[str, np.ndarray]
+    initial: dict[str, np.ndarray]
+    batch: int
+    labels: np.ndarray | None = None
+
+    @property
+    def num_sequences(self) -> int:
+        return next(iter(self.steps.values())).shape[0]
+
+    @property
+    def num_steps(self) -> int:
+        return next(iter(self.steps.values())).shape[1]
+
+    def groups(self) -> Iterator[slice]:
+        """The sequences run together, `batch` at a time."""
+        for lo in range(0, self.num_sequences, self.batch):
+            yield slice(lo, lo + self.batch)
+
+    def flat(self, fed: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """One sample per step, in [group, step, sequence] order; state inputs as fed at each step (`fed`:
+        [S, T, ...] per state input), else the initial state at every step."""
+        states = fed or {n: np.repeat(a[:, None], self.num_steps, axis=1) for n, a in self.initial.items()}
+        return {name: _group_major(arr, self.batch) for name, arr in {**self.steps, **states}.items()}
+
+
+def _group_major(arr: np.ndarray, batch: int) -> np.ndarray:
+    """[S, T, ...] -> [S * T, ...] ordered (group of `batch` sequences, step, sequence in the group)."""
+    s, t = arr.shape[:2]
+    grouped = arr.reshape(s // batch, batch, t, *arr.shape[2:]).swapaxes(1, 2)
+    return np.ascontiguousarray(grouped.reshape(s * t, *arr.shape[2:]))
+
+
 @dataclass
 class Dataset:
-    """Arrays for every model input, sample axis first, already cast to the input dtypes."""
+    """Arrays for every model input, sample axis first, already cast to the input dtypes (for a streaming
+    model, one sample per step, and `sequences` holds the sequences themselves)."""
 
     role: str
     path: Path
@@ -51,6 +100,14 @@ class Dataset:
     batch: int
     labels: np.ndarray | None = None
     checks: list[Check] = field(default_factory=list)
+    sequences: Sequences | None = None
+
+    def with_fed_states(self, fed: dict[str, np.ndarray]) -> Dataset:
+        """The same data with the state inputs a model fed itself step by step ([S, T, ...] per state input)."""
+        assert self.sequences is not None, "only streaming data has fed-back states"
+        from dataclasses import replace
+
+        return replace(self, arrays=self.sequences.flat(fed))
 
     @property
     def num_samples(self) -> int:
@@ -81,6 +138,8 @@ def load_dataset(recipe: Recipe, role: str, path: Path) -> Dataset:
     """Load and check one data file against the recipe. Raises DataError on the first hard problem."""
     full = recipe.resolve(path)
     label = f"[data].{role} ({full.name})"
+    if recipe.state and full.suffix.lower() != ".npz":
+        raise DataError(f"{label}: a streaming model's sequences must be an .npz archive (see docs/validation.md)")
     source = read_source(SourceRequest(recipe, role, full))  # npz, folder or table: mobex.datasources
     raw = source.arrays
     found = source.found if source.found is not None else sorted(raw)
@@ -88,26 +147,23 @@ def load_dataset(recipe: Recipe, role: str, path: Path) -> Dataset:
     checks: list[Check] = list(source.checks)
     ranges = preprocessing_ranges(recipe)
     batch = recipe.inputs[0].shape[0]
+    states = {s.input for s in recipe.state}
+    narrowed = _int32_targets(recipe)
     arrays: dict[str, np.ndarray] = {}
     constant: list[str] = []
     for spec in recipe.inputs:
+        if spec.shape[0] != batch:
+            raise DataError(f"{label}: all inputs must share the batch size {batch}; {spec.name!r} has {spec.shape[0]}")
+        if spec.name in states and spec.name not in raw:
+            checks.append(Check(f"{role}.{spec.name}.initial_state", True, "no array: every sequence starts at zeros"))
+            continue
         if spec.name not in raw:
             raise DataError(
                 f"{label}: no array named {spec.name!r} (found: {', '.join(found) or 'none'})",
                 "name each array after the recipe input it feeds",
             )
-        arr = raw[spec.name]
-        want_tail = tuple(spec.shape[1:])
-        if arr.ndim != len(spec.shape) or tuple(arr.shape[1:]) != want_tail:
-            raise DataError(
-                f"{label}: array {spec.name!r} has shape {list(arr.shape)}, "
-                f"expected [N, {', '.join(map(str, want_tail))}] for input shape {spec.shape}",
-                "put the sample axis first; every sample must match the input shape after the batch axis",
-            )
-        if arr.shape[0] == 0:
-            raise DataError(f"{label}: array {spec.name!r} is empty")
-        if spec.shape[0] != batch:
-            raise DataError(f"{label}: all inputs must share the batch size {batch}; {spec.name!r} has {spec.shape[0]}")
+        steps = bool(states) and spec.name not in states  # a streaming input: [S, T, *shape[1:]]
+        arr = _shaped(label, spec, raw[spec.name], steps)
         arrays[spec.name] = _cast(label, spec.name, arr, spec.dtype)
         checks.append(Check(f"{role}.{spec.name}.shape", True, f"{list(arr.shape)} matches {spec.shape}"))
         cast = "" if arr.dtype == np.dtype(spec.dtype) else f", cast to {spec.dtype}"
@@ -116,6 +172,8 @@ def load_dataset(recipe: Recipe, role: str, path: Path) -> Dataset:
         checks.append(_constant_check(role, spec.name, arr))
         if not checks[-1].passed:
             constant.append(spec.name)
+        if spec.dtype == "int64" and narrowed:
+            checks.append(_int32_check(label, role, spec.name, arrays[spec.name], narrowed))
         range_check = _preprocessing_range_check(label, role, spec.name, arrays[spec.name], ranges)
         if range_check is not None:
             checks.append(range_check)
@@ -128,18 +186,99 @@ def load_dataset(recipe: Recipe, role: str, path: Path) -> Dataset:
         )
     counts = {name: a.shape[0] for name, a in arrays.items()}
     if len(set(counts.values())) != 1:
-        raise DataError(f"{label}: inputs have different sample counts: {counts}")
+        raise DataError(f"{label}: inputs have different sample (or sequence) counts: {counts}")
     n = next(iter(counts.values()))
     if n % batch:
+        what = "sequences" if states else "samples"
         raise DataError(
-            f"{label}: {n} samples is not a multiple of the batch size {batch}",
+            f"{label}: {n} {what} is not a multiple of the batch size {batch}",
             "trim the arrays or change the input's first dimension",
         )
-
     labels = source.labels
+    if states:
+        return _sequence_dataset(recipe, label, role, full, arrays, labels, checks)
     if labels is not None:
         labels = _check_labels(recipe, label, role, labels, n, checks)
     return Dataset(role=role, path=full, arrays=arrays, batch=batch, labels=labels, checks=checks)
+
+
+def _shaped(label: str, spec, arr: np.ndarray, steps: bool) -> np.ndarray:  # noqa: ANN001 - InputSpec
+    """The array, checked against the input's sample shape (with a step axis for a streaming input)."""
+    want_tail = tuple(spec.shape[1:])
+    lead = "N, T" if steps else "N"
+    axes = 2 if steps else 1
+    if arr.ndim != len(want_tail) + axes or tuple(arr.shape[axes:]) != want_tail:
+        hint = "put the sample axis first; every sample must match the input shape after the batch axis"
+        if steps:
+            hint = "a streaming input holds sequences: [num_sequences, steps, *shape[1:]] (docs/validation.md)"
+        raise DataError(
+            f"{label}: array {spec.name!r} has shape {list(arr.shape)}, "
+            f"expected [{', '.join([lead, *map(str, want_tail)])}] for input shape {spec.shape}",
+            hint,
+        )
+    if arr.shape[0] == 0 or (steps and arr.shape[1] == 0):
+        raise DataError(f"{label}: array {spec.name!r} is empty")
+    return arr
+
+
+def _sequence_dataset(
+    recipe: Recipe,
+    label: str,
+    role: str,
+    path: Path,
+    arrays: dict[str, np.ndarray],
+    labels: np.ndarray | None,
+    checks: list[Check],
+) -> Dataset:
+    """A streaming model's data set: the sequences, and one sample per step (see the module docstring)."""
+    states = [s.input for s in recipe.state]
+    steps = {k: v for k, v in arrays.items() if k not in states}
+    lengths = {k: v.shape[1] for k, v in steps.items()}
+    if len(set(lengths.values())) != 1:
+        raise DataError(f"{label}: the streaming inputs have different step counts: {lengths}")
+    s, t = next(iter(steps.values())).shape[:2]
+    specs = {i.name: i for i in recipe.inputs}
+    initial = {
+        name: arrays.get(name, np.zeros((s, *specs[name].shape[1:]), dtype=specs[name].dtype)) for name in states
+    }
+    flat_labels = None
+    if labels is not None:
+        if labels.shape[:2] != (s, t):
+            raise DataError(
+                f"{label}: 'labels' has shape {list(labels.shape)}; a streaming model's labels are one per step: "
+                f"[{s}, {t}, ...]"
+            )
+        flat_labels = _check_labels(recipe, label, role, labels.reshape(s * t, *labels.shape[2:]), s * t, checks)
+    batch = recipe.inputs[0].shape[0]
+    sequences = Sequences(steps, initial, batch, None if flat_labels is None else flat_labels.reshape(labels.shape))
+    checks.append(Check(f"{role}.sequences", True, f"{s} sequences of {t} steps, run {batch} at a time"))
+    return Dataset(role, path, sequences.flat(), batch, flat_labels, checks, sequences)
+
+
+def _int32_targets(recipe: Recipe) -> list[str]:
+    """Titles of the requested targets that store int64 inputs as int32."""
+    titles = []
+    for request in recipe.requests():
+        info = plugins.target_info(request.target)
+        if info.int64_as_int32 and (info.title or info.name) not in titles:
+            titles.append(info.title or info.name)
+    return titles
+
+
+def _int32_check(label: str, role: str, name: str, arr: np.ndarray, targets: list[str]) -> Check:
+    """int64 values a target will store as int32 must fit int32: refused here, not wrapped on the phone."""
+    info = np.iinfo(np.int32)
+    lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+    who = " and ".join(targets)
+    if lo < info.min or hi > info.max:
+        raise DataError(
+            f"{label}: array {name!r} holds int64 values in [{lo}, {hi}], outside int32 [{info.min}, {info.max}]; "
+            f"{who} store this input as int32, so these ids would wrap around on the device",
+            "remap the ids into int32 (e.g. a vocabulary index) or drop the variants of those targets",
+        )
+    return Check(
+        f"{role}.{name}.int32_range", True, f"int64 values in [{lo}, {hi}] fit int32 ({who} store it as int32)"
+    )
 
 
 def _cast(label: str, name: str, arr: np.ndarray, dtype: str) -> np.ndarray:
@@ -155,6 +294,8 @@ def _cast(label: str, name: str, arr: np.ndarray, dtype: str) -> np.ndarray:
         info = np.iinfo(want) if want.kind != "b" else None
         if info is not None and (arr.min() < info.min or arr.max() > info.max):
             raise DataError(f"{label}: array {name!r} has values outside the range of {dtype}")
+        if want.kind == "b" and arr.dtype.kind != "b" and not np.isin(arr, (0, 1)).all():
+            raise DataError(f"{label}: array {name!r} feeds a bool input but holds values other than 0 and 1")
     return np.ascontiguousarray(arr.astype(want, copy=False))
 
 
@@ -177,9 +318,10 @@ def _finite_check(label: str, role: str, name: str, arr: np.ndarray) -> Check:
 
 
 def _constant_check(role: str, name: str, arr: np.ndarray) -> Check:
-    if arr.size and np.all(arr == arr.flat[0]):
-        return Check(f"{role}.{name}.varies", False, f"every value is {arr.flat[0]!r}: metrics on it say little")
+    # Runs after the finite check (no NaN), so "every value equals the first" is "min == max": two passes, no mask.
     lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if arr.size and lo == hi:
+        return Check(f"{role}.{name}.varies", False, f"every value is {arr.flat[0]!r}: metrics on it say little")
     return Check(f"{role}.{name}.range", True, f"values in [{lo:.4g}, {hi:.4g}]")
 
 
@@ -207,6 +349,8 @@ def _preprocessing_range_check(
     tol = RANGE_TOLERANCE * (hi - lo)
     amin, amax = float(arr.min()), float(arr.max())
     found = f"values in [{amin:.4g}, {amax:.4g}]"
+    if lo <= amin and amax <= hi:  # the common case: no value outside, no per-value masks over the data
+        return Check(check_name, True, f"{found} within [preprocessing].range [{lo:g}, {hi:g}]")
     far = (arr < lo - tol) | (arr > hi + tol)
     if far.any():
         count = int(far.sum())
@@ -247,7 +391,36 @@ def _check_labels(recipe: Recipe, label: str, role: str, labels: np.ndarray, n: 
         return labels.astype(np.int64)
     if labels.dtype.kind == "f" and not np.isfinite(labels).all():
         raise DataError(f"{label}: 'labels' contains NaN or inf")
+    check = _LABEL_CHECKS.get(recipe.model.task)
+    if check is not None:
+        checks.append(check(label, role, labels))
     return labels
+
+
+def _detection_labels(label: str, role: str, labels: np.ndarray) -> Check:
+    if labels.ndim != 3 or labels.shape[2] != 5 or labels.dtype.kind not in "iuf":
+        raise DataError(
+            f"{label}: detection 'labels' must be [N, M, 5] numbers (class, then the box in [detection].box_format; "
+            f"rows with a negative class are padding), got {labels.dtype} {list(labels.shape)}"
+        )
+    classes = labels[..., 0]
+    if not np.array_equal(classes, np.round(classes)):
+        raise DataError(f"{label}: detection 'labels' column 0 (the class) must hold whole numbers")
+    count = int(np.sum(classes >= 0))
+    return Check(f"{role}.labels.boxes", True, f"{count} labelled boxes over {labels.shape[0]} samples")
+
+
+def _segmentation_labels(label: str, role: str, labels: np.ndarray) -> Check:
+    if labels.dtype.kind not in _INT_KINDS or labels.ndim < 2:
+        raise DataError(
+            f"{label}: segmentation 'labels' must be integer class masks [N, H, W], got {labels.dtype} "
+            f"{list(labels.shape)}"
+        )
+    return Check(f"{role}.labels.masks", True, f"class values in [{labels.min()}, {labels.max()}]")
+
+
+# Per task, the check of its labels' layout (classification's class indices are checked above).
+_LABEL_CHECKS = {"detection": _detection_labels, "segmentation": _segmentation_labels}
 
 
 def load_validation_and_calibration(recipe: Recipe) -> tuple[Dataset, Dataset]:

@@ -71,7 +71,11 @@ def run_export(job: ExportJob) -> TargetExport:
         if isinstance(made, str):
             failures.append(ExportFailure(request, made))
         else:
-            variants.append(BuiltVariant(request, replace(made.artifact, platform=request.platform)))
+            extras = made.artifact.manifest_extras
+            if extras is None:  # read here, where the converter is loaded (bundling a cached variant needs none)
+                extras = target.manifest_extras(made.artifact.path)
+            artifact = replace(made.artifact, platform=request.platform, manifest_extras=extras)
+            variants.append(BuiltVariant(request, artifact))
     return TargetExport(job.target, tuple(variants), tuple(failures), time.perf_counter() - start)
 
 
@@ -89,6 +93,10 @@ def _load_inputs(job: ExportJob) -> JobInputs:
         model = load_pruned_model(job.pruned_path)
     else:
         model = load_model(recipe)
+    if recipe.state:  # streaming: calibrate on the states the float model feeds itself, step by step
+        from mobex.runtime.streaming import with_recorded_states
+
+        calibration = with_recorded_states(model, recipe, calibration)
     return JobInputs(model=model, example=example_inputs(recipe, validation), calibration=calibration, recipe=recipe)
 
 

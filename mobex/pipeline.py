@@ -23,8 +23,10 @@ from pathlib import Path
 
 from mobex import plugins
 from mobex import workdir as workdirs
+from mobex.cache.build import BuildCache
 from mobex.data import Dataset, example_inputs, load_validation_and_calibration
 from mobex.errors import DataError, GateFailed
+from mobex.executor import Executor, ValidationTask
 from mobex.export import ExportJob, TargetExport, plan_exports, run_exports
 from mobex.provenance import provenance
 from mobex.recipe import SHIP_POLICIES, Recipe
@@ -35,7 +37,6 @@ from mobex.validate.validator import (
     VariantResult,
     failed_export_report,
     run_reference,
-    validate_variant,
 )
 
 
@@ -50,6 +51,8 @@ class BuildOptions:
     baseline_channel: str | None = None
     baseline_key: Path | None = None  # default for bundle files: the public half of --key (or the dev key)
     baseline_token: str | None = None
+    cache: bool = True  # reuse unchanged work from the build cache (mobex.cache); False: `--no-cache`
+    executor: Executor | None = None  # where export jobs and validations run (None: here, mobex.executor)
 
 
 @dataclass
@@ -105,21 +108,12 @@ def build(recipe: Recipe, options: BuildOptions, on_stage: Callable[[str], None]
     with clock.stage("data checks"):
         validation, calibration = load_validation_and_calibration(recipe)
         _check_calibration(recipe, calibration)
-        from mobex.prune.pruning import load_finetune_data, prune_model, save_pruned_model
+        from mobex.prune.pruning import load_finetune_data, save_pruned_model
 
         training = load_finetune_data(recipe)  # None unless [prune.finetune]
-        _preflight(recipe)  # e.g. bad int8 training data fails here, before any conversion
-    with clock.stage("load model"):
-        from mobex.sources import load_model
-
-        model = load_model(recipe)
-    pruning = None
-    if recipe.prune is not None:  # once, here: the workers export the pruned model, the gates compare with it
-        with clock.stage("prune"):
-            pruning = prune_model(model, recipe, example_inputs(recipe, validation), training, validation)
-            model = pruning.model
-    with clock.stage("reference run"):
-        reference = run_reference(model, recipe, validation)
+        cache = BuildCache.open(recipe, validation, calibration, enabled=options.cache, executor=options.executor)
+        _preflight(recipe, skip=cache.cached_targets())  # e.g. bad int8 training data fails here
+    model, pruning, reference = _model_and_reference(recipe, validation, training, cache, clock)
     check_labels_fit(recipe, reference.outputs)  # a labels file must fit the class output
     names = recipe.output_names(len(reference.outputs))
 
@@ -131,12 +125,12 @@ def build(recipe: Recipe, options: BuildOptions, on_stage: Callable[[str], None]
             if pruning is not None:
                 pruned_path = str(save_pruned_model(model, example_inputs(recipe, validation), workdir / "pruned.pt2"))
             jobs = plan_exports(recipe, workdir, names, pruned_path)
-            exports = run_exports(jobs, options.jobs)
+            exports = cache.run_exports(jobs, options.jobs)
         for exp in exports:
             clock.timings[f"export {exp.target}"] = round(exp.seconds, 3)
         plan = ValidationPlan.of(recipe, names)
         with clock.stage("validate"):
-            variants = _validate(recipe, plan, jobs, exports, validation, reference)
+            variants = _validate(recipe, plan, jobs, exports, validation, reference, cache)
         decision = choose_shipped(ship_policies(recipe), variants)
         prune_gate = pruning.gate() if pruning is not None else None
         if prune_gate is not None and not prune_gate["passed"]:  # the pruned model itself is too far off
@@ -197,12 +191,34 @@ def build(recipe: Recipe, options: BuildOptions, on_stage: Callable[[str], None]
     return result
 
 
-def _preflight(recipe: Recipe) -> None:
-    """Each target's up-front checks of the data its requested variants will read."""
+def _model_and_reference(recipe: Recipe, validation: Dataset, training, cache: BuildCache, clock: StageClock):  # noqa: ANN001, ANN202
+    """The model (None when the reference run comes from the cache: then it is never loaded), the pruning
+    result (None without [prune]) and the reference run."""
+    from mobex.prune.pruning import prune_model
+    from mobex.sources import load_model
+
+    model = pruning = None
+    if recipe.prune is not None or not cache.has_reference():
+        with clock.stage("load model"):
+            model = load_model(recipe)
+    if recipe.prune is not None:  # once, here: the workers export the pruned model, the gates compare with it
+        with clock.stage("prune"):
+            pruning = prune_model(model, recipe, example_inputs(recipe, validation), training, validation)
+            model = pruning.model
+    with clock.stage("reference run"):
+        reference = cache.reference(
+            lambda: run_reference(model if model is not None else load_model(recipe), recipe, validation)
+        )
+    return model, pruning, reference
+
+
+def _preflight(recipe: Recipe, skip: set[str] = frozenset()) -> None:  # noqa: B006 - never mutated
+    """Each target's up-front checks of the data its requested variants will read (not for `skip`: targets
+    whose every variant comes from the cache, made from the same data bytes, which passed these checks)."""
     requests = recipe.requests()
     for info in plugins.targets():
         mine = [r for r in requests if r.target == info.name]
-        if mine:
+        if mine and info.name not in skip:
             plugins.target(info.name).preflight(recipe, mine)
 
 
@@ -276,16 +292,20 @@ def _check_calibration(recipe: Recipe, calibration: Dataset) -> None:
 def _validate(
     recipe: Recipe, plan: ValidationPlan, jobs: list[ExportJob], exports: list[TargetExport], validation: Dataset,
     reference,  # noqa: ANN001
+    cache: BuildCache,
 ) -> list[VariantResult]:
     """Every requested variant's result, in recipe order: validated, or failed with its conversion's reason."""
     options = {job.target: job.options for job in jobs}
     built = {(b.request.platform, b.request.spelled): b for e in exports for b in e.variants}
     failed = {(f.request.platform, f.request.spelled): f.message for e in exports for f in e.failures}
+    requests = [r for r in recipe.requests() if (r.platform, r.spelled) in built]
+    tasks = [ValidationTask(built[(r.platform, r.spelled)], options[r.target]) for r in requests]
+    validated = iter(cache.validate_all(tasks, plan, validation, reference))  # from the cache, or validated now
     results = []
     for request in recipe.requests():
         key = (request.platform, request.spelled)
         if key in built:
-            results.append(validate_variant(built[key], plan, options[request.target], validation, reference))
+            results.append(next(validated))
         else:
             results.append(failed_export_report(request, failed.get(key, "not produced"), plan))
     return results
@@ -334,12 +354,21 @@ def ship_policies(recipe: Recipe) -> dict[str, str]:
     return {section.PLATFORM: section.ship for section in recipe.sections()}
 
 
+# An int8-compute variant is "slower" than the fastest float variant when its p50 is above by more than this
+# fraction and by more than SLOWER_MIN_MS: two timings of one model in one build differ by several percent on a
+# shared host, and by a microsecond or so for models that run in microseconds (docs/validation.md).
+SLOWER_TOLERANCE = 0.10
+SLOWER_MIN_MS = 0.002
+
+
 def choose_shipped(policies: dict[str, str], variants: list[VariantResult]) -> ShipDecision:
     """Pick one passing variant per platform by its `ship` setting (a variant name or a policy).
 
-    A candidate that fails its gates is rejected and reported; a platform fails only when it has nothing to
-    ship, or when the recipe names the variant to ship and that one failed. `fastest-passing` needs every
-    passing candidate timed; otherwise it falls back to `smallest-passing` and says so.
+    A candidate that fails its gates is rejected and reported; so is a variant that computes in int8 and is
+    slower than the fastest float variant of the same target in this build (`_slower_than_float`, with the one
+    line that says why). A platform fails only when it has nothing to ship, or when the recipe names the variant
+    to ship and that one was rejected. `fastest-passing` needs every passing candidate timed; otherwise it falls
+    back to `smallest-passing` and says so.
     """
     shipped: dict[str, str] = {}
     failures: list[str] = []
@@ -351,11 +380,18 @@ def choose_shipped(policies: dict[str, str], variants: list[VariantResult]) -> S
             if not v.passed:
                 failed = [g["message"] for g in v.gates if not g["passed"]] or [v.status]
                 rejected.append(f"{v.id}: " + "; ".join(failed))
-        passing = [v for v in candidates if v.passed]
+        slow, uncompared = _slower_than_float(candidates)
+        rejected.extend(why for vid, why in slow.items() if any(v.id == vid and v.passed for v in candidates))
+        for vid, why in {**slow, **uncompared}.items():  # a variant that failed its gates is told it is slow too
+            notes[vid] = (*notes.get(vid, ()), why)
+        passing = [v for v in candidates if v.passed and v.id not in slow]
         if ship not in SHIP_POLICIES:
             chosen = next((v for v in passing if v.request.spelled == ship), None)
             if chosen is None:
-                failures.append(f"{platform}: ship = {ship!r} did not pass its gates")
+                too_slow = any(v.request.spelled == ship and v.id in slow for v in candidates)
+                failures.append(
+                    f"{platform}: ship = {ship!r} " + ("is slower than float" if too_slow else "did not pass its gates")
+                )
                 continue
         elif not passing:
             failures.append(f"{platform}: no variant passed its gates")
@@ -368,6 +404,37 @@ def choose_shipped(policies: dict[str, str], variants: list[VariantResult]) -> S
                 notes[chosen.id] = ("fastest-passing fell back to smallest-passing: no latency on this host",)
         shipped[platform] = chosen.id
     return ShipDecision(shipped, tuple(failures), tuple(rejected), notes)
+
+
+def _slower_than_float(candidates: list[VariantResult]) -> tuple[dict[str, str], dict[str, str]]:
+    """Int8-compute variants slower than the fastest float variant (fp32/fp16 family, float compute) of their
+    target, measured in this build: id -> why. And id -> why no comparison was made (no float variant of that
+    target in the build, or one of the two not timed): no comparison is invented."""
+    from mobex.validate.delegation import slower_line
+
+    slow: dict[str, str] = {}
+    uncompared: dict[str, str] = {}
+    for v in candidates:
+        if v.request.spec.compute != "int8" or v.status.startswith("conversion failed"):
+            continue
+        floats = [
+            f for f in candidates
+            if f.target == v.target and f.request.spec.compute == "float" and f.request.spec.family in ("fp32", "fp16")
+        ]  # fmt: skip
+        timed = [f for f in floats if f.latency and f.latency.get("p50_ms")]
+        if not floats:
+            uncompared[v.id] = (
+                f"speed not compared with float: no float variant of {v.target} in this build "
+                "(add fp32 to the platform's variants to check that int8 is faster)"
+            )
+        elif not timed or not v.latency:
+            uncompared[v.id] = "speed not compared with float: no host latency for both"
+        else:
+            fastest = min(timed, key=lambda f: f.latency["p50_ms"])
+            ours, theirs = v.latency["p50_ms"], fastest.latency["p50_ms"]
+            if ours > theirs * (1 + SLOWER_TOLERANCE) and ours - theirs > SLOWER_MIN_MS:
+                slow[v.id] = slower_line(v, fastest)
+    return slow, uncompared
 
 
 def _bundles(recipe, report_json: bytes, shipped, job_options, workdir: Path, final: Path, options: BuildOptions):  # noqa: ANN001, ANN202

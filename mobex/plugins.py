@@ -36,8 +36,11 @@ class VariantSpec:
     ExportedVariant. `calibration`: the variant calibrates static activation ranges, so the build refuses
     to start without enough calibration samples. `expected_ops`: op kinds a correct build of it contains
     (the target's tests check them). `min_os`: the lowest OS version (for the platform the target names,
-    e.g. "iOS16") the variant runs on, or None. `platforms`: the platforms this variant serves when not every one
-    its target serves (ExecuTorch's Core ML delegate variants are iOS only); empty: all of the target's.
+    e.g. "iOS16") the variant runs on, or None. `compute`: "int8" when the variant computes in int8 to run
+    faster (static or dynamic int8 activations): it never ships when it is slower than a float variant of the
+    same target (mobex.pipeline.choose_shipped); "float" otherwise (weight-only variants compute in float).
+    `platforms`: the platforms this variant serves when not every one its target serves (ExecuTorch's Core ML
+    delegate variants are iOS only); empty: all of the target's.
     """
 
     target: str
@@ -48,6 +51,7 @@ class VariantSpec:
     calibration: bool = False
     expected_ops: tuple[str, ...] = ()
     description: str = ""
+    compute: str = "float"
     platforms: tuple[str, ...] = ()
 
     @property
@@ -72,6 +76,7 @@ class TargetInfo:
     title: str = ""  # how messages name it ("TFLite", "Core ML")
     variant_hint: tuple[str, ...] = ()
     takes_torchscript: bool = False  # converts a TorchScript (.pt) source, not only torch.export graphs
+    int64_as_int32: bool = False  # stores int64 inputs as int32: the data must fit (mobex.data checks it)
     model_is_folder: bool = False  # the model is a folder of files (an .mlpackage), not one file
 
 
@@ -105,11 +110,14 @@ def register_variant(
     calibration: bool = False,
     expected_ops: tuple[str, ...] = (),
     description: str = "",
+    compute: str = "float",
     platforms: tuple[str, ...] = (),
 ) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
     """Decorator: register `build(session) -> ExportedVariant` as variant `name` of `target`."""
     if family not in FAMILIES:
         raise ValueError(f"variant {target}:{name}: unknown family {family!r}; valid: {', '.join(FAMILIES)}")
+    if compute not in ("float", "int8"):
+        raise ValueError(f"variant {target}:{name}: compute must be 'float' or 'int8', not {compute!r}")
     if not name or ":" in name or name != name.strip():
         raise ValueError(f"variant name {name!r} must be non-empty, without ':' or surrounding spaces")
     if not set(platforms) <= set(PLATFORMS):
@@ -120,7 +128,8 @@ def register_variant(
         if key in _VARIANTS:
             raise ValueError(f"variant {target}:{name} is registered twice")
         _VARIANTS[key] = VariantSpec(
-            target, name, family, build, min_os, calibration, tuple(expected_ops), description, tuple(platforms)
+            target, name, family, build, min_os, calibration, tuple(expected_ops), description, compute,
+            tuple(platforms),
         )
         return build
 

@@ -38,6 +38,20 @@ GATE_METRICS: dict[str, str] = {
     "accuracy_drop": "max",
     "p50_ms": "max",
     "size_bytes": "max",
+    # outputs of a few values per sample (mobex.metrics.parity): error over the output's range on the split
+    "range_error_max": "max",
+    "range_error_mean": "max",
+    # task = "detection" (mobex.metrics.detection)
+    "map50_agreement": "min",
+    "matched_iou_mean": "min",
+    "score_error_mean": "max",
+    "map50_drop": "max",
+    # task = "segmentation" (mobex.metrics.segmentation)
+    "pixel_agreement": "min",
+    "miou_agreement": "min",
+    "miou_drop": "max",
+    # task = "embedding" (mobex.metrics.embedding)
+    "recall_at_k": "min",
 }
 
 
@@ -50,7 +64,9 @@ class ModelSection(_Strict):
     version: str
     source: str
     weights: Path | None = None
-    task: Literal["classification", "regression", "embedding", "other"] = "other"
+    task: Literal["classification", "regression", "detection", "segmentation", "embedding", "other"] = "other"
+    # classification with several outputs: the [[outputs]] name of the class scores (the others get tensor parity)
+    class_output: str | None = None
     labels: Path | None = None
     description: str = ""
     author: str = ""
@@ -101,6 +117,53 @@ class InputSpec(_Strict):
 class OutputSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     description: str = ""
+
+
+class DetectionSection(_Strict):
+    """`[detection]`: which outputs hold a detector's scores and boxes, and how detections are read from them.
+
+    Detections (of the original and of every variant alike, mobex.metrics.detection): per class, the anchors
+    scoring at least `score_threshold` (after `score_activation`), non-maximum suppression at `iou_threshold`,
+    at most `max_detections` per sample, best first.
+    """
+
+    scores: str  # [[outputs]] name: [batch, anchors] (one class) or [batch, anchors, classes]
+    boxes: str  # [[outputs]] name: [batch, anchors, 4]
+    box_format: Literal["xyxy", "cxcywh", "xywh"] = "xyxy"
+    score_threshold: float = Field(default=0.5, ge=0, le=1)
+    iou_threshold: float = Field(default=0.5, gt=0, le=1)  # non-maximum suppression; 1.0 keeps every box
+    max_detections: int = Field(default=100, ge=1)
+    score_activation: Literal["none", "sigmoid", "softmax"] = "none"  # applied to the scores output first
+    background_class: int | None = Field(default=None, ge=0)  # a class index that is not an object (SSD's 0)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> DetectionSection:
+        if self.scores == self.boxes:
+            raise ValueError("scores and boxes name the same output; name the two outputs")
+        return self
+
+
+class SegmentationSection(_Strict):
+    """`[segmentation]`: the output holding per-pixel class scores (mobex.metrics.segmentation)."""
+
+    output: str | None = None  # [[outputs]] name; default: the first output
+    class_axis: int = 1  # 1 for [batch, classes, H, W], -1 for [batch, H, W, classes]
+    threshold: float = 0.0  # one-channel outputs: a pixel is foreground when its score is above this
+    ignore_index: int | None = None  # label value of unlabelled pixels (e.g. 255)
+
+
+class EmbeddingSection(_Strict):
+    """`[embedding]`: the output holding the embedding, and the k of retrieval recall@k (mobex.metrics.embedding)."""
+
+    output: str | None = None  # [[outputs]] name; default: the first output
+    k: int = Field(default=5, ge=1)
+
+
+class StateSpec(_Strict):
+    """`[[state]]`: a streaming model's recurrent state, fed back from `output` to `input` at every step."""
+
+    input: str
+    output: str
 
 
 class DataSourceOptions(BaseModel):
@@ -388,6 +451,10 @@ class Recipe(_Strict):
     quantization: QuantizationSection = Field(default_factory=QuantizationSection)
     monitoring: MonitoringSection = Field(default_factory=MonitoringSection)
     release: ReleaseSection = Field(default_factory=ReleaseSection)
+    detection: DetectionSection | None = None
+    segmentation: SegmentationSection | None = None
+    embedding: EmbeddingSection | None = None
+    state: list[StateSpec] = Field(default_factory=list)
 
     # Filled in by load_recipe, not by the TOML.
     path: Path = Field(default=Path("recipe.toml"), exclude=True)
@@ -420,14 +487,73 @@ class Recipe(_Strict):
                     )
         if self.android is None and self.ios is None:
             raise ValueError("the recipe has neither [android] nor [ios]: add at least one to build something")
-        if self.model.task == "classification" and self.outputs and len(self.outputs) != 1:
-            raise ValueError("a classification model must have exactly one output (the class scores)")
         return self
 
+    @model_validator(mode="after")
+    def _task_outputs(self) -> Recipe:
+        """The task's tables match the task, and every output they name is one of [[outputs]]."""
+        task = self.model.task
+        for table, wanted in (("detection", "detection"), ("segmentation", "segmentation"), ("embedding", "embedding")):
+            if getattr(self, table) is not None and task != wanted:
+                raise ValueError(f"[{table}] is for task = {wanted!r}, but [model].task is {task!r}")
+        if task == "detection" and self.detection is None:
+            raise ValueError('task = "detection" needs a [detection] table naming the scores and boxes outputs')
+        if self.model.class_output is not None and task != "classification":
+            raise ValueError(f"[model].class_output is for task = 'classification', but the task is {task!r}")
+        if task == "classification" and len(self.outputs) > 1 and self.model.class_output is None:
+            raise ValueError(
+                'a classification model with several [[outputs]] needs [model].class_output = "<name>": '
+                "the output that holds the class scores (the others get tensor parity)"
+            )
+        names = [o.name for o in self.outputs]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"output name(s) listed twice: {', '.join(dupes)}")
+        for field, name in self._named_outputs():
+            if name not in names:
+                listed = ", ".join(names) if names else "none: add [[outputs]] tables, one per output, in order"
+                raise ValueError(f"{field} = {name!r} is not an output name ([[outputs]]: {listed})")
+        return self
+
+    @model_validator(mode="after")
+    def _states(self) -> Recipe:
+        inputs = {i.name: i for i in self.inputs}
+        seen: set[str] = set()
+        for i, state in enumerate(self.state):
+            where = f"[[state]] #{i + 1}"
+            if state.input not in inputs:
+                raise ValueError(f"{where}: input {state.input!r} is not one of [[inputs]] ({', '.join(inputs)})")
+            if not inputs[state.input].dtype.startswith("float"):
+                raise ValueError(f"{where}: state input {state.input!r} must be a float input")
+            if state.input in seen or state.output in seen:
+                raise ValueError(f"{where}: {state.input!r} or {state.output!r} is already in another [[state]] pair")
+            seen.update((state.input, state.output))
+        if self.state and len(self.state) == len(self.inputs):
+            raise ValueError("every input is a [[state]] input: a streaming model needs at least one input per step")
+        return self
+
+    def _named_outputs(self) -> list[tuple[str, str]]:
+        """(recipe field, output name) for every output the task options and [[state]] refer to by name."""
+        found = [("[model].class_output", self.model.class_output)]
+        if self.detection is not None:
+            found += [("[detection].scores", self.detection.scores), ("[detection].boxes", self.detection.boxes)]
+        found.append(("[segmentation].output", self.segmentation.output if self.segmentation else None))
+        found.append(("[embedding].output", self.embedding.output if self.embedding else None))
+        found += [(f"[[state]] #{i + 1} output", s.output) for i, s in enumerate(self.state)]
+        return [(field, name) for field, name in found if name is not None]
+
     def output_names(self, count: int) -> list[str]:
-        """The recipe's output names, or output_0..N-1 when it does not name them (or names another count)."""
+        """The recipe's output names, or output_0..N-1 when it does not name them (or names another count).
+
+        When the task options or [[state]] refer to outputs by name, the count must match: RecipeError otherwise.
+        """
         if self.outputs and len(self.outputs) == count:
             return [o.name for o in self.outputs]
+        if self.outputs and self._named_outputs():
+            raise RecipeError(
+                f"{self.path}: [[outputs]] names {len(self.outputs)} outputs, but the model returns {count}",
+                "list one [[outputs]] table per tensor the model returns, in order",
+            )
         return [f"output_{i}" for i in range(count)]
 
     def sections(self) -> list[PlatformSection]:

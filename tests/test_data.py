@@ -150,3 +150,98 @@ def test_dtype_check_says_what_was_cast(sample_copy) -> None:
     data = load_dataset(recipe, "validation", recipe.data.validation)
     check = next(c for c in data.checks if c.name == "validation.image.dtype")
     assert check.passed and check.detail == "float64, cast to float32"
+
+
+from tests.task_projects import recipe_text  # noqa: E402 - with the tests that use it
+
+
+def _project(tmp_path: Path, recipe: str, **arrays: np.ndarray) -> Path:
+    """A recipe with a trivial model source (data checks do not load it) and its validation arrays."""
+    (tmp_path / "model.py").write_text("def build():\n    raise AssertionError('data checks never load the model')\n")
+    (tmp_path / "recipe.toml").write_text(recipe)
+    np.savez(tmp_path / "val.npz", **arrays)
+    return tmp_path / "recipe.toml"
+
+
+TOKENS_RECIPE = recipe_text("tokens", [("ids", [1, 6], "int64"), ("mask", [1, 6], "bool")], weights=False)
+
+
+def test_int64_ids_that_a_target_stores_as_int32_must_fit(tmp_path: Path) -> None:
+    from mobex.data import load_validation_and_calibration
+    from mobex.errors import DataError
+    from mobex.recipe import load_recipe
+
+    ids = np.arange(24, dtype=np.int64).reshape(4, 6)
+    path = _project(tmp_path, TOKENS_RECIPE, ids=ids, mask=ids % 2 == 0)
+    validation, _ = load_validation_and_calibration(load_recipe(path))
+    check = next(c for c in validation.checks if c.name == "validation.ids.int32_range")
+    assert check.passed and "[0, 23]" in check.detail and "TFLite" in check.detail
+    ids[2, 3] = 2**31  # one id past int32
+    _project(tmp_path, TOKENS_RECIPE, ids=ids, mask=ids % 2 == 0)
+    with pytest.raises(DataError, match=r"'ids' holds int64 values in \[0, 2147483648\], outside int32") as err:
+        load_validation_and_calibration(load_recipe(path))
+    assert "TFLite" in str(err.value) and "wrap" in str(err.value)
+
+
+def test_a_bool_input_takes_only_zeros_and_ones(tmp_path: Path) -> None:
+    from mobex.data import load_validation_and_calibration
+    from mobex.errors import DataError
+    from mobex.recipe import load_recipe
+
+    ids = np.arange(24, dtype=np.int64).reshape(4, 6) % 7  # varying: all-constant validation data is refused
+    path = _project(tmp_path, TOKENS_RECIPE, ids=ids, mask=np.ones((4, 6), np.int64))
+    validation, _ = load_validation_and_calibration(load_recipe(path))
+    assert validation.arrays["mask"].dtype == np.bool_
+    _project(tmp_path, TOKENS_RECIPE, ids=ids, mask=np.full((4, 6), 2))
+    with pytest.raises(DataError, match="bool input but holds values other than 0 and 1"):
+        load_validation_and_calibration(load_recipe(path))
+
+
+STREAMING_RECIPE = recipe_text(
+    "stream",
+    [("x", [2, 3], "float32"), ("h", [2, 4], "float32")],
+    outputs=("y", "h_out"),
+    tables='[[state]]\ninput = "h"\noutput = "h_out"',
+    weights=False,
+)
+
+
+def test_streaming_data_is_sequences_with_optional_initial_states(tmp_path: Path) -> None:
+    from mobex.data import load_dataset
+    from mobex.recipe import load_recipe
+
+    x = np.arange(4 * 5 * 3, dtype=np.float32).reshape(4, 5, 3)  # 4 sequences of 5 steps
+    path = _project(tmp_path, STREAMING_RECIPE, x=x, labels=np.zeros((4, 5), np.int64))
+    recipe = load_recipe(path)
+    data = load_dataset(recipe, "validation", recipe.data.validation)
+    seq = data.sequences
+    assert seq is not None and (seq.num_sequences, seq.num_steps, seq.batch) == (4, 5, 2)
+    assert np.all(seq.initial["h"] == 0) and seq.initial["h"].shape == (4, 4)
+    assert data.arrays["x"].shape == (20, 3) and data.num_batches == 10
+    np.testing.assert_array_equal(data.feed(1)["x"], x[0:2, 1])  # batch 1: sequences 0-1 at step 1
+    np.testing.assert_array_equal(data.feed(5)["x"], x[2:4, 0])  # batch 5: the second group's first step
+    assert data.labels.shape == (20,)
+    assert any(c.name == "validation.h.initial_state" for c in data.checks)
+    h0 = np.ones((4, 4), np.float32)
+    _project(tmp_path, STREAMING_RECIPE, x=x, h=h0)
+    given = load_dataset(recipe, "validation", recipe.data.validation)
+    assert np.all(given.sequences.initial["h"] == 1) and np.all(given.feed(0)["h"] == 1)
+    fed = given.with_fed_states({"h": np.full((4, 5, 4), 7.0, np.float32)})
+    assert np.all(fed.feed(3)["h"] == 7.0) and fed.sequences is given.sequences
+
+
+def test_streaming_data_shapes_are_refused_clearly(tmp_path: Path) -> None:
+    from mobex.data import load_dataset
+    from mobex.errors import DataError
+    from mobex.recipe import load_recipe
+
+    path = _project(tmp_path, STREAMING_RECIPE, x=np.zeros((4, 3), np.float32))  # no step axis
+    recipe = load_recipe(path)
+    with pytest.raises(DataError, match=r"expected \[N, T, 3\].*\n.*num_sequences, steps"):
+        load_dataset(recipe, "validation", recipe.data.validation)
+    _project(tmp_path, STREAMING_RECIPE, x=np.zeros((3, 5, 3), np.float32))
+    with pytest.raises(DataError, match="3 sequences is not a multiple of the batch size 2"):
+        load_dataset(recipe, "validation", recipe.data.validation)
+    _project(tmp_path, STREAMING_RECIPE, x=np.zeros((4, 5, 3), np.float32), labels=np.zeros(4, np.int64))
+    with pytest.raises(DataError, match="one per step"):
+        load_dataset(recipe, "validation", recipe.data.validation)

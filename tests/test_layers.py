@@ -23,8 +23,9 @@ LAYERS: list[set[str]] = [
     {"validate"},  # validation of variants, gates, reports
     {"bundle"},  # manifest, signing, verification, archives
     {"registry", "release", "monitor", "serving"},  # channels and pull; release gates; monitoring; serving
-    {"export", "pipeline", "init_recipe"},  # the build's stages in order
-    {"cli", "cli_registry", "cli_validate", "cli_serving", "cli_release", "__main__"},  # the command line
+    {"export", "executor", "cache", "pipeline", "init_recipe"},  # the build's stages, where they run, their cache
+    {"fleet"},  # many recipes' builds at once (Ray)
+    {"cli", "cli_registry", "cli_validate", "cli_serving", "cli_release", "cli_cache", "cli_fleet", "__main__"},
 ]
 
 

@@ -62,7 +62,7 @@ def test_sample_recipe_loads(sample_copy) -> None:
         ("shape = [1, 1, 8, 8]", 'shape = [1, 1, "8", 8]', "[inputs][0].shape[2]", "integer"),
         ("shape = [1, 1, 8, 8]", "shape = [1, 0, 8, 8]", "[inputs][0].shape", "positive"),
         ('dtype = "float32"', 'dtype = "float128"', "[inputs][0].dtype", "float32"),
-        ('task = "classification"', 'task = "detection"', "[model].task", "classification"),
+        ('task = "classification"', 'task = "ranking"', "[model].task", "classification"),
         ("[model]", '[model]\ncolour = "red"', "[model].colour", "unknown key"),
         (
             'minimum_deployment_target = "iOS16"',
@@ -120,3 +120,50 @@ def test_unknown_gate_metric(sample_copy) -> None:
     (folder / "recipe.toml").write_text((folder / "recipe.toml").read_text() + "\n[gates.all]\ntop9_agreement = 0.5\n")
     with pytest.raises(RecipeError, match=r"\[gates\]\.all: unknown gate metric 'top9_agreement'"):
         load_recipe(folder / "recipe.toml")
+
+
+def _task_recipe(tmp_path: Path, model: str, extra: str = "") -> Path:
+    from tests.task_projects import recipe_text
+
+    (tmp_path / "model.py").write_text("def build():\n    pass\n")
+    (tmp_path / "val.npz").write_bytes(b"")
+    path = tmp_path / "recipe.toml"
+    inputs = [("x", [1, 4], "float32"), ("h", [1, 3], "float32")]
+    outputs = ("scores", "boxes", "h_out")
+    path.write_text(recipe_text("heads", inputs, model=model, outputs=outputs, tables=extra, weights=False))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("model", "extra", "says"),
+    [
+        ('task = "classification"', "", "needs [model].class_output"),
+        ('task = "classification"\nclass_output = "logits"', "", "'logits' is not an output name"),
+        ('task = "regression"\nclass_output = "scores"', "", "class_output is for task = 'classification'"),
+        ('task = "detection"', "", "needs a [detection] table"),
+        ('task = "detection"', '[detection]\nscores = "scores"\nboxes = "box"', "[detection].boxes = 'box'"),
+        ('task = "detection"', '[detection]\nscores = "scores"\nboxes = "scores"', "name the same output"),
+        ('task = "other"', '[segmentation]\noutput = "scores"', "[segmentation] is for task = 'segmentation'"),
+        ('task = "other"', '[[state]]\ninput = "c"\noutput = "h_out"', "input 'c' is not one of [[inputs]]"),
+        ('task = "other"', '[[state]]\ninput = "h"\noutput = "c_out"', "'c_out' is not an output name"),
+    ],
+)
+def test_task_tables_name_real_outputs(tmp_path: Path, model: str, extra: str, says: str) -> None:
+    with pytest.raises(RecipeError) as err:
+        load_recipe(_task_recipe(tmp_path, model, extra))
+    assert says in str(err.value)
+
+
+def test_task_tables_load_and_output_names_must_match_the_model(tmp_path: Path) -> None:
+    extra = (
+        '[detection]\nscores = "scores"\nboxes = "boxes"\nbox_format = "cxcywh"\n'
+        '[[state]]\ninput = "h"\noutput = "h_out"'
+    )
+    recipe = load_recipe(_task_recipe(tmp_path, 'task = "detection"', extra))
+    assert recipe.detection.box_format == "cxcywh" and recipe.detection.score_threshold == 0.5
+    assert [(s.input, s.output) for s in recipe.state] == [("h", "h_out")]
+    assert recipe.output_names(3) == ["scores", "boxes", "h_out"]
+    with pytest.raises(RecipeError, match="names 3 outputs, but the model returns 2"):
+        recipe.output_names(2)
+    multi = load_recipe(_task_recipe(tmp_path, 'task = "classification"\nclass_output = "scores"'))
+    assert multi.model.class_output == "scores"

@@ -40,6 +40,11 @@ def _metrics(chosen: VariantResult) -> dict:
     }
 
 
+def _extras(target: Any, artifact: Any) -> dict:
+    """The model's native-interface keys for the manifest: read at export time when the export recorded them."""
+    return artifact.manifest_extras if artifact.manifest_extras is not None else target.manifest_extras(artifact.path)
+
+
 def reference_stats_bytes(stats: dict) -> bytes:
     """Compact, canonical JSON (sorted keys): the same statistics give the same bytes."""
     return (json.dumps(stats, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n").encode()
@@ -87,6 +92,7 @@ def assemble_bundle(
     if epoch is None:
         epoch = int(time.time())
     minimum_os = target.minimum_os(target_options, chosen.platform)
+    inputs, outputs = chosen.io_dicts()  # as the model stores them, and as the original takes and returns them
     manifest = Manifest(
         name=recipe.model.name,
         version=recipe.model.version,
@@ -96,12 +102,12 @@ def assemble_bundle(
             path=rel,
             format=target.info.file_format,
             quantization=chosen.quantization,
-            inputs=artifact.inputs,
-            outputs=artifact.outputs,
+            inputs=inputs,
+            outputs=outputs,
             minimum_os=minimum_os,
             labels_file=LABELS_ASSET if labels is not None else None,
             **({"reference_stats_file": stats_file} if stats_file else {}),
-            **target.manifest_extras(artifact.path),
+            **_extras(target, artifact),
         ),
         labels=labels,
         preprocessing=recipe.preprocessing.record(),

@@ -223,18 +223,19 @@ def model_section(
     path: str,
     format: str,
     quantization: str,
-    inputs: list[TensorSpec],
-    outputs: list[TensorSpec],
+    inputs: list[TensorSpec] | list[dict[str, Any]],
+    outputs: list[TensorSpec] | list[dict[str, Any]],
     minimum_os: dict[str, Any],
     **extra: Any,
 ) -> dict[str, Any]:
-    """Build the `model` dict from the pipeline's TensorSpecs (extra keys, e.g. `backend`, are kept)."""
+    """Build the `model` dict from the pipeline's TensorSpecs, or tensor dicts that say more (the validator's
+    `torch_dtype`, `checked_range`); extra keys, e.g. `backend`, are kept."""
     return {
         "path": path,
         "format": format,
         "quantization": quantization,
-        "inputs": [t.to_dict() for t in inputs],
-        "outputs": [t.to_dict() for t in outputs],
+        "inputs": [t.to_dict() if isinstance(t, TensorSpec) else dict(t) for t in inputs],
+        "outputs": [t.to_dict() if isinstance(t, TensorSpec) else dict(t) for t in outputs],
         "minimum_os": dict(minimum_os),
         **extra,
     }

@@ -47,6 +47,7 @@ class TfliteMetadata:
     preprocessing: PreprocessingContract = field(default_factory=NoPreprocessing)
     input_descriptions: dict[str, str] = field(default_factory=dict)
     output_descriptions: dict[str, str] = field(default_factory=dict)
+    class_output: str | None = None  # the output the labels describe ([model].class_output; else the first)
 
 
 def metadata_from_recipe(recipe: Any) -> TfliteMetadata:
@@ -62,6 +63,7 @@ def metadata_from_recipe(recipe: Any) -> TfliteMetadata:
         preprocessing=recipe.preprocessing,
         input_descriptions={i.name: i.description for i in recipe.inputs if i.description},
         output_descriptions={o.name: o.description for o in recipe.outputs if o.description},
+        class_output=recipe.model.class_output,
     )
 
 
@@ -120,11 +122,11 @@ def _input_metadata(name: str, meta: TfliteMetadata, target: str | None) -> tupl
     return tensor, version
 
 
-def _output_metadata(name: str, meta: TfliteMetadata, first: bool) -> Any:
+def _output_metadata(name: str, meta: TfliteMetadata, scores: bool) -> Any:
     fb = _fb()
     tensor = fb.TensorMetadataT()
     tensor.name = name
-    classifier = meta.task == "classification" and meta.labels is not None and first
+    classifier = meta.task == "classification" and meta.labels is not None and scores
     default = f"one float score per class of {LABELS_FILE} ({len(meta.labels)} classes)" if classifier else ""
     tensor.description = meta.output_descriptions.get(name, "") or default
     content = fb.ContentT()
@@ -152,7 +154,8 @@ def metadata_buffer(meta: TfliteMetadata, input_names: list[str], output_names: 
     target = meta.preprocessing.input_name(input_names)
     pairs = [_input_metadata(n, meta, target) for n in input_names]
     graph.inputTensorMetadata = [t for t, _ in pairs]
-    graph.outputTensorMetadata = [_output_metadata(n, meta, i == 0) for i, n in enumerate(output_names)]
+    scores = meta.class_output or (output_names[0] if output_names else None)
+    graph.outputTensorMetadata = [_output_metadata(n, meta, n == scores) for n in output_names]
     model.subgraphMetadata = [graph]
     # The largest "Added in" version among the fields written (metadata_schema.fbs history).
     model.minParserVersion = max((v for _, v in pairs), key=lambda v: tuple(map(int, v.split("."))), default="1.0.0")

@@ -6,6 +6,11 @@ the variant's headline numbers are the worst over its outputs. Relative errors d
 turn a tiny absolute error into an enormous relative one. Every output also carries a histogram of
 its absolute errors on fixed decade bins (the same bins for every variant, so the report can plot
 them side by side).
+
+Outputs of a few values per sample (at most SMALL_OUTPUT_VALUES: a probability, a box, a pitch) get no
+cosine: the cosine of one value is its sign, and of a few offset values (box corners in pixels) it stays
+near 1 however far off they are. They are judged on their error over the output's range on the split
+(`range_error_max`, `range_error_mean`) instead, which every output also reports.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ SNR_CAP_DB = 300.0
 REL_FLOOR = 1e-3
 # Absolute-error histogram bins: [0, 1e-8), [1e-8, 1e-7), ..., [1, 10), [10, 100), [100, inf).
 ERROR_HISTOGRAM_EDGES: tuple[float, ...] = tuple(10.0**k for k in range(-8, 3))
+# An output with at most this many values per sample gets no cosine (see the module docstring).
+SMALL_OUTPUT_VALUES = 4
 
 
 @dataclass
@@ -30,10 +37,19 @@ class OutputParity:
     mean_abs_error: float
     max_rel_error: float
     mean_rel_error: float
-    cosine_min: float
-    cosine_mean: float
+    cosine_min: float | None  # None: too few values per sample for a cosine to mean anything
+    cosine_mean: float | None
     snr_db: float
     abs_error_histogram: dict
+    range_error_max: float = 0.0  # |variant - original| / (max - min of the original output over the split)
+    range_error_mean: float = 0.0
+    value_range: tuple[float, float] = (0.0, 0.0)  # min and max of the original output over the split
+    values_per_sample: int = 0
+
+    @property
+    def small(self) -> bool:
+        """Too few values per sample for a cosine: judged on its range errors."""
+        return self.values_per_sample <= SMALL_OUTPUT_VALUES
 
 
 @dataclass
@@ -55,6 +71,7 @@ class ClassificationMetrics:
     f1: float | None = None
     f1_reference: float | None = None
     f1_drop: float | None = None
+    binary_threshold: float | None = None  # one-value scores: the class is score > this
 
 
 @dataclass
@@ -93,16 +110,23 @@ def output_parity(name: str, reference: np.ndarray, candidate: np.ndarray) -> Ou
         snr = -SNR_CAP_DB
     else:
         snr = min(SNR_CAP_DB, 10.0 * math.log10(signal / noise))
+    lo, hi = (float(ref.min()), float(ref.max())) if ref.size else (0.0, 0.0)
+    span = max(hi - lo, REL_FLOOR * rms, 1e-12)  # a constant output: its RMS sets the scale
+    small = ref.shape[1] <= SMALL_OUTPUT_VALUES
     return OutputParity(
         name=name,
         max_abs_error=_finite(diff.max()),
         mean_abs_error=_finite(diff.mean()),
         max_rel_error=_finite(rel.max()),
         mean_rel_error=_finite(rel.mean()),
-        cosine_min=_finite(cosine.min()),
-        cosine_mean=_finite(cosine.mean()),
+        cosine_min=None if small else _finite(cosine.min()),
+        cosine_mean=None if small else _finite(cosine.mean()),
         snr_db=snr,
         abs_error_histogram=error_histogram(diff),
+        range_error_max=_finite(diff.max() / span),
+        range_error_mean=_finite(diff.mean() / span),
+        value_range=(lo, hi),
+        values_per_sample=int(ref.shape[1]),
     )
 
 
@@ -124,19 +148,23 @@ def _finite(value: float) -> float:
 def classification_metrics(
     reference_scores: np.ndarray, candidate_scores: np.ndarray, labels: np.ndarray | None, num_classes: int | None
 ) -> ClassificationMetrics:
-    """Top-k agreement with the original model; accuracy, precision, recall and F1 against labels if any."""
+    """Top-k agreement with the original model; accuracy, precision, recall and F1 against labels if any.
+
+    A one-value score is a binary classifier: both models' classes are `score > binary_threshold(reference)`
+    (the argmax of one value is always 0, and would agree whatever the variant computed).
+    """
     ref = reference_scores.reshape(reference_scores.shape[0], -1)
     cand = candidate_scores.reshape(candidate_scores.shape[0], -1)
-    ref_top1 = ref.argmax(axis=1)
-    cand_top1 = cand.argmax(axis=1)
+    threshold = binary_threshold(ref) if ref.shape[1] == 1 else None
+    ref_top1, cand_top1 = predicted_classes(ref, threshold), predicted_classes(cand, threshold)
     top1 = float(np.mean(ref_top1 == cand_top1))
     top5 = None
     if ref.shape[1] > 5:
         cand_top5 = np.argsort(-cand, axis=1, kind="stable")[:, :5]
         top5 = float(np.mean(np.any(cand_top5 == ref_top1[:, None], axis=1)))
     if labels is None:
-        return ClassificationMetrics(top1, top5)
-    classes = num_classes or ref.shape[1]
+        return ClassificationMetrics(top1, top5, binary_threshold=threshold)
+    classes = num_classes or max(ref.shape[1], 2)
     acc = float(np.mean(cand_top1 == labels))
     acc_ref = float(np.mean(ref_top1 == labels))
     p, r, f = macro_scores(labels, cand_top1, classes)
@@ -154,7 +182,22 @@ def classification_metrics(
         f1=f,
         f1_reference=f_ref,
         f1_drop=f_ref - f,
+        binary_threshold=threshold,
     )
+
+
+def binary_threshold(reference_scores: np.ndarray) -> float:
+    """The decision threshold of a one-value classifier score: 0.5 for probabilities (every value of the
+    original's output in [0, 1]), else 0 (a logit)."""
+    return 0.5 if float(reference_scores.min()) >= 0.0 and float(reference_scores.max()) <= 1.0 else 0.0
+
+
+def predicted_classes(scores: np.ndarray, threshold: float | None) -> np.ndarray:
+    """Class index per sample: the argmax, or for a one-value score (threshold given) `score > threshold`."""
+    scores = scores.reshape(scores.shape[0], -1)
+    if threshold is not None and scores.shape[1] == 1:
+        return (scores[:, 0] > threshold).astype(np.int64)
+    return scores.argmax(axis=1)
 
 
 def macro_scores(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> tuple[float, float, float]:
@@ -198,6 +241,51 @@ def _mae_rmse(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
     return float(np.mean(np.abs(pred - target))), float(np.sqrt(np.mean((pred - target) ** 2)))
 
 
+def tensor_parity(
+    names: list[str], reference: list[np.ndarray], candidate: list[np.ndarray], judged_by_task: tuple[int, ...] = ()
+) -> dict:
+    """Tensor parity of every output, and the headline numbers: the worst over the outputs.
+
+    The headline cosine is over the outputs that have one (None when none has); the headline range errors are
+    over the small outputs (`OutputParity.small`) except those in `judged_by_task` (a classifier's class
+    scores, judged on agreement), None when there is none. `not_meaningful` says why a headline is None.
+    """
+    if len(reference) != len(candidate):
+        raise ValueError(f"the variant has {len(candidate)} outputs, the original model {len(reference)}")
+    per_output = [output_parity(n, r, c) for n, r, c in zip(names, reference, candidate, strict=True)]
+    cosines = [p for p in per_output if p.cosine_min is not None]
+    ranged = [p for i, p in enumerate(per_output) if p.small and i not in judged_by_task]
+    summary: dict = {
+        "max_abs_error": max(p.max_abs_error for p in per_output),
+        "mean_abs_error": max(p.mean_abs_error for p in per_output),
+        "max_rel_error": max(p.max_rel_error for p in per_output),
+        "mean_rel_error": max(p.mean_rel_error for p in per_output),
+        "cosine_min": min(p.cosine_min for p in cosines) if cosines else None,
+        "cosine_mean": min(p.cosine_mean for p in cosines) if cosines else None,
+        "snr_db": min(p.snr_db for p in per_output),
+        "range_error_max": max(p.range_error_max for p in ranged) if ranged else None,
+        "range_error_mean": max(p.range_error_mean for p in ranged) if ranged else None,
+        "outputs": [asdict(p) for p in per_output],
+        "samples": int(reference[0].shape[0]),
+    }
+    return summary
+
+
+def not_meaningful(summary: dict) -> dict[str, str]:
+    """Headline tensor metrics of `tensor_parity` that are None by design, each with the reason (for the gates)."""
+    outputs = summary["outputs"]
+    small = ", ".join(f"{o['name']} ({o['values_per_sample']})" for o in outputs if o["cosine_min"] is None)
+    reasons = {}
+    if summary["cosine_min"] is None:
+        why = f"every output has at most {SMALL_OUTPUT_VALUES} values per sample ({small}): a cosine of so few "
+        reasons["cosine_min"] = why + "values cannot tell good from bad; range errors judge them"
+        reasons["cosine_mean"] = reasons["cosine_min"]
+    if summary["range_error_max"] is None:
+        why = f"no output of at most {SMALL_OUTPUT_VALUES} values per sample outside the task's own metrics"
+        reasons["range_error_max"] = reasons["range_error_mean"] = why
+    return reasons
+
+
 def parity_summary(
     names: list[str],
     reference: list[np.ndarray],
@@ -206,37 +294,33 @@ def parity_summary(
     task: str,
     labels: np.ndarray | None,
     num_classes: int | None,
+    class_output: int = 0,
 ) -> dict:
-    """The `parity` block of a report entry: worst-case metrics over outputs, per-output details, task metrics."""
-    if len(reference) != len(candidate):
-        raise ValueError(f"the variant has {len(candidate)} outputs, the original model {len(reference)}")
-    per_output = [output_parity(n, r, c) for n, r, c in zip(names, reference, candidate, strict=True)]
-    summary: dict = {
-        "max_abs_error": max(p.max_abs_error for p in per_output),
-        "mean_abs_error": max(p.mean_abs_error for p in per_output),
-        "max_rel_error": max(p.max_rel_error for p in per_output),
-        "mean_rel_error": max(p.mean_rel_error for p in per_output),
-        "cosine_min": min(p.cosine_min for p in per_output),
-        "cosine_mean": min(p.cosine_mean for p in per_output),
-        "snr_db": min(p.snr_db for p in per_output),
-        "outputs": [asdict(p) for p in per_output],
-        "samples": int(reference[0].shape[0]),
-    }
+    """Tensor parity plus classification or regression metrics (output `class_output` / the first output).
+
+    The quantizers' searches measure candidates with it; validation uses mobex.metrics.tasks, which adds the
+    other tasks' metrics.
+    """
+    judged = (class_output,) if task == "classification" else ()
+    summary = tensor_parity(names, reference, candidate, judged)
     if task == "classification":
-        summary.update(asdict(classification_metrics(reference[0], candidate[0], labels, num_classes)))
+        scores = classification_metrics(reference[class_output], candidate[class_output], labels, num_classes)
+        summary.update(asdict(scores))
     elif task == "regression" and labels is not None:
         summary.update(asdict(regression_metrics(reference[0], candidate[0], labels)))
     return summary
 
 
-def reference_task_metrics(reference: list[np.ndarray], *, task: str, labels: np.ndarray | None) -> dict:
+def reference_task_metrics(
+    reference: list[np.ndarray], *, task: str, labels: np.ndarray | None, class_output: int = 0
+) -> dict:
     """Task metrics of the original model alone (the report's `reference` entry)."""
     if labels is None:
         return {}
     if task == "classification":
-        scores = reference[0].reshape(reference[0].shape[0], -1)
-        predicted = scores.argmax(axis=1)
-        precision, recall, f1 = macro_scores(labels, predicted, scores.shape[1])
+        scores = reference[class_output].reshape(reference[class_output].shape[0], -1)
+        predicted = predicted_classes(scores, binary_threshold(scores) if scores.shape[1] == 1 else None)
+        precision, recall, f1 = macro_scores(labels, predicted, max(scores.shape[1], 2))
         out = {"accuracy": float(np.mean(predicted == labels)), "precision": precision, "recall": recall, "f1": f1}
         if scores.shape[1] > 5:
             top5 = np.argsort(-scores, axis=1, kind="stable")[:, :5]

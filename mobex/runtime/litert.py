@@ -118,6 +118,87 @@ def load_tflite_io(path: Path) -> TfliteIO:
     return read_tflite_io(interpreter, path)
 
 
+@dataclass(frozen=True)
+class DelegatedOp:
+    index: int
+    op: str
+    tensor: str  # the name of its first output tensor (litert-torch: the torch module path)
+    partition: int | None  # the XNNPACK partition that runs it, None: a LiteRT reference kernel
+
+    def to_dict(self) -> dict:
+        kernel = "XNNPACK" if self.partition is not None else "reference"
+        return {
+            "index": self.index,
+            "op": self.op,
+            "tensor": self.tensor,
+            "kernel": kernel,
+            "partition": self.partition,
+        }
+
+
+@dataclass(frozen=True)
+class Delegation:
+    """Which ops of a model XNNPACK runs, in how many partitions, and which run on LiteRT's reference kernels."""
+
+    ops: tuple[DelegatedOp, ...]
+    partitions: int
+
+    @property
+    def reference_ops(self) -> list[DelegatedOp]:
+        return [op for op in self.ops if op.partition is None]
+
+    def to_dict(self) -> dict:
+        """The report's `delegation` (docs/report-schema.md)."""
+        by_kind: dict[str, dict[str, int]] = {}
+        for op in self.ops:
+            kinds = by_kind.setdefault(op.op, {"xnnpack": 0, "reference": 0})
+            kinds["reference" if op.partition is None else "xnnpack"] += 1
+        return {
+            "delegate": "XNNPACK",
+            "partitions": self.partitions,
+            "ops": len(self.ops),
+            "delegated_ops": len(self.ops) - len(self.reference_ops),
+            "reference_ops": len(self.reference_ops),
+            "by_op": by_kind,
+            "per_op": [op.to_dict() for op in self.ops],
+        }
+
+
+def delegation_of(nodes: list[dict], tensor_names: dict[int, str]) -> Delegation:
+    """Recover each op's partition from the interpreter's node list.
+
+    After XNNPACK takes over, the list holds the model's own ops, then one DELEGATE node per partition whose
+    inputs and outputs are the partition's boundary tensors. Walking back from a DELEGATE node's outputs through
+    the producing ops, and stopping at its inputs, visits exactly the ops of that partition.
+    """
+    producer: dict[int, dict] = {}
+    for node in nodes:
+        if node["op_name"] != "DELEGATE":
+            for t in node["outputs"]:
+                producer[int(t)] = node
+    partition_of: dict[int, int] = {}
+    delegates = [n for n in nodes if n["op_name"] == "DELEGATE"]
+    for k, node in enumerate(delegates):
+        boundary = {int(t) for t in node["inputs"]}
+        stack = [int(t) for t in node["outputs"]]
+        while stack:
+            tensor = stack.pop()
+            op = producer.get(tensor)
+            if tensor in boundary or op is None or op["index"] in partition_of:
+                continue
+            partition_of[op["index"]] = k
+            stack.extend(int(t) for t in op["inputs"] if int(t) >= 0)
+    ops = tuple(
+        DelegatedOp(
+            int(n["index"]),
+            str(n["op_name"]),
+            tensor_names.get(int(n["outputs"][0]), "") if len(n["outputs"]) else "",
+            partition_of.get(n["index"]),
+        )
+        for n in nodes
+        if n["op_name"] != "DELEGATE"
+    )
+    return Delegation(ops, len(delegates))
 
 
 class TfliteRunner:
@@ -163,11 +244,18 @@ class TfliteRunner:
         reference kernels between partitions, each switch costing a copy: a digits CNN with 7 int8
         HARD_SWISH runs as 8 partitions in 42 us, against 11 us in fp32 (1 partition).
         """
+        delegation = self.delegation()
+        return None if delegation is None else delegation.partitions
+
+    def delegation(self) -> Delegation | None:
+        """Per op of the model, whether XNNPACK runs it (and in which partition) or LiteRT's reference kernel
+        does; None when this LiteRT build does not expose its nodes."""
         try:
-            details = self._interpreter._get_ops_details()  # noqa: SLF001 - the only view of the delegated plan
+            nodes = self._interpreter._get_ops_details()  # noqa: SLF001 - the only view of the delegated plan
+            names = {d["index"]: d["name"] for d in self._interpreter.get_tensor_details()}
         except Exception:  # noqa: BLE001 - a LiteRT build without it: say unknown
             return None
-        return sum(1 for op in details if op.get("op_name") == "DELEGATE")
+        return delegation_of(nodes, names)
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         """One inference; returns outputs in torch output order (see class docstring for dtypes)."""

@@ -88,13 +88,15 @@ class RunnerInfo:
     """A runner for an exported model, the backend that produced its numbers, and notes for the report.
 
     `notes` come before the variant is run; `latency_note`, when set, says after a successful run why no
-    latency was measured.
+    latency was measured. `delegation`: which ops run in an accelerating delegate and which on the runtime's
+    reference kernels (the report's `delegation`, docs/report-schema.md), when the runtime can tell.
     """
 
     runner: Any  # has .run(feed) -> list[np.ndarray] in torch output order
     backend: str
     notes: tuple[str, ...] = ()
     latency_note: str | None = None
+    delegation: dict | None = None
 
 
 class NotRunnable(Exception):

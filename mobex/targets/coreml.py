@@ -45,6 +45,7 @@ INFO = TargetInfo(
     ),
     takes_torchscript=True,
     model_is_folder=True,
+    int64_as_int32=True,  # Core ML has no int64 multi-arrays: coremltools makes int64 inputs int32
 )
 
 
@@ -124,14 +125,14 @@ def _linear(dtype: str, granularity: str, **extra: Any) -> Any:
 
 
 def register_compression(name: str, *, family: str, description: str, calibration: bool = False,
-                         **compression: Any) -> None:  # fmt: skip
+                         compute: str = "float", **compression: Any) -> None:  # fmt: skip
     """Register Core ML variant `name` as a compression of the fp16 conversion. `compression` holds the fields of
     mobex.quantize.coreml.compress.Compression (made when the variant is built, so the registry stays light);
     its `min_target` and `expected_ops` are also the variant's `min_os` and `expected_ops`."""
     min_target = compression.setdefault("min_target", "iOS16")
 
     @register_variant(NAME, name, family=family, min_os=min_target, calibration=calibration,
-                      expected_ops=compression["expected_ops"], description=description)  # fmt: skip
+                      expected_ops=compression["expected_ops"], description=description, compute=compute)  # fmt: skip
     def build(session: CoremlSession, out: Path) -> ExportedVariant:
         from mobex.quantize.coreml.compress import Compression
 
@@ -159,7 +160,10 @@ register_compression(
     expected_ops=("quantize", "dequantize"),
     min_target="iOS17", min_target_why="activation quantize/dequantize ops are an iOS17 Core ML feature",
     min_target_hint='set [ios] minimum_deployment_target = "iOS17", or use int8-weights', activations=True,
+    compute="int8",
 )  # fmt: skip
+
+
 def _palette(bits: int) -> Any:
     return lambda cto, threshold: cto.OpPalettizerConfig(mode="kmeans", nbits=bits, weight_threshold=threshold)
 

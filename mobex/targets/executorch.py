@@ -102,6 +102,7 @@ def _fp32(session: ExecutorchSession, out: Path) -> ExportedVariant:
     "int8",
     family="int8",
     calibration=True,
+    compute="int8",
     expected_ops=("XnnpackBackend",),
     description="PT2E static int8 weights and activations (XNNPACK), calibrated, float fallback of sensitive ops",
 )
@@ -192,7 +193,7 @@ class ExecutorchTarget:
                 f"runs as {plan.partitions} delegate call(s), with kernels outside them ({outside}) on ExecuTorch's "
                 "portable kernels in between, which costs latency on CPU",
             )
-        return RunnerInfo(ExecutorchRunner(path, num_threads=num_threads), BACKEND, notes)
+        return RunnerInfo(ExecutorchRunner(path, num_threads=num_threads), BACKEND, notes, delegation=_delegation(plan))
 
     def latency_runner(self, path: Path, options: ExecutorchOptions | None) -> Any:
         from mobex.runtime.executorch import COREML_BACKEND, ExecutorchRunner, read_delegation_plan
@@ -229,6 +230,19 @@ class ExecutorchTarget:
         if platform == "ios":
             return {"ios": options.deployment_target}
         return {"android_min_sdk": options.min_sdk}
+
+
+def _delegation(plan: Any) -> dict:
+    """The report's `delegation` of a program, read from what ships: its delegate calls (`partitions`), and the
+    operators run outside them on ExecuTorch's kernels (calls per op, as `reference`). A `.pte` does not list
+    the ops inside a delegate's payload, so `by_op` has only those outside."""
+    return {
+        "delegate": ", ".join(sorted(plan.delegates)) or None,
+        "partitions": plan.partitions,
+        "reference_ops": sum(plan.kernels.values()),
+        "reference_kernels": "ExecuTorch portable kernels",
+        "by_op": {op: {"xnnpack": 0, "reference": n} for op, n in sorted(plan.kernels.items())},
+    }
 
 
 def _coreml_runner(path: Path, num_threads: int) -> RunnerInfo:
@@ -288,6 +302,9 @@ def et_int8_options(recipe: Recipe) -> EtInt8Options:
         fallback=q.int8_fallback,
         max_fallback_layers=q.max_fallback_layers,
         task=recipe.model.task,
+        class_output=[o.name for o in recipe.outputs].index(recipe.model.class_output)
+        if recipe.model.class_output
+        else 0,
         limits=limits,
     )
 

@@ -42,6 +42,7 @@ INFO = TargetInfo(
     file_format="tflite",
     title="TFLite",
     variant_hint=("fp32", "fp16", "dynamic-int8", "int8-weights", "int4-weights", "int8"),
+    int64_as_int32=True,  # litert-torch lowers int64 inputs (token ids) to int32 tensors
 )
 # Every 10th training sample (at most 256) checks the int8 fallback search (mobex.quantize.tflite.static_int8).
 _HOLDOUT_EVERY = 10
@@ -146,7 +147,9 @@ def _fp16(session: TfliteSession, out: Path) -> ExportedVariant:
     return session.apply("fp16", out, manager.get_quantization_recipe(), description, max_ratio=0.6)
 
 
-@register_variant(NAME, "dynamic-int8", family="int8", description="int8 weights, activations quantized on the fly")
+@register_variant(
+    NAME, "dynamic-int8", family="int8", compute="int8", description="int8 weights, activations quantized on the fly"
+)
 def _dynamic_int8(session: TfliteSession, out: Path) -> ExportedVariant:
     from ai_edge_quantizer import qtyping, recipe, recipe_manager
 
@@ -183,6 +186,7 @@ def _int4_weights(session: TfliteSession, out: Path) -> ExportedVariant:
     calibration=True,
     expected_ops=("QUANTIZE", "DEQUANTIZE"),
     description="static int8 weights and activations, calibrated",
+    compute="int8",
 )
 def _int8(session: TfliteSession, out: Path) -> ExportedVariant:
     from mobex.quantize.tflite.recipes import static_int8_variant
@@ -251,7 +255,8 @@ class TfliteTarget:
         from mobex.targets.base import RunnerInfo
 
         runner = TfliteRunner(path, num_threads=num_threads)
-        partitions = runner.delegate_partitions()
+        delegation = runner.delegation()
+        partitions = None if delegation is None else delegation.partitions
         notes: tuple[str, ...] = ()
         if partitions == 0:
             notes = ("no op runs in XNNPACK: the whole graph uses LiteRT's reference kernels",)
@@ -260,7 +265,7 @@ class TfliteTarget:
                 f"runs as {partitions} XNNPACK partitions: ops XNNPACK has no kernel for in this precision run "
                 "on LiteRT's reference kernels in between, which costs latency on CPU",
             )
-        return RunnerInfo(runner, "litert", notes)
+        return RunnerInfo(runner, "litert", notes, delegation=None if delegation is None else delegation.to_dict())
 
     def latency_runner(self, path: Path, options: TfliteOptions | None) -> Any:
         from mobex.runtime.litert import TfliteRunner
@@ -327,6 +332,9 @@ def int8_options(recipe: Recipe) -> Int8Options:
         weight_rounding=q.weight_rounding,
         equalize=q.equalize,
         task=recipe.model.task,
+        class_output=[o.name for o in recipe.outputs].index(recipe.model.class_output)
+        if recipe.model.class_output
+        else 0,
         limits=limits,
         finetune=finetune,
         finetune_fallback_trials=0 if q.finetune is None else q.finetune.fallback_trials,

@@ -23,7 +23,7 @@ _KNOWN_TOP_LEVEL = {
 _KNOWN_VARIANT = {
     "id", "target", "platform", "quantization", "status", "size_bytes", "backend", "parity", "latency",
     "latency_by_threads", "gates", "passed", "shipped", "notes", "inputs", "outputs", "export_seconds",
-    "validate_seconds",
+    "validate_seconds", "gates_not_applied", "delegation",
 }  # fmt: skip
 
 CSS = """
@@ -528,6 +528,130 @@ def task_table(report: dict) -> str:
     return _table(headers, rows) + note
 
 
+# Per task: the metrics of the variant against the original (and labels) the task table shows.
+_AGREEMENT_COLUMNS: dict[str, list[tuple[str, str]]] = {
+    "detection": [
+        ("map50_agreement", "mAP@0.5 vs original"), ("matched_iou_mean", "matched IoU mean"),
+        ("matched_iou_min", "matched IoU min"), ("score_error_mean", "score err mean"),
+        ("score_error_max", "score err max"), ("matched_recall", "matched recall"),
+        ("matched_precision", "matched precision"), ("detections", "detections"), ("map50", "mAP@0.5 (labels)"),
+        ("map50_drop", "Δ mAP@0.5"),
+    ],
+    "segmentation": [
+        ("pixel_agreement", "pixel agreement"), ("miou_agreement", "mIoU vs original"),
+        ("pixel_accuracy", "pixel accuracy (labels)"), ("miou", "mIoU (labels)"), ("miou_drop", "Δ mIoU"),
+    ],
+    "embedding": [("cosine_min", "cosine min"), ("cosine_mean", "cosine mean"), ("recall_at_k", "recall@k")],
+}  # fmt: skip
+
+
+def agreement_table(report: dict) -> str:
+    """The task's own metrics against the original (detection, segmentation, embedding); empty for others."""
+    task = (report.get("recipe") or {}).get("task", "")
+    columns = _AGREEMENT_COLUMNS.get(task)
+    variants = [v for v in report.get("variants", []) if v.get("parity")]
+    if not columns or not variants:
+        return ""
+    rows = [
+        _row(
+            [f"<b>{esc(_variant_name(v))}</b>"] + [fmt(v["parity"].get(k)) for k, _ in columns],
+            "" if v.get("passed") else "bad",
+            numeric_from=1,
+        )
+        for v in variants
+    ]
+    ref = (report.get("reference") or {}).get("metrics") or {}
+    extra = ""
+    if task == "embedding":
+        k = next((v["parity"].get("recall_k") for v in variants if v["parity"].get("recall_k")), None)
+        extra = f" recall@k with k = {fmt(k)}: the share of the original's k nearest samples the variant also finds."
+    if ref:
+        extra += " Original against the labels: " + ", ".join(f"{esc(k)} {fmt(v)}" for k, v in ref.items()) + "."
+    return _table(["variant"] + [label for _, label in columns], rows) + f"<p class='note'>{esc(task)}.{extra}</p>"
+
+
+def streaming_svg(report: dict) -> str:
+    """Streaming models: the worst absolute error over the outputs at every step, one line per variant (log y)."""
+    lines = [(v, (v.get("parity") or {}).get("streaming")) for v in report.get("variants", [])]
+    lines = [(v, s) for v, s in lines if isinstance(s, dict) and s.get("per_step")]
+    if not lines:
+        return ""
+    steps = max(len(s["per_step"]) for _, s in lines)
+    values = [max(float(p.get("max_abs_error") or 0), 1e-9) for _, s in lines for p in s["per_step"]]
+    lo, hi = min(values) / 2, max(values) * 2
+    w, h, ml, mr, mt, mb = 760, 260, 60, 190, 10, 40
+    pw, ph = w - ml - mr, h - mt - mb
+
+    def sx(t: float) -> float:
+        return ml + pw * (t / max(steps - 1, 1))
+
+    def sy(y: float) -> float:
+        return mt + ph * (1 - (math.log10(max(y, 1e-9)) - math.log10(lo)) / (math.log10(hi) - math.log10(lo)))
+
+    parts = [_svg_open(w, h, "worst absolute error per step, each model on its own state")]
+    parts.append(f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" fill="#fcfcfc" stroke="#bbb"/>')
+    for t in _log_ticks(lo, hi):
+        if lo <= t <= hi:
+            parts.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#eee"/>')
+            parts.append(
+                f'<text x="{ml - 6}" y="{sy(t) + 4:.1f}" font-size="10.5" text-anchor="end">{_tick_label(t)}</text>'
+            )
+    parts.append(
+        f'<text x="{ml + pw / 2}" y="{h - 8}" font-size="12" text-anchor="middle">step (0 to {steps - 1})</text>'
+    )
+    for i, (v, s) in enumerate(lines):
+        color = PLATFORM_COLORS.get(v.get("platform", ""), "#777")
+        dash = "" if i % 2 == 0 else ' stroke-dasharray="5,3"'
+        points = " ".join(f"{sx(p['step']):.1f},{sy(float(p.get('max_abs_error') or 0)):.1f}" for p in s["per_step"])
+        parts.append(f'<polyline points="{points}" fill="none" stroke="{color}" stroke-width="1.5"{dash}>'
+                     f"<title>{esc(_variant_name(v))}</title></polyline>")  # fmt: skip
+        y = mt + 12 + 14 * i
+        parts.append(
+            f'<line x1="{ml + pw + 10}" x2="{ml + pw + 30}" y1="{y - 4}" y2="{y - 4}" stroke="{color}"{dash}/>'
+        )
+        parts.append(f'<text x="{ml + pw + 34}" y="{y}" font-size="11">{esc(_variant_name(v))}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def delegation_html(report: dict) -> str:
+    """Per TFLite variant: XNNPACK partitions, how many ops run in XNNPACK or on LiteRT's reference kernels (by
+    op kind), and per op (in a collapsed table)."""
+    variants = [v for v in report.get("variants", []) if isinstance(v.get("delegation"), dict)]
+    if not variants:
+        return "<p class='note'>No variant's runtime lists its delegated ops.</p>"
+    rows, details = [], []
+    for v in variants:
+        d = v["delegation"]
+        slow = {op: c["reference"] for op, c in (d.get("by_op") or {}).items() if c.get("reference")}
+        listed = ", ".join(f"{esc(op)} ×{n}" for op, n in sorted(slow.items())) or "—"
+        cls = "warn" if slow or d.get("partitions", 1) != 1 else ""
+        rows.append(
+            _row(
+                [f"<b>{esc(_variant_name(v))}</b>", fmt(d.get("partitions")), fmt(d.get("delegated_ops")),
+                 fmt(d.get("reference_ops")), listed],
+                cls,
+                numeric_from=1,
+            )
+        )  # fmt: skip
+        per_op = [
+            _row([fmt(op.get("index")), esc(op.get("op")), esc(op.get("kernel")), fmt(op.get("partition")),
+                  f"<code>{esc(op.get('tensor', ''))}</code>"], "" if op.get("kernel") == "XNNPACK" else "warn")
+            for op in d.get("per_op") or []
+        ]  # fmt: skip
+        details.append(
+            f"<details><summary>{esc(_variant_name(v))}: every op</summary>"
+            + _table(["#", "op", "kernel", "partition", "output tensor"], per_op)
+            + "</details>"
+        )
+    head = ["variant", "XNNPACK partitions", "ops in XNNPACK", "ops on reference kernels", "reference-kernel ops"]
+    note = (
+        "<p class='note'>Ops XNNPACK has no kernel for (in their precision) run on LiteRT's reference kernels; each "
+        "one splits the graph into another partition, with a copy at both ends.</p>"
+    )
+    return _table(head, rows) + note + "".join(details)
+
+
 def latency_table(report: dict) -> str:
     rows = []
     for name, _, lat in _latency_rows(report):
@@ -599,6 +723,15 @@ def gates_details(report: dict) -> str:
         notes = "".join(f"<li>{esc(n)}</li>" for n in v.get("notes") or [])
         extra = {k: val for k, val in v.items() if k not in _KNOWN_VARIANT}
         body = _table(["metric", "value", "limit", "source", "", "message"], rows) if rows else ""
+        skipped = v.get("gates_not_applied") or []
+        if skipped:
+            items = "".join(
+                f"<li><b>{esc(g.get('metric'))}</b> (limit {fmt(g.get('limit'))}, {esc(g.get('source', ''))}): "
+                f"{esc(g.get('reason', ''))}</li>"
+                for g in skipped
+            )
+            why = "Not applied: the metric cannot tell good from bad for this model."
+            body += f"<p class='note'>{why}</p><ul class='note'>{items}</ul>"
         if notes:
             body += f"<p class='note'>Notes:</p><ul class='note'>{notes}</ul>"
         if extra:
@@ -723,7 +856,11 @@ def render_html(report: dict) -> str:
         "<h3>Absolute error histograms</h3>",
         error_histograms_html(report.get("variants", [])),
         "<h2>Task metrics</h2>",
+        agreement_table(report),
         task_table(report),
+        *(["<h3>Streaming: parity per step</h3>", streaming_svg(report)] if streaming_svg(report) else []),
+        "<h2>Delegation</h2>",
+        delegation_html(report),
         "<h2>Latency</h2>",
         f"<p class='note'>{esc(_capitalized(report.get('latency_note', '')))}. "
         + esc(_host(report))

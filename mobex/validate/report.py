@@ -65,6 +65,8 @@ def build_report(r: ReportInputs) -> dict:
         "latency": reference.latency,
         "latency_by_threads": reference.latency_by_threads,
     }
+    if reference.cache is not None:
+        reference_entry["cache"] = reference.cache
     if r.pruning is not None:
         reference_entry["model"] = "pruned"  # variants are compared with the pruned float model
         if r.training is not None:
@@ -161,7 +163,7 @@ def render_junit(report: dict) -> bytes:
 # Fields that change from run to run (wall times, latency measurements, absolute paths of this
 # machine). The copy of the report inside a bundle leaves them out, so that two builds of the
 # same recipe with the same SOURCE_DATE_EPOCH give byte-identical bundles (signature aside).
-_VOLATILE_VARIANT_KEYS = ("latency", "latency_by_threads", "export_seconds", "validate_seconds")
+_VOLATILE_VARIANT_KEYS = ("latency", "latency_by_threads", "export_seconds", "validate_seconds", "cache")
 
 
 # Measured (not decided) parts of a variant's quantization_details: latencies, wall times.
@@ -174,6 +176,12 @@ def _decided(details: dict) -> dict:
     if isinstance(finetune, dict) and isinstance(finetune.get("trials"), list):
         trials = [{k: v for k, v in t.items() if k != "seconds"} for t in finetune["trials"]]
         out["finetune"] = {**finetune, "trials": trials}
+    recurrent = out.get("recurrent")
+    if isinstance(recurrent, dict):  # the decision stays; the candidates' p50 does not
+        out["recurrent"] = {
+            k: ({m: x for m, x in v.items() if m != "p50_ms"} if isinstance(v, dict) else v)
+            for k, v in recurrent.items()
+        }
     return out
 
 

@@ -94,7 +94,8 @@ def plan_tensor(
 
 def _positions(flat: np.ndarray) -> list[int]:
     """Up to MAX_POSITIONS flat indices, evenly spread over the positions whose values vary."""
-    varying = np.flatnonzero(np.ptp(flat, axis=0) > 0) if flat.shape[0] > 1 else np.arange(flat.shape[1])
+    spread = np.ptp(flat.astype(np.float64), axis=0)  # float: bool masks have no subtraction
+    varying = np.flatnonzero(spread > 0) if flat.shape[0] > 1 else np.arange(flat.shape[1])
     if varying.size == 0:
         varying = np.arange(flat.shape[1])
     if varying.size <= MAX_POSITIONS:
@@ -201,15 +202,19 @@ def reference_statistics(
     *,
     task: str,
     preprocessing: dict | None = None,
+    class_output: int = 0,
 ) -> dict:
-    """The whole asset: a plan and features per input and output (outputs may be None: inputs only)."""
+    """The whole asset: a plan and features per input and output (outputs may be None: inputs only).
+
+    `class_output`: a classifier's output holding the class scores (`[model].class_output`)."""
     plans = [plan_tensor(name, "input", arr, task=task, preprocessing=preprocessing) for name, arr in inputs.items()]
     feats = [f for plan, arr in zip(plans, inputs.values(), strict=True) for f in tensor_stats(plan, arr)]
     samples = int(next(iter(inputs.values())).shape[0]) if inputs else 0
     if outputs is not None:
         names = output_names or [f"output_{i}" for i in range(len(outputs))]
         for i, (name, arr) in enumerate(zip(names, outputs, strict=True)):
-            plan = plan_tensor(name, "output", np.asarray(arr), task=task, index=i)
+            # plan_tensor takes the output at index 0 for the class scores
+            plan = plan_tensor(name, "output", np.asarray(arr), task=task, index=i - class_output)
             plans.append(plan)
             feats.extend(tensor_stats(plan, np.asarray(arr)))
     return {

@@ -11,7 +11,7 @@ A variant that could not be run says why in `status` and gets no invented number
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,12 @@ import numpy as np
 from mobex import plugins
 from mobex.artifacts import ExportedVariant
 from mobex.data import Dataset
-from mobex.metrics.parity import parity_summary, reference_task_metrics
+from mobex.metrics import tasks
+from mobex.metrics.streaming import step_parity
 from mobex.plugins import VariantRequest
 from mobex.recipe import GatesSection, LatencySection, Recipe
 from mobex.runtime.latency import measure_runner
+from mobex.runtime.streaming import flatten_steps, run_sequences, state_indices
 from mobex.targets.base import BuiltVariant, NotRunnable, RunnerInfo
 from mobex.validate import gates as gates_mod
 from mobex.validate.stats import reference_statistics
@@ -31,7 +33,8 @@ from mobex.validate.stats import reference_statistics
 
 @dataclass(frozen=True)
 class ValidationPlan:
-    """What validating a variant reads from the recipe: task, labels, gates, latency settings, output names."""
+    """What validating a variant reads from the recipe: task (and its outputs), gates, latency settings, output
+    names, [[state]] pairs (input name, output index), the inputs' dtypes as the original model takes them."""
 
     task: str
     num_classes: int | None
@@ -39,17 +42,23 @@ class ValidationPlan:
     latency: LatencySection
     output_names: tuple[str, ...]
     preprocessing: dict
+    spec: tasks.TaskSpec
+    states: tuple[tuple[str, int], ...] = ()
+    input_dtypes: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def of(cls, recipe: Recipe, output_names: list[str]) -> ValidationPlan:
-        labels = recipe.labels()
+        spec = tasks.TaskSpec.of(recipe, output_names)
         return cls(
             task=recipe.model.task,
-            num_classes=len(labels) if labels else None,
+            num_classes=spec.num_classes,
             gates=recipe.gates,
             latency=recipe.latency,
             output_names=tuple(output_names),
             preprocessing=recipe.preprocessing.record(),
+            spec=spec,
+            states=tuple(state_indices(recipe, list(output_names))),
+            input_dtypes=tuple((i.name, i.dtype) for i in recipe.inputs),
         )
 
 
@@ -74,6 +83,14 @@ class VariantResult:
     reference_stats: dict | None = None
     # How a quantized variant was made (int8: calibration, equalization, fallback layers and their cost).
     quantization_details: dict | None = None
+    # Default gates left out because their metric cannot tell good from bad for this model, with why.
+    gates_not_applied: tuple[dict, ...] = ()
+    # Which ops run in the delegate and which on reference kernels (TFLite: XNNPACK), or None.
+    delegation: dict | None = None
+    # Per input/output what the original model takes or returns (torch dtype, checked integer range).
+    io_contract: dict | None = None
+    # Whether its export and validation came from the build cache (mobex.cache; docs/report-schema.md).
+    cache: dict | None = None
 
     @property
     def id(self) -> str:
@@ -107,12 +124,31 @@ class VariantResult:
             "passed": self.passed,
             "shipped": shipped,
             "notes": [*self.notes, *extra_notes],
-            "inputs": [t.to_dict() for t in self.artifact.inputs] if self.artifact else None,
-            "outputs": [t.to_dict() for t in self.artifact.outputs] if self.artifact else None,
+            "inputs": self.io_dicts()[0] if self.artifact else None,
+            "outputs": self.io_dicts()[1] if self.artifact else None,
             "export_seconds": self.export_seconds,
             "validate_seconds": self.validate_seconds,
             "quantization_details": self.quantization_details,
+            "gates_not_applied": list(self.gates_not_applied),
+            "delegation": self.delegation,
+            "cache": self.cache,
         }
+
+    def io_dicts(self) -> tuple[list[dict], list[dict]]:
+        """The exported model's inputs and outputs (name, shape, dtype as the model stores it, quantization),
+        each with what the original model takes or returns (`torch_dtype`, `checked_range`) when known."""
+        assert self.artifact is not None
+        contract = self.io_contract or {}
+        return (
+            _merged(self.artifact.inputs, contract.get("inputs", [])),
+            _merged(self.artifact.outputs, contract.get("outputs", [])),
+        )
+
+
+def _merged(specs: list, contract: list[dict]) -> list[dict]:
+    """Tensor specs with the contract's entry of the same name (the contract never renames or reorders)."""
+    by_name = {c["name"]: c for c in contract}
+    return [{**t.to_dict(), **{k: v for k, v in by_name.get(t.name, {}).items() if k != "name"}} for t in specs]
 
 
 def run_all(runner_run, data: Dataset) -> list[np.ndarray]:  # noqa: ANN001 - any runner's .run
@@ -128,6 +164,15 @@ def run_all(runner_run, data: Dataset) -> list[np.ndarray]:  # noqa: ANN001 - an
     return [np.concatenate(chunks, axis=0) for chunks in per_output]
 
 
+def run_outputs(run, data: Dataset, states: tuple[tuple[str, int], ...]) -> tuple[list[np.ndarray], list | None]:  # noqa: ANN001
+    """A model's outputs on the whole split: (outputs, None), or for streaming data (every step's outputs, one
+    sample per step, sequence by sequence; the same as [S, T, ...] per output) with the model's own states."""
+    if data.sequences is None:
+        return run_all(run, data), None
+    steps, _ = run_sequences(run, data.sequences, list(states))
+    return flatten_steps(steps), steps
+
+
 @dataclass
 class ReferenceResult:
     outputs: list[np.ndarray]
@@ -135,13 +180,16 @@ class ReferenceResult:
     latency: dict | None
     latency_by_threads: list[dict]
     input_stats: dict | None = None  # reference statistics of the validation inputs (drift asset)
+    step_outputs: list[np.ndarray] | None = None  # streaming: [S, T, ...] per output, on the model's own states
+    cache: str | None = None  # "hit" when read from the build cache (mobex.cache), "miss", "off"; None: not asked
 
 
 def run_reference(model, recipe: Recipe, data: Dataset) -> ReferenceResult:  # noqa: ANN001 - torch module
     """The original model in torch: outputs on the whole split, task metrics, latency per thread count.
 
-    Load time is that of a fresh `load_model(recipe)` (the recipe's source and weights), measured
-    only when the model passed in is that model: after pruning it is not, and load time is left out.
+    A streaming model runs every sequence step by step on its own state, as every variant does. Load time is
+    that of a fresh `load_model(recipe)` (the recipe's source and weights), measured only when the model
+    passed in is that model: after pruning it is not, and load time is left out.
     """
     import torch
 
@@ -149,7 +197,14 @@ def run_reference(model, recipe: Recipe, data: Dataset) -> ReferenceResult:  # n
 
     names = [i.name for i in recipe.inputs]
     runner = TorchRunner(model, names, num_threads=recipe.latency.threads[0])
-    outputs = run_all(runner.run, data)
+    steps = None
+    if data.sequences is not None:
+        states = state_indices(recipe, recipe.output_names(len(runner.run(data.feed(0)))))
+        steps, fed = run_sequences(runner.run, data.sequences, states)
+        outputs = flatten_steps(steps)
+        data = data.with_fed_states(fed)  # the drift statistics see the states the model really fed itself
+    else:
+        outputs = run_all(runner.run, data)
     latencies = []
     first = data.feed(0)
     fresh = recipe.prune is None
@@ -171,7 +226,8 @@ def run_reference(model, recipe: Recipe, data: Dataset) -> ReferenceResult:  # n
             stats.load_ms = None
         latencies.append(stats.to_dict())
     torch.set_num_threads(recipe.latency.threads[0])
-    metrics = reference_task_metrics(outputs, task=recipe.model.task, labels=data.batch_labels())
+    spec = tasks.TaskSpec.of(recipe, recipe.output_names(len(outputs)))
+    metrics = tasks.reference_metrics(spec, outputs, data.batch_labels())
     return ReferenceResult(
         outputs,
         metrics,
@@ -180,6 +236,7 @@ def run_reference(model, recipe: Recipe, data: Dataset) -> ReferenceResult:  # n
         input_stats=reference_statistics(
             _used(data), None, None, task=recipe.model.task, preprocessing=recipe.preprocessing.record()
         ),
+        step_outputs=steps,
     )
 
 
@@ -200,63 +257,103 @@ def validate_variant(
 
     start = time.perf_counter()
     variant, request = built.artifact, built.request
-    target = plugins.target(request.target)
-    notes = list(variant.notes)
-    backend = status = None
-    parity = latency = None
-    by_threads: list[dict] = []
-    stats = None
-    not_run: str | None = None
+    run = _Run(notes=list(variant.notes))
     metrics: dict[str, float | None] = {"size_bytes": float(variant.size_bytes)}
+    not_run: str | None = None
     try:
-        info = _runner(target, variant, options, plan)
-        backend = info.backend
-        notes.extend(info.notes)
-        outputs = run_all(info.runner.run, data)
-        parity = parity_summary(
-            list(plan.output_names),
-            reference.outputs,
-            outputs,
-            task=plan.task,
-            labels=data.batch_labels(),
-            num_classes=plan.num_classes,
-        )
-        metrics.update({k: v for k, v in parity.items() if isinstance(v, (int, float))})
-        stats = _variant_stats(reference, outputs, list(plan.output_names), plan, data)
-        make = target.latency_runner(variant.path, options)
-        if make is not None:
-            by_threads = _latency(make, plan, data)
-            latency = by_threads[0]
-            metrics["p50_ms"] = latency["p50_ms"]
-        elif info.latency_note:
-            notes.append(info.latency_note)
+        _measure(run, plugins.target(request.target), variant, options, plan, data, reference)
+        metrics.update({k: v for k, v in run.parity.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        if run.latency is not None:
+            metrics["p50_ms"] = run.latency["p50_ms"]
     except NotRunnable as exc:
-        backend = exc.backend or backend
+        run.backend = exc.backend or run.backend
         not_run = str(exc)
-        status = f"not run: {exc}"
+        run.status = f"not run: {exc}"
     except Exception as exc:  # a runtime failure of the exported model is a result, not a crash
         not_run = f"{type(exc).__name__}: {exc}"
-        status = f"failed to run: {not_run}"
+        run.status = f"failed to run: {not_run}"
+    has_labels = data.labels is not None
     results = gates_mod.evaluate(
-        request.spec, plan.task, metrics, plan.gates, not_run, has_labels=data.labels is not None
+        request.spec, plan.task, metrics, plan.gates, not_run, has_labels=has_labels, not_applicable=run.not_applicable
     )
+    skipped = gates_mod.not_applied(request.spec, plan.task, plan.gates, run.not_applicable, has_labels)
     return VariantResult(
         request=request,
-        status=status or "validated",
+        status=run.status or "validated",
         size_bytes=variant.size_bytes,
-        backend=backend,
-        parity=parity,
-        latency=latency,
-        latency_by_threads=tuple(by_threads),
+        backend=run.backend,
+        parity=run.parity or None,
+        latency=run.latency,
+        latency_by_threads=tuple(run.by_threads),
         gates=tuple(g.to_dict() for g in results),
         passed=all(g.passed for g in results),
-        notes=tuple(notes),
+        notes=tuple(run.notes),
         export_seconds=round(variant.seconds, 3),
         validate_seconds=round(time.perf_counter() - start, 3),
         artifact=variant,
-        reference_stats=stats,
+        reference_stats=run.stats,
         quantization_details=variant.details,
+        gates_not_applied=tuple(skipped) if not_run is None else (),
+        delegation=run.delegation,
+        io_contract=io_contract(plan, data, reference),
     )
+
+
+@dataclass
+class _Run:
+    """What running one variant found, filled in step by step (a failure keeps what was found before it)."""
+
+    notes: list[str]
+    backend: str | None = None
+    status: str | None = None
+    parity: dict = field(default_factory=dict)
+    not_applicable: dict[str, str] = field(default_factory=dict)
+    latency: dict | None = None
+    by_threads: list[dict] = field(default_factory=list)
+    stats: dict | None = None
+    delegation: dict | None = None
+
+
+def _measure(
+    run: _Run, target: Any, variant: ExportedVariant, options: Any, plan: ValidationPlan, data: Dataset,
+    reference: ReferenceResult,
+) -> None:  # fmt: skip
+    """Run the variant on the split (streaming: step by step on its own state), then time it."""
+    info = _runner(target, variant, options, plan)
+    run.backend, run.delegation = info.backend, info.delegation
+    run.notes.extend(info.notes)
+    outputs, steps = run_outputs(info.runner.run, data, plan.states)
+    evaluation = tasks.evaluate(plan.spec, reference.outputs, outputs, data.batch_labels())
+    run.parity, run.not_applicable = evaluation.parity, evaluation.not_applicable
+    if steps is not None and reference.step_outputs is not None:
+        run.parity["streaming"] = {
+            "state": [{"input": name, "output": plan.output_names[i]} for name, i in plan.states],
+            **step_parity(list(plan.output_names), reference.step_outputs, steps),
+        }
+    run.stats = _variant_stats(reference, outputs, list(plan.output_names), plan, data)
+    make = target.latency_runner(variant.path, options)
+    if make is not None:
+        run.by_threads = _latency(make, plan, data)
+        run.latency = run.by_threads[0]
+    elif info.latency_note:
+        run.notes.append(info.latency_note)
+
+
+def io_contract(plan: ValidationPlan, data: Dataset, reference: ReferenceResult) -> dict:
+    """Per input: the dtype the original model takes (`torch_dtype`) and, for integer inputs, the range of
+    values validated (`checked_range`, over the validation data); per output: the dtype it returns."""
+    inputs = []
+    for name, dtype in plan.input_dtypes:
+        entry: dict[str, Any] = {"name": name, "torch_dtype": dtype}
+        arr = data.arrays.get(name)
+        if arr is not None and arr.size and np.dtype(dtype).kind in "iu":
+            entry["checked_range"] = [int(arr.min()), int(arr.max())]
+        inputs.append(entry)
+    outputs = [
+        {"name": name, "torch_dtype": np.asarray(out).dtype.name}
+        for name, out in zip(plan.output_names, reference.outputs, strict=True)
+    ]
+    return {"inputs": inputs, "outputs": outputs}
 
 
 def _runner(target: Any, variant: ExportedVariant, options: Any, plan: ValidationPlan) -> RunnerInfo:
@@ -274,7 +371,7 @@ def _variant_stats(
     base = reference.input_stats or reference_statistics(
         _used(data), None, None, task=plan.task, preprocessing=plan.preprocessing
     )
-    own = reference_statistics({}, outputs, output_names, task=plan.task)
+    own = reference_statistics({}, outputs, output_names, task=plan.task, class_output=plan.spec.class_output)
     return {**base, "plans": base["plans"] + own["plans"], "features": base["features"] + own["features"]}
 
 

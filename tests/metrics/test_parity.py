@@ -29,7 +29,7 @@ def test_known_error_and_snr() -> None:
 
 
 def test_cosine_catches_sign_flip_and_nan() -> None:
-    ref = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
+    ref = np.array([[1.0, 2.0, 3.0, 4.0, 5.0], [3.0, 4.0, 5.0, 6.0, 7.0]], np.float32)
     cand = ref.copy()
     cand[1] *= -1
     assert output_parity("y", ref, cand).cosine_min == pytest.approx(-1.0)

@@ -155,3 +155,37 @@ def test_delegate_partitions_show_ops_outside_xnnpack(tmp_path: Path) -> None:
     q = quantize_tflite(base, "int8", tmp_path / "hs-int8.tflite", calibration=feeds, int8=Int8Options(fallback=False))
     assert TfliteRunner(base.path).delegate_partitions() == 1
     assert TfliteRunner(q.path).delegate_partitions() == 2  # conv | HARD_SWISH outside | conv
+    ops = TfliteRunner(q.path).delegation()
+    assert ops is not None and ops.partitions == 2
+    on_reference = [op.op for op in ops.reference_ops]
+    assert on_reference == ["HARD_SWISH"]  # the one op XNNPACK has no int8 kernel for
+    convs = [op for op in ops.ops if op.op in ("CONV_2D", "DEPTHWISE_CONV_2D")]  # a 1-channel conv is depthwise
+    assert [op.partition for op in convs] == [0, 1]  # one convolution in each partition
+    report = ops.to_dict()
+    assert report["by_op"]["HARD_SWISH"] == {"xnnpack": 0, "reference": 1}
+    assert report["delegated_ops"] + report["reference_ops"] == report["ops"] == len(report["per_op"])
+    assert all(op.partition == 0 for op in TfliteRunner(base.path).delegation().ops)
+
+
+def test_delegation_walks_each_partition_back_to_its_inputs() -> None:
+    """A node list as LiteRT gives it: the model's ops, then a DELEGATE node per partition (boundary tensors)."""
+    from mobex.runtime.litert import delegation_of
+
+    def node(index: int, name: str, inputs: list[int], outputs: list[int]) -> dict:
+        return {"index": index, "op_name": name, "inputs": inputs, "outputs": outputs}
+
+    nodes = [
+        node(0, "QUANTIZE", [0], [1]),
+        node(1, "CONV_2D", [1, 9, 10], [2]),
+        node(2, "PRELU", [2, 11], [3]),  # outside XNNPACK
+        node(3, "CONV_2D", [3, 12, 13], [4]),
+        node(4, "DEQUANTIZE", [4], [5]),
+        node(5, "DELEGATE", [0, 9, 10], [2]),
+        node(6, "DELEGATE", [3, 12, 13], [5]),
+    ]
+    found = delegation_of(nodes, {2: "Block_0/conv", 3: "Block_0/prelu"})
+    assert found.partitions == 2
+    assert [(op.op, op.partition) for op in found.ops] == [
+        ("QUANTIZE", 0), ("CONV_2D", 0), ("PRELU", None), ("CONV_2D", 1), ("DEQUANTIZE", 1),
+    ]  # fmt: skip
+    assert found.ops[2].tensor == "Block_0/prelu" and found.to_dict()["per_op"][2]["kernel"] == "reference"

@@ -162,7 +162,8 @@ def test_contract_health_metrics_and_openapi(digits, digits_server, client_for) 
     assert digits_server.sock.proto == socket.IPPROTO_TCP
     c = client_for(digits_server.url)
     contract = c.request("GET", "/v1/models/digits-cnn").json()
-    assert contract["inputs"] == [{"dtype": "float32", "name": "image", "shape": [1, 1, 8, 8]}]
+    image = {"dtype": "float32", "name": "image", "shape": [1, 1, 8, 8], "torch_dtype": "float32"}
+    assert contract["inputs"] == [image]
     assert contract["preprocessing"]["range"] == [0.0, 1.0] and contract["labels"][:2] == ["0", "1"]
     assert contract["batch"] == 1 and contract["model"]["sha256"] == digits_server.service.model.info.sha256
     assert contract["validated"]["accuracy"] == pytest.approx(0.9888888888888889)

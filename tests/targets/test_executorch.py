@@ -132,6 +132,8 @@ def test_the_targets_runner_io_and_manifest_on_a_real_pte(tabular_pte: Path) -> 
     assert [(t.name, t.shape) for t in outputs] == [("logits", (1, 3))]
     info = target.runner(tabular_pte, None, 1)
     assert info.backend == "executorch" and isinstance(info.runner, ExecutorchRunner) and info.notes == ()
+    assert info.delegation == {"delegate": "XnnpackBackend", "partitions": 1, "reference_ops": 0,
+                               "reference_kernels": "ExecuTorch portable kernels", "by_op": {}}  # fmt: skip
     feed = {"features": np.linspace(0, 1000, 13, dtype=np.float32).reshape(1, 13)}
     from mobex.recipe import load_recipe
     from mobex.sources import load_model
@@ -204,6 +206,7 @@ def test_a_build_ships_executorch_int8_on_android_and_the_coreml_delegate_on_ios
     }
     assert entries["android/executorch:int8"]["latency"]["p50_ms"] > 0 and entries["android/fp32"]["latency"]
     assert entries["ios/executorch:coreml-fp16"]["latency"] is None
+    assert entries["android/executorch:int8"]["delegation"]["partitions"] == 1
     assert entries["android/executorch:int8"]["quantization_details"]["calibration_samples"] > 0
     assert [v["id"] for v in result.report["variants"] if v["shipped"]] == [
         "android/executorch:int8", "ios/executorch:coreml-fp16"

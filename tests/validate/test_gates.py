@@ -54,10 +54,51 @@ def test_failing_gate_says_by_how_much() -> None:
         "classification",
         {"top1_agreement": 0.9, "accuracy_drop": 0.0, "cosine_min": 0.99, "snr_db": 20.0},
         GatesSection(),
+        not_applicable=NO_SMALL_OUTPUTS,
     )
     failed = [r for r in results if not r.passed]
     assert [r.metric for r in failed] == ["top1_agreement"]
     assert "must be >= 0.97" in failed[0].message and "off by 0.07" in failed[0].message
+
+
+NO_SMALL_OUTPUTS = {"range_error_max": "no small output", "range_error_mean": "no small output"}
+
+
+def test_a_meaningless_metric_is_not_gated_by_default_and_the_report_says_why() -> None:
+    from mobex.validate.gates import not_applied
+
+    why = {**NO_SMALL_OUTPUTS, "cosine_min": "every output has 1 value per sample"}
+    metrics = {"top1_agreement": 1.0, "accuracy_drop": 0.0, "snr_db": 20.0, "cosine_min": None}
+    results = evaluate(TFLITE_INT8, "classification", metrics, GatesSection(), not_applicable=why)
+    assert {r.metric for r in results} == {"top1_agreement", "accuracy_drop", "snr_db"}
+    assert all(r.passed for r in results)
+    skipped = not_applied(TFLITE_INT8, "classification", GatesSection(), why)
+    assert {s["metric"] for s in skipped} == {"cosine_min", "range_error_max", "range_error_mean"}
+    cosine = next(s for s in skipped if s["metric"] == "cosine_min")
+    assert cosine["limit"] == 0.95 and "1 value" in cosine["reason"] and cosine["source"].startswith("default")
+    # without the reason, an unmeasured default fails as before: nothing passes silently
+    plain = evaluate(TFLITE_INT8, "classification", metrics, GatesSection(), not_applicable=NO_SMALL_OUTPUTS)
+    assert [r.metric for r in plain if not r.passed] == ["cosine_min"]
+
+
+def test_a_recipe_limit_on_a_meaningless_metric_fails_and_says_why() -> None:
+    gates = GatesSection(all={"cosine_min": 0.99})
+    why = {"cosine_min": "every output has 1 value per sample"}
+    results = evaluate(TFLITE_INT8, "other", {"snr_db": 30.0}, gates, not_applicable={**NO_SMALL_OUTPUTS, **why})
+    cosine = next(r for r in results if r.metric == "cosine_min")
+    assert not cosine.passed and "not meaningful" in cosine.message and "1 value per sample" in cosine.message
+
+
+def test_task_defaults() -> None:
+    gates = GatesSection()
+    detection = limits_for(TFLITE_INT8, "detection", gates)
+    assert detection["map50_agreement"] == (0.90, "default (int8, detection)")
+    assert {"matched_iou_mean", "score_error_mean", "map50_drop"} <= set(detection)
+    assert "map50_drop" not in limits_for(TFLITE_INT8, "detection", gates, has_labels=False)
+    assert limits_for(variant("tflite", "fp32"), "segmentation", gates)["pixel_agreement"][0] == 0.999
+    assert "miou_drop" not in limits_for(TFLITE_INT8, "segmentation", gates, has_labels=False)
+    assert limits_for(variant("coreml", "fp16"), "embedding", gates)["recall_at_k"][0] == 0.98
+    assert "recall_at_k" not in limits_for(TFLITE_INT8, "classification", gates)
 
 
 def test_unmeasured_metric_fails_unless_allowed() -> None:

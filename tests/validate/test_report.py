@@ -78,6 +78,16 @@ def test_bundle_report_drops_volatile_fields(built_digits) -> None:
         assert v["parity"] is None or "abs_error_histogram" in v["parity"]["outputs"][0]
 
 
+def test_bundle_report_keeps_the_recurrent_decision_without_its_timings(built_digits) -> None:
+    report = copy.deepcopy(built_digits.report)
+    measured = {"kept_float": True, "why": "int8 was not faster", "int8": {"p50_ms": 0.9, "snr_db": 30.0},
+                "float": {"p50_ms": 0.8, "snr_db": 41.0}}  # fmt: skip
+    report["variants"][1]["quantization_details"] = {"recurrent": measured, "cost": {"p50_ms": {}}}
+    inner = bundled_report(report)["variants"][1]["quantization_details"]
+    assert inner == {"recurrent": {"kept_float": True, "why": "int8 was not faster", "int8": {"snr_db": 30.0},
+                                   "float": {"snr_db": 41.0}}}  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def chromium() -> str:
     """The browser, checked before the session's digits build is made (session fixtures come first)."""
@@ -115,3 +125,24 @@ def test_report_renders_in_headless_chromium(chromium: str, built_digits, tmp_pa
 def test_reports_are_valid_json_without_nan(built_digits) -> None:
     text = (built_digits.out / "report.json").read_text()
     json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in report.json"))
+
+
+def test_html_shows_delegation_gates_not_applied_task_metrics_and_steps(built_digits) -> None:
+    page = (built_digits.out / "report.html").read_text()
+    assert "<h2>Delegation</h2>" in page and "android/dynamic-int8: every op" in page
+    assert "Not applied: the metric cannot tell good from bad" in page and "range_error_max" in page
+    report = copy.deepcopy(built_digits.report)
+    report["recipe"]["task"] = "detection"
+    v = report["variants"][1]
+    v["parity"].update({"map50_agreement": 0.934, "matched_iou_mean": 0.97, "detections": 210})
+    v["delegation"]["by_op"]["HARD_SWISH"] = {"xnnpack": 0, "reference": 3}
+    v["delegation"]["per_op"].append({"index": 99, "op": "HARD_SWISH", "tensor": "Block_3/act", "kernel": "reference",
+                                      "partition": None})  # fmt: skip
+    v["parity"]["streaming"] = {
+        "per_step": [{"step": t, "max_abs_error": 0.01 * (t + 1)} for t in range(12)],
+        "last_step": {"max_abs_error": 0.12},
+    }
+    page = render_html(report)
+    assert "mAP@0.5 vs original" in page and "0.934" in page
+    assert "HARD_SWISH ×3" in page and "Block_3/act" in page
+    assert 'aria-label="worst absolute error per step' in page and "<polyline" in page

@@ -53,6 +53,7 @@ class EtInt8Options:
     max_fallback_layers: int = 8
     sensitivity_samples: int = 32
     task: str = "other"
+    class_output: int = 0  # classification: the output holding the class scores
     limits: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -236,7 +237,8 @@ class ExecutorchInt8:
         from mobex.metrics.parity import parity_summary
 
         summary = parity_summary(
-            self.output_names, reference, outputs, task=self.options.task, labels=None, num_classes=None
+            self.output_names, reference, outputs, task=self.options.task, labels=None, num_classes=None,
+            class_output=self.options.class_output,
         )
         return {k: float(summary[k]) for k in _SEARCH_METRICS if isinstance(summary.get(k), (int, float))}
 

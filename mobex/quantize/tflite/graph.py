@@ -151,6 +151,38 @@ class TfliteGraph:
         return [op for op in self.ops if not op.kind.startswith("OP_") and op.kind not in ("QUANTIZE", "DEQUANTIZE")]
 
 
+# TFLite's fused recurrent ops, and the torch modules whose unrolled ops (FULLY_CONNECTED, LOGISTIC, TANH, MUL,
+# ADD, SLICE per step) litert-torch names after them: a recurrent state passes through them at every step, so
+# int8 rounding of it compounds over the sequence.
+RECURRENT_OPS = frozenset(
+    {
+        "UNIDIRECTIONAL_SEQUENCE_LSTM",
+        "BIDIRECTIONAL_SEQUENCE_LSTM",
+        "UNIDIRECTIONAL_SEQUENCE_RNN",
+        "BIDIRECTIONAL_SEQUENCE_RNN",
+        "LSTM",
+        "RNN",
+        "OP_UNIDIRECTIONAL_SEQUENCE_LSTM",
+        "OP_BIDIRECTIONAL_SEQUENCE_LSTM",
+        "OP_UNIDIRECTIONAL_SEQUENCE_RNN",
+        "OP_BIDIRECTIONAL_SEQUENCE_RNN",
+        "OP_LSTM",
+        "OP_RNN",
+    }
+)
+_RECURRENT_MODULE = re.compile(r"torch\.nn\.modules\.rnn\.(LSTM|GRU|RNN)(Cell)?_")
+
+
+def recurrent_ops(graph: TfliteGraph) -> list[OpInfo]:
+    """The ops of recurrent layers: fused sequence ops, and ops named after an nn.LSTM/GRU/RNN(Cell) module."""
+    return [
+        op
+        for op in graph.ops
+        if op.kind not in ("QUANTIZE", "DEQUANTIZE")
+        and (op.kind in RECURRENT_OPS or _RECURRENT_MODULE.search(op.scope))
+    ]
+
+
 # Ops that do real arithmetic on weights or two activations: never added to a float set for free.
 _HEAVY_OPS = frozenset({*WEIGHTED_OPS, "BATCH_MATMUL", "TRANSPOSE_CONV", "EMBEDDING_LOOKUP"})
 
@@ -226,6 +258,51 @@ def with_float_islands(graph: TfliteGraph, float_scopes: frozenset[str], float_i
                 chosen.update(op.scope for op in ops)
                 grown = True
     return frozenset(chosen)
+
+
+def reconnect_int8_readers(model: bytearray) -> int:
+    """Make int8 ops read the int8 tensor behind a dequantized graph output, in place; returns how many inputs.
+
+    With float model outputs, ai-edge-quantizer puts a DEQUANTIZE behind an int8 output tensor and makes the
+    float copy the graph's output, but an int8 op that also reads that tensor (a streaming model's next state
+    feeding its head, a feature output feeding a classifier) is left reading the float copy, and LiteRT refuses
+    the model ("FULLY_CONNECTED ... INT8 != FLOAT32"). This points such inputs back at the int8 tensor.
+    """
+    import struct
+
+    from ai_edge_litert import schema_py_generated as schema
+
+    root = schema.Model.GetRootAs(model, 0)
+    graph = root.Subgraphs(0)
+    outputs = {int(t) for t in graph.OutputsAsNumpy()}
+    ops = [graph.Operators(i) for i in range(graph.OperatorsLength())]
+
+    def kind(op: Any) -> int:
+        code = root.OperatorCodes(op.OpcodeIndex())
+        return max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+
+    def is_int8(t: int) -> bool:
+        return t >= 0 and graph.Tensors(t).Type() == schema.TensorType.INT8
+
+    dequantized = {  # float graph output -> the int8 tensor it was dequantized from
+        int(op.Outputs(0)): int(op.Inputs(0))
+        for op in ops
+        if kind(op) == schema.BuiltinOperator.DEQUANTIZE and op.OutputsLength() and int(op.Outputs(0)) in outputs
+        and is_int8(int(op.Inputs(0)))
+    }  # fmt: skip
+    changed = 0
+    for op in ops:
+        if kind(op) in (schema.BuiltinOperator.DEQUANTIZE, schema.BuiltinOperator.QUANTIZE):
+            continue
+        if not any(is_int8(int(op.Outputs(k))) for k in range(op.OutputsLength())):
+            continue  # a float op reads the float copy, as it should
+        start = op._tab.Vector(op._tab.Offset(6))  # noqa: SLF001 - the `inputs` vector, rewritten in place
+        for j in range(op.InputsLength()):
+            source = dequantized.get(int(op.Inputs(j)))
+            if source is not None:
+                struct.pack_into("<i", model, start + 4 * j, source)
+                changed += 1
+    return changed
 
 
 def writable_tensor(model: bytearray, tensor: int, dtype: Any) -> np.ndarray:

@@ -32,7 +32,13 @@ from mobex.quantize.tflite.bias_range import WidenedChannels, fit_int32_biases
 from mobex.quantize.tflite.calibration import RANGE_METHODS, Calibration, calibrate
 from mobex.quantize.tflite.equalize import Equalization, equalize
 from mobex.quantize.tflite.gptq import GptqCache, RoundedOp, int8_safe_weights, round_weights, weight_inputs
-from mobex.quantize.tflite.graph import OpInfo, TfliteGraph, with_float_islands
+from mobex.quantize.tflite.graph import (
+    OpInfo,
+    TfliteGraph,
+    reconnect_int8_readers,
+    recurrent_ops,
+    with_float_islands,
+)
 from mobex.quantize.tflite.qat import FinetuneReport, FinetuneSettings, UnsupportedGraph, finetune_int8
 from mobex.quantize.tflite.search import DAMAGE_FLOOR_DB, SearchResult, search_fallback
 
@@ -43,6 +49,8 @@ _SEARCH_METRICS = {
     "snr_db": "min",
     "max_abs_error": "max",
     "mean_abs_error": "max",
+    "range_error_max": "max",  # outputs of a few values (no cosine): error over the output's range
+    "range_error_mean": "max",
 }
 
 
@@ -62,6 +70,7 @@ class Int8Options:
     equalize_weights: bool = False
     equalize_relu6: bool = True  # also scale up the small channels of ReLU6 outputs (equalize.py)
     task: str = "other"
+    class_output: int = 0  # classification: the output holding the class scores
     limits: dict[str, float] = field(default_factory=dict)  # gate metric -> limit the variant must meet
     sensitivity_samples: int = 32
     num_threads: int = 1
@@ -73,7 +82,6 @@ class Int8Options:
             raise ValueError(f"range_estimation must be one of {', '.join(RANGE_METHODS)}")
         if self.weight_rounding not in ("gptq", "nearest"):
             raise ValueError("weight_rounding must be 'gptq' or 'nearest'")
-
 
 
 def search_limits(limits: dict[str, float]) -> dict[str, tuple[float, str]]:
@@ -100,6 +108,9 @@ def search_limits(limits: dict[str, float]) -> dict[str, tuple[float, str]]:
     return out
 
 
+# Recurrent ops go int8 only when that model is at most this fraction of the float-recurrent one's p50: a smaller
+# difference is timing noise (two timings of one model differ by several percent on a shared host).
+RECURRENT_INT8_SPEEDUP = 0.9
 HOLDOUT_EVERY = 10  # every 10th training sample is held out of fine-tuning and the search, to judge them on
 HELD_OUT_MAX = 256  # at most this many of them (evenly spread): each passing search candidate runs on them
 HELD_OUT = "held_out_"  # prefix of the held-out metrics in a search candidate's metrics
@@ -128,6 +139,35 @@ class FinetuneTrial:
 
 
 @dataclass
+class RecurrentChoice:
+    """Recurrent ops stay float (int8 weights where int8 holds them: hybrid) unless int8 measured better: passing
+    the limits on the calibration data and faster. Both candidates are built and measured."""
+
+    ops: list[OpInfo]
+    kept_float: bool
+    int8: dict[str, float]  # calibration metrics of the full-int8 model, with its p50_ms
+    float: dict[str, float]  # the same with the recurrent ops in float
+    int8_passed: bool
+
+    def to_dict(self) -> dict:
+        if self.kept_float:
+            why = (
+                "int8 failed the limits on calibration data"
+                if not self.int8_passed
+                else f"int8 was not faster than {RECURRENT_INT8_SPEEDUP:g}x the float-recurrent model's p50"
+            )
+        else:
+            why = "int8 passed the limits on calibration data and was faster"
+        return {
+            "ops": [op.label for op in self.ops],
+            "kept_float": self.kept_float,
+            "why": why,
+            "int8": {k: round(v, 6) for k, v in self.int8.items()},
+            "float": {k: round(v, 6) for k, v in self.float.items()},
+        }
+
+
+@dataclass
 class Int8Result:
     model: bytes
     metrics: dict[str, float]  # on the calibration data, against the float model
@@ -146,6 +186,7 @@ class Int8Result:
     p50_ms: float | None = None
     finetune: list[FinetuneTrial] = field(default_factory=list)  # quantization-aware fine-tuning runs
     finetune_skipped: str | None = None  # why fine-tuning was configured but not run
+    recurrent: RecurrentChoice | None = None  # the measured default for recurrent ops, when there are any
 
     def details(self) -> dict:
         """How the model was made, for the report's `quantization_details` (it travels in the variant)."""
@@ -157,7 +198,7 @@ class Int8Result:
                     "name": op.label,
                     "scope": op.scope,
                     "weights": "int8" if op.scope in self.int8_weight_ops else "float",
-                    "reason": "between float ops" if op.scope in self.islands else "sensitive",
+                    "reason": self._reason(op),
                 }
                 for op in self.fallback
             ],
@@ -180,6 +221,8 @@ class Int8Result:
             "search": [],
             "sensitivity": [],
         }
+        if self.recurrent is not None:
+            out["recurrent"] = self.recurrent.to_dict()
         if self.finetune or self.finetune_skipped:
             out["finetune"] = {"trials": [t.to_dict() for t in self.finetune], "skipped": self.finetune_skipped}
         if self.search is not None:
@@ -194,6 +237,11 @@ class Int8Result:
                 "p50_ms": {"int8": self.plain_p50_ms, "with_fallback": self.p50_ms},
             }
         return out
+
+    def _reason(self, op: OpInfo) -> str:
+        if self.recurrent is not None and self.recurrent.kept_float and op in self.recurrent.ops:
+            return "recurrent"
+        return "between float ops" if op.scope in self.islands else "sensitive"
 
 
 class StaticInt8:
@@ -258,6 +306,8 @@ class StaticInt8:
         self._gptq: GptqCache = {}  # GPTQ's levels per op, shared by every candidate build
         # Ops that keep int8 weights when they fall back to float compute (needs the GPTQ input moments).
         self.int8_weight_ops = frozenset(int8_safe_weights(self.graph, self.calibration.moments))
+        # Ops every candidate keeps in float (recurrent ops, unless int8 measured better: `_recurrent_default`).
+        self.always_float: frozenset[str] = frozenset()
 
     def close(self) -> None:
         import shutil
@@ -275,9 +325,10 @@ class StaticInt8:
     def build(self, float_ops: frozenset[str] = frozenset(), only: str | None = None) -> bytes:
         """One int8 candidate: `float_ops` (scopes) kept in float, or only the op `only` quantized.
 
-        Cheap ops that would be int8 islands between float ops stay float too (`with_float_islands`)."""
+        Cheap ops that would be int8 islands between float ops stay float too (`with_float_islands`), and so do
+        the `always_float` ops."""
         if only is None:
-            float_ops = with_float_islands(self.graph, float_ops, float_io=not self.int8_io)
+            float_ops = with_float_islands(self.graph, float_ops | self.always_float, float_io=not self.int8_io)
         model = self.ai_edge_quantized(float_ops, only)
         graph = TfliteGraph(model)  # parsed once for the three rewrites (~0.3 s on EfficientNet-Lite0)
         plain = only is None and not float_ops  # the full-int8 model: its rewrites go into the details
@@ -306,7 +357,9 @@ class StaticInt8:
         qt = quantizer.Quantizer(self.float_bytes, recipe)
         with contextlib.redirect_stderr(io.StringIO()):
             result = qt.quantize(self.calibration.qsvs, enable_progress_bar=False, enable_progress_report=False)
-        return bytearray(result.quantized_model)
+        model = bytearray(result.quantized_model)
+        reconnect_int8_readers(model)  # an output that also feeds an int8 op (a streaming state): see graph.py
+        return model
 
     def evaluate(self, model: bytes, samples: int | None = None) -> dict[str, float]:
         """Parity metrics of `model` against the float model on the calibration feeds."""
@@ -321,7 +374,13 @@ class StaticInt8:
         path.write_bytes(model)
         outputs = _run_all(TfliteRunner(path, num_threads=self.options.num_threads), feeds)
         summary = parity_summary(
-            self.output_names, reference, outputs, task=self.options.task, labels=None, num_classes=None
+            self.output_names,
+            reference,
+            outputs,
+            task=self.options.task,
+            labels=None,
+            num_classes=None,
+            class_output=self.options.class_output,
         )
         return {k: float(summary[k]) for k in _SEARCH_METRICS if isinstance(summary.get(k), (int, float))}
 
@@ -374,13 +433,31 @@ class StaticInt8:
 
     def _with_islands(self, chosen: list[OpInfo]) -> tuple[list[OpInfo], frozenset[str]]:
         """The ops a build with `chosen` in float really computes in float, and which of them were added."""
-        scopes = frozenset(op.scope for op in chosen)
+        scopes = frozenset(op.scope for op in chosen) | self.always_float
         islands = self._islands(scopes)
         return [op for op in self.graph.ops if op.scope in scopes | islands], islands
 
     def _islands(self, scopes: frozenset[str]) -> frozenset[str]:
         """The ops a build keeping `scopes` in float keeps in float too (cheap ops between float ops)."""
+        scopes = scopes | self.always_float
         return with_float_islands(self.graph, scopes, float_io=not self.int8_io) - scopes
+
+    def _recurrent_default(self) -> RecurrentChoice | None:
+        """Measure the full-int8 model against one with the recurrent ops in float; keep them float unless int8
+        passes the limits and runs faster. Sets `always_float`. None when the model has no recurrent op."""
+        ops = recurrent_ops(self.graph)
+        if not ops:
+            return None
+        scopes = frozenset(op.scope for op in ops)
+        int8_model, float_model = self.build(), self.build(scopes)
+        int8_metrics, float_metrics = self.search_evaluate(int8_model), self.search_evaluate(float_model)
+        int8_metrics["p50_ms"], float_metrics["p50_ms"] = self.p50_ms(int8_model, 50), self.p50_ms(float_model, 50)
+        int8_metrics["size_bytes"], float_metrics["size_bytes"] = len(int8_model), len(float_model)
+        passed = self.search_passes(int8_metrics)
+        better = passed and int8_metrics["p50_ms"] < RECURRENT_INT8_SPEEDUP * float_metrics["p50_ms"]
+        if not better:
+            self.always_float = scopes
+        return RecurrentChoice(ops, not better, int8_metrics, float_metrics, passed)
 
     def _island_labels(self, scopes: frozenset[str]) -> list[str]:
         """`_islands` as op labels in graph order (for the search's trials)."""
@@ -456,7 +533,9 @@ class StaticInt8:
     # -- the whole flow ----------------------------------------------------------------------
 
     def quantize(self) -> Int8Result:
-        """Full int8; when it fails the limits on calibration data and fallback is on, search a fallback set."""
+        """Full int8 (recurrent ops in float unless int8 measured better); when it fails the limits on calibration
+        data and fallback is on, search a fallback set."""
+        recurrent = self._recurrent_default()
         model = self.build()
         metrics = self.search_evaluate(model)
         passed = self.search_passes(metrics) if self.limits else None
@@ -471,7 +550,12 @@ class StaticInt8:
             widened=list(self._widened),
             int8_weight_ops=self.int8_weight_ops,
             plain_size=len(model),
+            recurrent=recurrent,
         )
+        if recurrent is not None and recurrent.kept_float:
+            result.fallback, result.islands = self._with_islands([])
+            result.plain_size, result.plain_p50_ms = int(recurrent.int8["size_bytes"]), recurrent.int8["p50_ms"]
+            result.p50_ms = recurrent.float["p50_ms"]
         tune = self.options.finetune is not None and passed is False
         if tune and not self.training:
             result.finetune_skipped = "no training data given (it needs at least 2 samples: every 10th is held out)"
@@ -491,7 +575,7 @@ class StaticInt8:
                 if trial.passed:
                     return result
         if result.passed is False and self.options.fallback and self.options.max_fallback_layers > 0:
-            ops = self.graph.quantizable_ops()
+            ops = [op for op in self.graph.quantizable_ops() if op.scope not in self.always_float]
             search = search_fallback(
                 ops,
                 self.build,
@@ -516,7 +600,7 @@ class StaticInt8:
                 result.model, result.metrics, result.fallback = full_int8[1], full_int8[0].after, []
             if result.fallback:
                 result.fallback, result.islands = self._with_islands(result.fallback)
-                result.plain_p50_ms = self.p50_ms(model)
+                result.plain_p50_ms = recurrent.int8["p50_ms"] if recurrent else self.p50_ms(model)
                 result.p50_ms = self.p50_ms(result.model)
         return result
 
