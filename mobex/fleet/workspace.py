@@ -14,25 +14,32 @@ import glob
 import tomllib
 from pathlib import Path
 
+from mobex.bounded import LimitExceeded, check_toml_limits
 from mobex.errors import RecipeError, UsageError
 
 MAX_WORKSPACE_BYTES = 1 << 20
 
 
+def _read(path: Path) -> dict:
+    """The TOML document, size- and depth-checked before tomllib (which recurses once per nesting level)."""
+    with path.open("rb") as f:
+        data = f.read(MAX_WORKSPACE_BYTES + 1)
+    check_toml_limits(data, "a workspace file", max_bytes=MAX_WORKSPACE_BYTES)
+    return tomllib.loads(data.decode("utf-8"))
+
+
 def is_workspace(path: Path) -> bool:
     """True when `path` is a TOML file with a `[workspace]` table (and no `[model]`: then it is a recipe)."""
     try:
-        if path.stat().st_size > MAX_WORKSPACE_BYTES:
-            return False
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        doc = _read(path)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, LimitExceeded):
         return False  # load_recipe reports what is wrong with it
     return "workspace" in doc and "model" not in doc
 
 
 def workspace_recipes(path: Path) -> list[Path]:
     """The recipes a workspace file lists, in its order (patterns expanded and sorted)."""
-    doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    doc = _read(path)
     section = doc["workspace"]
     entries = section.get("recipes") if isinstance(section, dict) else None
     extra = sorted(set(section) - {"recipes"}) if isinstance(section, dict) else []

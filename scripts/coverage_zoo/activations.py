@@ -105,7 +105,7 @@ def _classifier(name: str, factory: Callable, inputs: tuple, dataset: Callable, 
 
 
 _classifier("prelu_conv2d", PReLUConv, (Input("image", (1, 1, 8, 8)),), data.digits, DIGITS,
-            ("PReLU per channel after Conv2d",), fast=True)  # fmt: skip
+            ("PReLU per channel after Conv2d",))  # fmt: skip
 _classifier("prelu_linear", lambda: MLP(30, 2, nn.PReLU), (Input("features", (1, 30)),), data.breast_cancer,
             "real: scikit-learn breast_cancer (30 features)", ("PReLU per channel after Linear (rank 2)",))  # fmt: skip
 _classifier("prelu_conv1d", PReLUConv1d, (Input("x", (1, 8, 8)),), data.digit_rows, DIGITS + " as 8x8 rows",

@@ -98,7 +98,7 @@ def _entry(name: str, factory, mask: bool, covers: tuple, bool_mask: bool = Fals
 
 
 _entry("text_masked_mean", MaskedMeanPool, True, ("nn.Embedding", "int64 ids", "int attention mask", "masked mean"),
-       needs="classification without labels: top-1 agreement", fast=True)  # fmt: skip
+       needs="classification without labels: top-1 agreement")  # fmt: skip
 _entry("text_bigru_encoder", BiGRUEncoder, True, ("nn.Embedding", "bidirectional nn.GRU encoder", "mask multiply"))
 _entry("text_char_cnn", CharCNN, False, ("nn.Embedding", "Conv1d widths 3/5", "amax over time"))
 _entry("text_torch_transformer", TorchTransformer, True,

@@ -1,9 +1,9 @@
 """Every coverage-zoo model through a real `mobex build` (scripts/coverage_zoo, scripts/coverage.py).
 
 Variants android fp32 / fp16 / dynamic-int8 and ios fp32 / fp16. A build takes about a minute on the
-2-core VM, so only the `fast` entries (a trained PReLU CNN, an LSTMCell loop with state in and out,
-a text model on int64 ids and a mask) run by default; the rest are marked slow and run only with
-MOBEX_COVERAGE_ZOO=1 (CI runs slow tests, and the whole zoo takes about an hour on 2 cores).
+2-core VM, so only the `fast` entry (an LSTMCell loop with state in and out) runs by default; the
+rest are marked slow and run only with MOBEX_COVERAGE_ZOO=1 (the whole zoo takes about an hour on 2
+cores). PReLU and int64-id inputs have their own fast tests (tests/converters, tests/test_data.py).
 
 Checked per model: both fp32 variants converted and pass their parity gates against torch (LiteRT;
 Core ML in the MIL reference interpreter). A Core ML variant whose program holds an op the reference

@@ -17,7 +17,6 @@ import torch
 
 from mobex.converters.tflite import convert_tflite
 from mobex.data import example_inputs, load_validation_and_calibration
-from mobex.metrics.limits import limits_for
 from mobex.metrics.parity import parity_summary
 from mobex.plugins import variant
 from mobex.recipe import load_recipe
@@ -61,10 +60,15 @@ def build_int8(s: Sample, tmp: Path, name: str = "int8", **overrides):
 
 
 def assert_int8_gate(recipe, parity: dict) -> None:
-    for metric, (limit, _) in limits_for(variant("tflite", "int8"), recipe.model.task, recipe.gates).items():
-        value = parity[metric]
-        ok = value <= limit if metric == "accuracy_drop" else value >= limit
-        assert ok, (metric, value, limit)
+    """The default int8 gates as the build applies them (metrics that cannot judge this model left out)."""
+    from mobex.metrics.parity import not_meaningful
+    from mobex.validate.gates import evaluate
+
+    spec = variant("tflite", "int8")
+    results = evaluate(spec, recipe.model.task, parity, recipe.gates, not_applicable=not_meaningful(parity))
+    assert {r.metric for r in results} >= {"top1_agreement"}, results
+    failed = [r.message for r in results if not r.passed]
+    assert not failed, failed
 
 
 def test_wine_mlp_keeps_its_raw_feature_standardisation_in_float(tmp_path: Path) -> None:
@@ -75,7 +79,7 @@ def test_wine_mlp_keeps_its_raw_feature_standardisation_in_float(tmp_path: Path)
     """
     sample = convert("tabular_mlp", tmp_path)
     _, broken = build_int8(sample, tmp_path, "plain", fallback=False)
-    assert broken["top1_agreement"] < 0.8 and broken["cosine_min"] < 0.5, broken  # the measured failure
+    assert broken["top1_agreement"] < 0.8, broken  # the measured failure (3 logits: no cosine is computed)
 
     q, parity = build_int8(sample, tmp_path)
     details = q.details
