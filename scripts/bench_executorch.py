@@ -138,28 +138,25 @@ def runner_for(row: Row) -> Any:
     return ExecutorchRunner(row.path, num_threads=1)
 
 
-def validate(rows: list[Row], recipe: Any, validation: Any, reference: list, names: list[str]) -> None:
-    """Parity and gates of every row on the whole validation split (as mobex.validate.validator does)."""
-    from mobex.metrics.parity import parity_summary
-    from mobex.plugins import variant
-    from mobex.validate import gates
-    from mobex.validate.validator import run_all
+def validate(rows: list[Row], recipe: Any, validation: Any, reference: Any, names: list[str]) -> None:
+    """Parity, task metrics and gates of every row on the whole validation split, by the validator of `mobex build`
+    (mobex.validate.validator.validate_variant), each row in its own runtime."""
+    from mobex.artifacts import ExportedVariant
+    from mobex.plugins import parse_request, target
+    from mobex.targets.base import BuiltVariant
+    from mobex.validate.validator import ValidationPlan, validate_variant
 
-    labels = recipe.labels()
+    plan = ValidationPlan.of(recipe, names)
     for row in rows:
-        outputs = run_all(runner_for(row).run, validation)
-        parity = parity_summary(
-            names, reference, outputs, task=recipe.model.task, labels=validation.batch_labels(),
-            num_classes=len(labels) if labels else None,
-        )  # fmt: skip
-        row.parity = {k: v for k, v in parity.items() if k != "outputs"}
-        metrics = {"size_bytes": float(row.size_bytes), **{k: v for k, v in parity.items() if isinstance(v, float)}}
-        spec = variant(row.target, row.quantization)
-        results = gates.evaluate(
-            spec, recipe.model.task, metrics, recipe.gates, has_labels=validation.labels is not None
-        )
-        row.gates = [g.to_dict() for g in results]
-        row.passed = all(g.passed for g in results)
+        spelled = row.quantization if row.target == "tflite" else f"{row.target}:{row.quantization}"
+        runtime = target(row.target)
+        inputs, outputs = runtime.read_io(row.path)
+        variant = ExportedVariant(row.target, "android", row.quantization, row.path, inputs, outputs, row.size_bytes)
+        built = BuiltVariant(parse_request("android", spelled), variant)
+        result = validate_variant(built, plan, runtime.options(recipe), validation, reference)
+        row.parity = {k: v for k, v in (result.parity or {}).items() if k != "outputs"}
+        row.gates = list(result.gates)
+        row.passed = result.passed
 
 
 def interleaved_p50(rows: list[Row], feed: dict, runs: int) -> None:
@@ -183,17 +180,16 @@ def run(recipe_path: Path, steps: bool) -> dict:
 
     from mobex.data import example_inputs, load_validation_and_calibration
     from mobex.recipe import load_recipe
-    from mobex.runtime.torch_model import TorchRunner
     from mobex.sources import load_model
-    from mobex.validate.validator import run_all
+    from mobex.validate.validator import run_reference
 
     torch.set_num_threads(1)
     recipe = load_recipe(recipe_path)
     validation, _ = load_validation_and_calibration(recipe)
     model = load_model(recipe)
     example = example_inputs(recipe, validation)
-    reference = run_all(TorchRunner(model, [i.name for i in recipe.inputs]).run, validation)
-    names = recipe.output_names(len(reference))
+    reference = run_reference(model, recipe, validation)
+    names = recipe.output_names(len(reference.outputs))
     workdir = Path(tempfile.mkdtemp(prefix="mobex-bench-et-"))
     try:
         started = time.perf_counter()
