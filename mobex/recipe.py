@@ -135,6 +135,9 @@ class DetectionSection(_Strict):
     max_detections: int = Field(default=100, ge=1)
     score_activation: Literal["none", "sigmoid", "softmax"] = "none"  # applied to the scores output first
     background_class: int | None = Field(default=None, ge=0)  # a class index that is not an object (SSD's 0)
+    # What the boxes are measured in: "pixels" of the model's input picture, or "normalized" (0..1 of its width
+    # and height). Only Core ML's Vision layout ([ios] detection_layout) reads it: Vision wants normalized boxes.
+    box_units: Literal["pixels", "normalized"] = "pixels"
 
     @model_validator(mode="after")
     def _distinct(self) -> DetectionSection:
@@ -247,6 +250,14 @@ class IosSection(PlatformSection):
     # default (None) for image classifiers only, `true` for every classifier, `false` for none.
     image_input: bool = True
     classifier: bool | None = None
+    # Detection models (task = "detection", mobex.converters.coreml_detection): "vision" gives the Core ML model
+    # Vision's object-detector outputs, `confidence` [boxes, classes] and `coordinates` [boxes, 4] (normalized
+    # centre x, centre y, width, height); "raw" keeps the recipe's outputs. Unset: "vision" for detectors with a
+    # Core ML image input (the models Vision serves), "raw" otherwise. `nms` (Vision layout only) makes the model a
+    # pipeline ending in Core ML's NonMaximumSuppression, so Vision returns VNRecognizedObjectObservations; unset:
+    # on whenever the layout is "vision".
+    detection_layout: Literal["vision", "raw"] | None = None
+    nms: bool | None = None
 
     @field_validator("minimum_deployment_target")
     @classmethod
@@ -498,6 +509,17 @@ class Recipe(_Strict):
                 raise ValueError(f"[{table}] is for task = {wanted!r}, but [model].task is {task!r}")
         if task == "detection" and self.detection is None:
             raise ValueError('task = "detection" needs a [detection] table naming the scores and boxes outputs')
+        if self.ios is not None and (self.ios.detection_layout == "vision" or self.ios.nms):
+            if task != "detection":
+                raise ValueError(
+                    '[ios] detection_layout = "vision" and nms = true are for task = "detection", '
+                    f"but the task is {task!r}"
+                )
+            if self.ios.nms and self.ios.detection_layout == "raw":
+                raise ValueError(
+                    "[ios] nms = true needs the Vision layout (the NMS model reads confidence and coordinates): "
+                    'drop detection_layout = "raw" or set nms = false'
+                )
         if self.model.class_output is not None and task != "classification":
             raise ValueError(f"[model].class_output is for task = 'classification', but the task is {task!r}")
         if task == "classification" and len(self.outputs) > 1 and self.model.class_output is None:

@@ -210,7 +210,9 @@ def _squares(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(images, 0, 1), labels
 
 
-def detection(folder: Path) -> Path:
+def detection(folder: Path, *, vision: str = "") -> Path:
+    """The square detector. `vision`: lines for `[ios]` (e.g. 'nms = true'); with them the recipe also gets an image
+    contract (1 channel, pixel / 255), so Core ML has an image input and the Vision detection layout."""
     module = _load(folder, DETECTOR)
     model = module.build()
     images, labels = _squares(1024, 0)
@@ -243,18 +245,21 @@ score_activation = "sigmoid"
 score_threshold = 0.5
 iou_threshold = 0.4
 """
-    return _written(
-        folder,
-        recipe_text(
-            "squares",
-            [("image", [1, 1, 32, 32], "float32")],
-            model='task = "detection"',
-            outputs=("scores", "boxes"),
-            tables=detection_table,
-            android='["fp32", "int8"]',
-            ios='["fp16"]',
-        ),
+    if vision:
+        detection_table += '\n[preprocessing]\nkind = "image"\ncolor = "L"\nscale = 255.0\n'
+    text = recipe_text(
+        "squares",
+        [("image", [1, 1, 32, 32], "float32")],
+        model='task = "detection"',
+        outputs=("scores", "boxes"),
+        tables=detection_table,
+        android='["fp32", "int8"]' if not vision else '["fp32"]',
+        ios='["fp16"]' if not vision else '["fp16", "int8-weights"]',
     )
+    if vision:
+        ios_line = 'variants = ["fp16", "int8-weights"]\n'
+        text = text.replace(ios_line, ios_line + vision + "\n")
+    return _written(folder, text)
 
 
 # --------------------------------------------------------------------------- segmentation

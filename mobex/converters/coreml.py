@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from mobex.artifacts import ExportedVariant, TensorSpec, path_size
 from mobex.converters import op_location
+from mobex.converters.coreml_detection import CONFIDENCE, COORDINATES, DetectionOptions, plan_detection, vision_module
 from mobex.converters.coreml_io import plan_interface
 from mobex.errors import ConversionError, UsageError
 from mobex.preprocessing import NoPreprocessing, PreprocessingContract
@@ -62,6 +63,7 @@ class CoreMLMetadata:
     task: str = "other"
     image_input: bool = True
     classifier: bool | None = None  # None: for image classifiers only (mobex.converters.coreml_io)
+    detection: DetectionOptions | None = None  # task = "detection": the Vision layout (coreml_detection)
 
 
 def resolve_target(name: str) -> Any:
@@ -153,6 +155,18 @@ def convert_coreml(
         image_input=metadata.image_input,
         classifier=metadata.classifier,
     )
+    detection = plan_detection(
+        metadata.detection if metadata.task == "detection" else None,
+        example_inputs,
+        output_names,
+        reference_outputs,
+        image_input=interface.image_input if interface.image is not None else None,
+        labels=metadata.labels,
+    )
+    if detection is not None:  # Vision's confidence / coordinates in place of the recipe's outputs
+        model = vision_module(model, detection, output_names)
+        ct_outputs = [ct.TensorType(name=n, dtype=np.float32) for n in (CONFIDENCE, COORDINATES)]
+        notes += detection.notes()
     model, interface_notes = interface.apply(model, example_inputs, ct_inputs)
     notes += interface_notes
 
@@ -200,8 +214,12 @@ def convert_coreml(
         )
 
     descriptions = interface.output_descriptions(metadata.output_descriptions, output_names)
+    if detection is not None:
+        descriptions = detection.output_descriptions()
     apply_metadata(mlmodel, replace(metadata, output_descriptions=descriptions))
     mlmodel.user_defined_metadata.update(interface.metadata())
+    if detection is not None:
+        mlmodel.user_defined_metadata.update(detection.metadata())
     save_package(mlmodel, out_path)
     notes.append("package made reproducible: conversion date dropped, manifest ids derived from content")
     return package_variant(out_path, precision, notes, started)
@@ -271,6 +289,13 @@ def save_package(mlmodel: Any, out_path: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def wrap_nms(program: Path, out_path: Path, layout: Any) -> None:
+    """Write `out_path`: the NMS pipeline of a Vision-layout ML program (coreml_detection.nms_pipeline)."""
+    from mobex.converters.coreml_detection import nms_pipeline
+
+    save_package(nms_pipeline(Path(program), layout), out_path)
+
+
 def make_reproducible(package: Path) -> None:
     """Drop the ExecuTorch debug map and give Manifest.json item ids derived from the package content.
 
@@ -314,12 +339,13 @@ def _serialize_spec_deterministically(package: Path) -> None:
 
 
 def read_io(package: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """Inputs and outputs as the saved package declares them (names, shapes, dtypes)."""
+    """Inputs and outputs as the saved package declares them (names, shapes, dtypes). Optional inputs (an NMS
+    pipeline's threshold overrides) are left out: the manifest's `detection` entry names them."""
     import coremltools as ct
 
     spec = ct.utils.load_spec(str(package))
     return (
-        [_tensor_spec(f) for f in spec.description.input],
+        [_tensor_spec(f) for f in spec.description.input if not f.type.isOptional],
         [_tensor_spec(f) for f in spec.description.output],
     )
 
@@ -338,6 +364,9 @@ def _tensor_spec(feature: Any) -> TensorSpec:
         return TensorSpec(name=feature.name, shape=(), dtype=kind or "unknown")
     array = feature.type.multiArrayType
     dtype = _ARRAY_DTYPES.get(array.dataType, f"coreml-{array.dataType}")
+    if not array.shape and array.shapeRange.sizeRanges:  # e.g. NMS outputs: [0..max boxes, classes]
+        dims = tuple(int(r.lowerBound) if r.lowerBound == r.upperBound else -1 for r in array.shapeRange.sizeRanges)
+        return TensorSpec(name=feature.name, shape=dims, dtype=dtype)
     return TensorSpec(name=feature.name, shape=tuple(int(d) for d in array.shape), dtype=dtype)
 
 
@@ -352,8 +381,11 @@ def native_image(feature: Any) -> dict[str, Any]:
 
 
 def read_interface(package: Path) -> dict[str, Any]:
-    """The native forms the package declares, for the manifest: image inputs and classifier outputs."""
+    """The native forms the package declares, for the manifest: image inputs, classifier outputs, and the
+    Vision detection layout (with its NMS stage, for a pipeline)."""
     import coremltools as ct
+
+    from mobex.converters.coreml_detection import read_detection
 
     spec = ct.utils.load_spec(str(package))
     out: dict[str, Any] = {}
@@ -365,6 +397,9 @@ def read_interface(package: Path) -> dict[str, Any]:
             "label_output": spec.description.predictedFeatureName,
             "scores_output": spec.description.predictedProbabilitiesName,
         }
+    detection = read_detection(spec)
+    if detection is not None:
+        out["detection"] = detection
     return out
 
 

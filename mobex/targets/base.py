@@ -97,6 +97,10 @@ class RunnerInfo:
     notes: tuple[str, ...] = ()
     latency_note: str | None = None
     delegation: dict | None = None
+    # The runner's outputs are in another form than the recipe's (Core ML's Vision detection layout): an object
+    # with `names` (its output names) and `evaluate(spec, reference, candidate, labels) -> Evaluation`, which
+    # brings the original's outputs to that form (mobex.metrics.vision_detection). None: the recipe's form.
+    view: Any = None
 
 
 class NotRunnable(Exception):

@@ -40,7 +40,13 @@ INFO = TargetInfo(
     file_format="mlpackage",
     title="Core ML",
     variant_hint=(
-        "fp32", "fp16", "int8-weights", "int4-weights", "w8a8", "palettize-<2|4|6|8>bit", "palettize-4bit-grouped",
+        "fp32",
+        "fp16",
+        "int8-weights",
+        "int4-weights",
+        "w8a8",
+        "palettize-<2|4|6|8>bit",
+        "palettize-4bit-grouped",
         "sparse-<1..99>",
     ),
     takes_torchscript=True,
@@ -78,6 +84,25 @@ class CoremlSession:
         self.weight_threshold = weight_threshold
         self.max_calibration_samples = max_calibration_samples
 
+    def ship(self, program: ExportedVariant, out: Path) -> ExportedVariant:
+        """The variant as shipped: the ML program itself, or (an NMS detection layout) the pipeline of it and a
+        NonMaximumSuppression model, written to `out` (mobex.converters.coreml_detection)."""
+        from mobex.converters.coreml import wrap_nms
+        from mobex.converters.coreml_detection import nms_layout
+
+        layout = nms_layout(program.path)
+        if layout is None:
+            return program
+        import time
+        from dataclasses import replace as _replace
+
+        from mobex.converters.coreml import package_variant
+
+        started = time.perf_counter()
+        wrap_nms(program.path, out, layout)
+        shipped = package_variant(out, program.quantization, list(program.notes), started)
+        return _replace(shipped, seconds=program.seconds + shipped.seconds, details=program.details)
+
     def base(self, precision: str) -> ExportedVariant:
         """The `precision` ("fp32"/"fp16") conversion; a failure is kept and re-raised for every variant."""
         if precision not in self._bases:
@@ -95,10 +120,13 @@ class CoremlSession:
         weights' rounding and corrects the biases (mobex.quantize.coreml.gptq), besides calibrating w8a8."""
         from mobex.quantize.coreml.compress import DEFAULT_WEIGHT_THRESHOLD, W8A8_MAX_SAMPLES, compress_coreml
 
-        return compress_coreml(
+        program = (
+            out.with_name(out.stem + "-program.mlpackage") if self.base("fp16").path.stem.endswith("-program") else out
+        )
+        made = compress_coreml(
             self.base("fp16"),
             name,
-            out,
+            program,
             compression=compression,
             deployment_target=self.options.deployment_target,
             weight_threshold=self.weight_threshold or DEFAULT_WEIGHT_THRESHOLD,
@@ -106,16 +134,17 @@ class CoremlSession:
             max_calibration_samples=self.max_calibration_samples or W8A8_MAX_SAMPLES,
             weight_rounding=self.options.weight_rounding,
         )
+        return self.ship(made, out)
 
 
 @register_variant(NAME, "fp32", family="fp32", description="ML program, float32 compute")
 def _fp32(session: CoremlSession, out: Path) -> ExportedVariant:
-    return session.base("fp32")
+    return session.ship(session.base("fp32"), out)
 
 
 @register_variant(NAME, "fp16", family="fp16", description="ML program, float16 compute")
 def _fp16(session: CoremlSession, out: Path) -> ExportedVariant:
-    return session.base("fp16")
+    return session.ship(session.base("fp16"), out)
 
 
 def _linear(dtype: str, granularity: str, **extra: Any) -> Any:
@@ -198,6 +227,18 @@ for _percent in range(1, 100):
     )  # fmt: skip
 
 
+def _detection_options(recipe: Recipe) -> Any:
+    from mobex.converters.coreml_detection import DetectionOptions
+
+    d, ios = recipe.detection, recipe.ios
+    if d is None:
+        return None
+    return DetectionOptions(
+        d.scores, d.boxes, d.box_format, d.box_units, d.score_activation, d.background_class, d.score_threshold,
+        d.iou_threshold, d.max_detections, ios.detection_layout if ios else None, ios.nms if ios else None,
+    )  # fmt: skip
+
+
 def swift_type_name(name: str) -> str:
     """'digits-cnn' -> 'DigitsCnn': Xcode turns the .mlpackage file name into a Swift class name."""
     parts = [p for p in re.split(r"[^A-Za-z0-9]+", name) if p]
@@ -228,6 +269,7 @@ class CoremlTarget:
             task=recipe.model.task,
             image_input=ios.image_input if ios else True,
             classifier=ios.classifier if ios else None,
+            detection=_detection_options(recipe),
         )
         return CoremlOptions(
             deployment_target=ios.minimum_deployment_target if ios else "iOS16",
@@ -244,11 +286,22 @@ class CoremlTarget:
 
         options: CoremlOptions = job.options
 
+        # A detector with the NMS pipeline ships `<stem>-<variant>.mlpackage` as a pipeline of the ML program
+        # converted (and compressed) under `...-program.mlpackage` (CoremlSession.ship).
+        meta = options.metadata
+        wraps = (
+            meta is not None
+            and meta.task == "detection"
+            and meta.detection is not None
+            and (meta.detection.nms is not False and meta.detection.layout != "raw")
+        )
+        suffix = "-program" if wraps else ""
+
         def convert(precision: str) -> ExportedVariant:
             return convert_coreml(
                 inputs.model,
                 inputs.example,
-                out_dir / f"{job.stem}-{precision}.mlpackage",
+                out_dir / f"{job.stem}-{precision}{suffix}.mlpackage",
                 precision=precision,
                 deployment_target=options.deployment_target,
                 output_names=list(job.output_names),
@@ -259,9 +312,11 @@ class CoremlTarget:
         return CoremlSession(options, calibration, convert)
 
     def runner(self, path: Path, options: CoremlOptions | None, num_threads: int = 1) -> RunnerInfo:
+        from mobex.converters.coreml_detection import has_detection_layout
         from mobex.targets.base import NotRunnable, RunnerInfo
 
-        if host_platform.system() == "Darwin":
+        vision = has_detection_layout(path)
+        if host_platform.system() == "Darwin" and not vision:
             from mobex.runtime.coreml_runtime import CoreMLRuntimeRunner
 
             units = (options or CoremlOptions()).compute_units
@@ -272,10 +327,28 @@ class CoremlTarget:
         unsupported = runner.unsupported_ops()
         if unsupported:
             raise NotRunnable(f"unsupported op {', '.join(unsupported)}", "mil-reference")
+        view, notes = None, ()
+        if runner.detection is not None:
+            from mobex.metrics.vision_detection import VisionDetectionView
+
+            nms = runner.detection.nms
+            view = VisionDetectionView(runner.detection.layout, nms.record() if nms is not None else None)
+            notes = (
+                "Vision detection layout validated in the MIL reference interpreter"
+                + (" and mobex's numpy NMS stage (the NonMaximumSuppression spec as mobex reads it)" if nms else "")
+                + ": Core ML's own predict and Vision do not run here"
+                + (
+                    " (on macOS the Core ML runtime runner does not map this layout yet, so the interpreter runs it)"
+                    if host_platform.system() == "Darwin"
+                    else ""
+                ),
+            )
         return RunnerInfo(
             runner,
             "mil-reference",
+            notes=notes,
             latency_note="latency not measured: the MIL reference interpreter is not the Core ML runtime",
+            view=view,
         )
 
     def latency_runner(self, path: Path, options: CoremlOptions | None) -> Any:

@@ -323,14 +323,18 @@ def _measure(
     run.backend, run.delegation = info.backend, info.delegation
     run.notes.extend(info.notes)
     outputs, steps = run_outputs(info.runner.run, data, plan.states)
-    evaluation = tasks.evaluate(plan.spec, reference.outputs, outputs, data.batch_labels())
+    if info.view is None:
+        evaluation = tasks.evaluate(plan.spec, reference.outputs, outputs, data.batch_labels())
+    else:  # outputs in another form than the recipe's (Core ML's Vision detection layout): compared in that form
+        evaluation = info.view.evaluate(plan.spec, reference.outputs, outputs, data.batch_labels())
     run.parity, run.not_applicable = evaluation.parity, evaluation.not_applicable
     if steps is not None and reference.step_outputs is not None:
         run.parity["streaming"] = {
             "state": [{"input": name, "output": plan.output_names[i]} for name, i in plan.states],
             **step_parity(list(plan.output_names), reference.step_outputs, steps),
         }
-    run.stats = _variant_stats(reference, outputs, list(plan.output_names), plan, data)
+    names = list(info.view.names) if info.view is not None else list(plan.output_names)
+    run.stats = _variant_stats(reference, outputs, names, plan, data)
     make = target.latency_runner(variant.path, options)
     if make is not None:
         run.by_threads = _latency(make, plan, data)

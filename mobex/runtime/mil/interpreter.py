@@ -17,6 +17,7 @@ import numpy as np
 from mobex.artifacts import TensorSpec
 from mobex.errors import DataError
 
+from .detection_io import DetectionIO
 from .image_io import NativeIO
 from .ops_common import BOUNDARY_DTYPES, CONTAINER_DTYPES, KERNELS, UnsupportedOpError, round_fp16
 from .ops_state import MilState
@@ -59,8 +60,13 @@ class MilReferenceRunner:
             else compile_unloadable(spec, function_name, load_error)
         )
         self._native = NativeIO.read(spec)  # image inputs, classifier outputs (image_io.py)
+        root = _root_spec(self.path)
+        # Vision's detection layout and a pipeline's NMS stage (detection_io.py)
+        self.detection: DetectionIO | None = DetectionIO.read(root, spec)
         self.inputs: list[TensorSpec] = self._program.inputs
         self.outputs: list[TensorSpec] = self._native.outputs(self._program.outputs)
+        if self.detection is not None:
+            self.outputs = self.detection.outputs(self.outputs)
         self.states: list[TensorSpec] = self._program.states
 
     # ------------------------------------------------------------------ introspection
@@ -113,11 +119,15 @@ class MilReferenceRunner:
         `state` (stateful programs): the buffers `read_state` reads and `coreml_update_state`
         writes; they are updated in place.
         """
-        return self._native.results([s.name for s in self._program.outputs], self._execute(feed, state))
+        values = self._native.results([s.name for s in self._program.outputs], self._execute(feed, state))
+        return values if self.detection is None else self.detection.results(values, feed)
 
     def run_native(self, feed: dict[str, np.ndarray], state: MilState | None = None) -> dict[str, Any]:
-        """{output name: value} as Core ML gives them: a classifier's label (str) and {label: score}."""
-        return self._native.native([s.name for s in self._program.outputs], self._execute(feed, state))
+        """{output name: value} as Core ML gives them: a classifier's label (str) and {label: score}; an NMS
+        pipeline's `confidence` and `coordinates` after its NonMaximumSuppression stage."""
+        names = [s.name for s in self._program.outputs]
+        native = self._native.native(names, self._execute(feed, state))
+        return native if self.detection is None else self.detection.native(names, list(native.values()), feed)
 
     def _execute(self, feed: dict[str, np.ndarray], state: MilState | None) -> list[Any]:
         program = self._program
@@ -144,3 +154,10 @@ class MilReferenceRunner:
             boundary = BOUNDARY_DTYPES.get(mil)
             out.append(arr.astype(boundary) if boundary is not None and arr.dtype != boundary else arr)
         return out
+
+
+def _root_spec(path: Path) -> Any:
+    """The package's own spec (a pipeline's, where `load_pymil_program` gives its ML program stage)."""
+    import coremltools as ct
+
+    return ct.utils.load_spec(str(path))

@@ -109,7 +109,8 @@ class CompiledProgram:
 
 
 def load_pymil_program(mlpackage_path: Path):
-    """(pymil Program | None, spec, load error | None) of a saved .mlpackage, weights from its weight.bin."""
+    """(pymil Program | None, spec, load error | None) of a saved .mlpackage, weights from its weight.bin. For a
+    pipeline package, its first stage (the ML program of a detector's NMS pipeline)."""
     from mobex.runtime.coremltools_import import import_coremltools
 
     ct = import_coremltools()  # without the converters mobex never uses (~12 s less in the build's process)
@@ -125,6 +126,8 @@ def load_pymil_program(mlpackage_path: Path):
     else:
         weights_dir = str(path.parent / "weights")
     spec = ct.utils.load_spec(str(path))
+    if spec.WhichOneof("Type") == "pipeline" and spec.pipeline.models:
+        spec = spec.pipeline.models[0]  # a detector's NMS pipeline: the ML program, then NMS (detection_io.py)
     if spec.WhichOneof("Type") != "mlProgram":
         raise UsageError(
             f"{path} is a Core ML '{spec.WhichOneof('Type')}' model, not an mlprogram",
