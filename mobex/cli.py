@@ -20,7 +20,7 @@ from mobex.errors import MobexError
 
 app = typer.Typer(
     name="mobex",
-    help="Prune, quantize, export, validate and sign PyTorch models as TFLite and Core ML bundles.",
+    help="Prune, quantize, export, validate and sign PyTorch models as TFLite, Core ML and ExecuTorch bundles.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

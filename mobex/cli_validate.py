@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
 
 def validate(
     recipe: Annotated[Path, typer.Argument(help="The recipe TOML file (original model, data, gates).")],
-    model: Annotated[Path, typer.Argument(help="An exported model: a .tflite file or an .mlpackage folder.")],
+    model: Annotated[Path, typer.Argument(help="An exported model: a .tflite or .pte file, or an .mlpackage folder.")],
     variant: Annotated[
         str, typer.Option("--variant", help="Which variant it is (fp32, fp16, int8, ...): picks the default gates.")
     ] = "fp32",

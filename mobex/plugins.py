@@ -24,7 +24,7 @@ FAMILIES: tuple[str, ...] = ("fp32", "fp16", "int8", "low-bit")
 PLATFORMS: tuple[str, ...] = ("android", "ios")
 
 # The targets mobex ships; each module registers itself when imported.
-BUILTIN_TARGET_MODULES: tuple[str, ...] = ("mobex.targets.tflite", "mobex.targets.coreml")
+BUILTIN_TARGET_MODULES: tuple[str, ...] = ("mobex.targets.tflite", "mobex.targets.coreml", "mobex.targets.executorch")
 ENTRY_POINT_GROUP = "mobex.targets"
 
 
@@ -39,6 +39,8 @@ class VariantSpec:
     e.g. "iOS16") the variant runs on, or None. `compute`: "int8" when the variant computes in int8 to run
     faster (static or dynamic int8 activations): it never ships when it is slower than a float variant of the
     same target (mobex.pipeline.choose_shipped); "float" otherwise (weight-only variants compute in float).
+    `platforms`: the platforms this variant serves when not every one its target serves (ExecuTorch's Core ML
+    delegate variants are iOS only); empty: all of the target's.
     """
 
     target: str
@@ -50,6 +52,7 @@ class VariantSpec:
     expected_ops: tuple[str, ...] = ()
     description: str = ""
     compute: str = "float"
+    platforms: tuple[str, ...] = ()
 
     @property
     def qualified(self) -> str:
@@ -108,6 +111,7 @@ def register_variant(
     expected_ops: tuple[str, ...] = (),
     description: str = "",
     compute: str = "float",
+    platforms: tuple[str, ...] = (),
 ) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
     """Decorator: register `build(session) -> ExportedVariant` as variant `name` of `target`."""
     if family not in FAMILIES:
@@ -116,13 +120,16 @@ def register_variant(
         raise ValueError(f"variant {target}:{name}: compute must be 'float' or 'int8', not {compute!r}")
     if not name or ":" in name or name != name.strip():
         raise ValueError(f"variant name {name!r} must be non-empty, without ':' or surrounding spaces")
+    if not set(platforms) <= set(PLATFORMS):
+        raise ValueError(f"variant {target}:{name}: unknown platforms {platforms}; valid: {', '.join(PLATFORMS)}")
 
     def decorate(build: Callable[[Any], Any]) -> Callable[[Any], Any]:
         key = (target, name)
         if key in _VARIANTS:
             raise ValueError(f"variant {target}:{name} is registered twice")
         _VARIANTS[key] = VariantSpec(
-            target, name, family, build, min_os, calibration, tuple(expected_ops), description, compute
+            target, name, family, build, min_os, calibration, tuple(expected_ops), description, compute,
+            tuple(platforms),
         )
         return build
 
@@ -218,9 +225,16 @@ def parse_request(platform: str, spelled: str) -> VariantRequest:
             raise ValueError(f"unknown target {prefix!r} in variant {spelled!r}; targets: {known}") from None
         if platform not in info.platforms:
             raise ValueError(f"target {info.name!r} does not serve {platform} (it serves {', '.join(info.platforms)})")
-    if find_variant(info.name, name) is None:
-        title = info.title or info.name
+    spec = find_variant(info.name, name)
+    title = info.title or info.name
+    if spec is None:
         raise ValueError(f"unknown {title} variant {name!r}; valid: {', '.join(variant_hint(info.name))}")
+    if spec.platforms and platform not in spec.platforms:
+        others = [s.name for s in variants_of(info.name) if not s.platforms or platform in s.platforms]
+        raise ValueError(
+            f"{title} variant {name!r} is for {', '.join(spec.platforms)}, not {platform}; "
+            f"{platform} can have: {', '.join(others)}"
+        )
     return VariantRequest(platform, info.name, name, spelled)
 
 

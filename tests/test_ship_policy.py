@@ -160,3 +160,30 @@ def test_a_gate_failing_int8_is_told_it_is_slow_too_without_a_second_rejection()
     decision = choose_shipped({"android": "smallest-passing"}, [_timed("fp32", 400, 1.0), failing])
     assert decision.rejected == ("android/int8: matched_iou_mean FAILED",)
     assert "slower than android/fp32" in decision.notes["android/int8"][0]
+
+
+def test_fastest_passing_chooses_across_formats_one_bundle_per_platform() -> None:
+    """ExecuTorch ships on Android when it passes and is faster than TFLite; otherwise TFLite does. On iOS a
+    Core ML candidate has no latency off macOS, so fastest-passing falls back to the smallest there."""
+    policies = {"android": "fastest-passing", "ios": "fastest-passing"}
+
+    def android(et_passed: bool, et_p50: float) -> list[VariantResult]:
+        return [
+            _variant("android", "fp32", 500, True, 1.0),
+            _variant("android", "int8", 150, True, 0.4),
+            _variant("android", "executorch:fp32", 490, True, 1.3),
+            _variant("android", "executorch:int8", 140, et_passed, et_p50),
+        ]
+
+    ios = [_variant("ios", "fp16", 250, True, None), _variant("ios", "executorch:fp32", 490, True, 0.9)]
+    faster = choose_shipped(policies, [*android(True, 0.3), *ios])
+    assert faster.shipped == {"android": "android/executorch:int8", "ios": "ios/fp16"}
+    assert faster.failures == () and faster.rejected == ()
+    assert any("fell back to smallest-passing" in n for n in faster.notes["ios/fp16"])
+    failed = choose_shipped(policies, [*android(False, 0.3), *ios])
+    assert failed.shipped["android"] == "android/int8"
+    assert failed.rejected == ("android/executorch:int8: cosine_min FAILED",)
+    slower = choose_shipped(policies, [*android(True, 0.5), *ios])
+    assert slower.shipped["android"] == "android/int8"
+    named = choose_shipped({"android": "executorch:int8"}, android(True, 0.9))
+    assert named.shipped == {"android": "android/executorch:int8"}

@@ -74,4 +74,4 @@ def make_runner(model_format: str, path: Path, threads: int = 1) -> Runner:
 
 
 register_runner("tflite", "mobex.runtime.litert:TfliteRunner")
-register_runner("pte", "mobex.runtime.executorch:ExecuTorchRunner")
+register_runner("pte", "mobex.runtime.executorch:ExecutorchRunner")

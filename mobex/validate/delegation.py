@@ -22,7 +22,8 @@ def delegation_line(delegation: dict | None) -> str:
         return line + "; every op in XNNPACK"
     kinds = ", ".join(f"{op} x{n}" for op, n in sorted(slow.items(), key=lambda kv: (-kv[1], kv[0])))
     total = sum(slow.values())
-    return f"{line}; {total} op{'s' if total != 1 else ''} on LiteRT reference kernels ({kinds})"
+    kernels = delegation.get("reference_kernels", "LiteRT reference kernels")
+    return f"{line}; {total} op{'s' if total != 1 else ''} on {kernels} ({kinds})"
 
 
 def float_ops_line(details: dict | None) -> str:

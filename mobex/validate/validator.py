@@ -3,7 +3,9 @@
 Which runtime produces a variant's numbers is always recorded as its `backend`:
 - `litert`: TFLite in ai-edge-litert's interpreter (XNNPACK, the kernels Android uses on CPU);
 - `coreml-runtime`: Core ML's own `MLModel.predict` (macOS only; not exercised in this project's CI);
-- `mil-reference`: mobex's numpy/torch reference interpreter of the saved Core ML program (Linux).
+- `mil-reference`: mobex's numpy/torch reference interpreter of the saved Core ML program (Linux), also of the
+  ML program inside an ExecuTorch `.pte` with a Core ML partition;
+- `executorch`: ExecuTorch's own runtime (`executorch.runtime`, XNNPACK), for `.pte` programs.
 A variant that could not be run says why in `status` and gets no invented numbers.
 """
 
@@ -428,7 +430,7 @@ def validate_model_file(recipe: Recipe, model_path: Path, quantization: str = "f
         raise UsageError(f"--variant {quantization!r} is not a {info.name} variant", f"use one of {valid}")
     target = plugins.target(info.name)
     inputs, outputs = target.read_io(model_path)
-    request = VariantRequest(info.platforms[0], info.name, quantization, quantization)
+    request = VariantRequest((spec.platforms or info.platforms)[0], info.name, quantization, quantization)
     data = load_dataset(recipe, "validation", recipe.data.validation)
     reference = run_reference(load_model(recipe), recipe, data)
     variant = ExportedVariant(

@@ -272,7 +272,7 @@ def test_manifest_rejects_non_semver(make_manifest, version: str) -> None:
 
 def test_manifest_consistency_rules(make_manifest) -> None:
     android = make_manifest()
-    with pytest.raises(ValidationError, match="ships tflite models, not mlpackage"):
+    with pytest.raises(ValidationError, match="ships pte or tflite models, not mlpackage"):
         make_manifest(model={**make_manifest("ios").model, "minimum_os": {"android_min_sdk": 24}})
     with pytest.raises(ValidationError, match="android_min_sdk"):
         make_manifest(model={**android.model, "minimum_os": {"ios": "iOS16"}})

@@ -85,3 +85,8 @@ def tabular_batch5(factory: pytest.TempPathFactory) -> Built:
         return _android_only(text, '["fp32"]')
 
     return _build(factory, "tabular5", "tabular_mlp", edit)
+
+
+def tabular_pte(factory: pytest.TempPathFactory) -> Built:
+    """tabular_mlp for Android as an ExecuTorch `.pte` (executorch:fp32, the only variant, ships)."""
+    return _build(factory, "tabular-pte", "tabular_mlp", lambda t: _android_only(t, '["executorch:fp32"]'))

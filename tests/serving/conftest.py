@@ -32,6 +32,15 @@ def tabular5(tmp_path_factory: pytest.TempPathFactory) -> builds.Built:
     return builds.tabular_batch5(tmp_path_factory)
 
 
+@pytest.fixture(scope="session")
+def tabular_pte(tmp_path_factory: pytest.TempPathFactory) -> builds.Built:
+    from mobex.runtime.executorch import executorch_available
+
+    if not executorch_available():
+        pytest.skip("the executorch extra is not installed")
+    return builds.tabular_pte(tmp_path_factory)
+
+
 @dataclass
 class Reply:
     status: int

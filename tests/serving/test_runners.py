@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +22,35 @@ def test_tflite_is_served_by_litert(digits, tmp_path: Path) -> None:
     assert out[0].shape == (1, 10)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("mobex.runtime.executorch") is not None,
-                    reason="mobex.runtime.executorch exists: .pte bundles are served")  # fmt: skip
-def test_a_pte_bundle_without_the_executorch_runtime_is_a_clear_error() -> None:
-    with pytest.raises(UsageError, match="needs mobex.runtime.executorch"):
-        runners.resolve_factory("pte")
+def test_a_pte_bundle_is_served_by_executorchs_runtime(tabular_pte, client_for, tmp_path: Path) -> None:
+    """`mobex serve-model` on a bundle whose model is a `.pte`: answers equal ExecuTorch's runtime on the file."""
+    from mobex.bundle.archive import safe_extract
+    from mobex.runtime.executorch import ExecutorchRunner
+
+    from .conftest import start_server
+
+    safe_extract(tabular_pte.bundle, tmp_path / "b")
+    path = tmp_path / "b" / "model" / "tabular-mlp.pte"
+    runner = runners.make_runner("pte", path, 1)
+    assert isinstance(runner, ExecutorchRunner)
+    features = tabular_pte.validation()["features"]
+    expected = np.concatenate([runner.run({"features": features[i : i + 1]})[0] for i in range(len(features))])
+    server = start_server(tabular_pte.bundle, tabular_pte.public_key, workers=1, max_samples=64)
+    try:
+        reply = client_for(server.url).predict("tabular-mlp", {"features": features.tolist()})
+        assert reply.status == 200, reply.body
+        np.testing.assert_array_equal(np.asarray(reply.json()["outputs"]["logits"], np.float32), expected)
+    finally:
+        server.stop()
+
+
+def test_a_pte_without_the_executorch_extra_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mobex.runtime.executorch as et
+
+    monkeypatch.setattr(et, "executorch_available", lambda: False)
+    with pytest.raises(UsageError, match="needs the `executorch` package") as err:
+        runners.make_runner("pte", Path("model.pte"), 1)
+    assert "pip install --no-deps executorch==1.5.1" in (err.value.hint or "")
 
 
 def test_unknown_and_unservable_formats_say_what_to_do() -> None:
