@@ -80,7 +80,7 @@ def test_sample_models_match_torch(tmp_path: Path, name: str) -> None:
     _assert_matches_torch(model, out, feeds, atol=1e-4)
 
 
-@pytest.mark.slow  # ~45 s on 2 cores: ExecuTorch lowers the unrolled GRU step by step
+@pytest.mark.slow  # ~45 s on 2 cores: torch.export and XNNPACK lowering of a GRU and a 2-layer LSTM
 def test_recurrent_model_with_nested_outputs_matches_torch(tmp_path: Path) -> None:
     model = Recurrent().eval()
     variant = convert_executorch(model, {"x": torch.randn(1, 5, 6)}, tmp_path / "rnn.pte")
