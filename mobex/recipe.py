@@ -564,6 +564,12 @@ class Recipe(_Strict):
         found += [(f"[[state]] #{i + 1} output", s.output) for i, s in enumerate(self.state)]
         return [(field, name) for field, name in found if name is not None]
 
+    def class_output_index(self) -> int:
+        """Which output holds the class scores: `[model] class_output`'s position in [[outputs]], else the first."""
+        if not self.model.class_output:
+            return 0
+        return [o.name for o in self.outputs].index(self.model.class_output)
+
     def output_names(self, count: int) -> list[str]:
         """The recipe's output names, or output_0..N-1 when it does not name them (or names another count).
 

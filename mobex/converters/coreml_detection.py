@@ -34,8 +34,10 @@ from typing import Any
 
 from mobex.errors import UsageError
 
-METADATA_KEY = "mobex.detection"  # user-defined metadata: the layout (DetectionLayout.record) as JSON
-CONFIDENCE, COORDINATES = "confidence", "coordinates"
+# METADATA_KEY: the user-defined metadata holding the layout (DetectionLayout.record) as JSON; CONFIDENCE and
+# COORDINATES: Vision's output names. Defined where the MIL interpreter reads them back.
+from mobex.runtime.mil.detection_io import CONFIDENCE, COORDINATES, METADATA_KEY
+
 IOU_INPUT, CONFIDENCE_INPUT = "iouThreshold", "confidenceThreshold"
 
 

@@ -302,9 +302,7 @@ def et_int8_options(recipe: Recipe) -> EtInt8Options:
         fallback=q.int8_fallback,
         max_fallback_layers=q.max_fallback_layers,
         task=recipe.model.task,
-        class_output=[o.name for o in recipe.outputs].index(recipe.model.class_output)
-        if recipe.model.class_output
-        else 0,
+        class_output=recipe.class_output_index(),
         limits=limits,
     )
 

@@ -332,9 +332,7 @@ def int8_options(recipe: Recipe) -> Int8Options:
         weight_rounding=q.weight_rounding,
         equalize=q.equalize,
         task=recipe.model.task,
-        class_output=[o.name for o in recipe.outputs].index(recipe.model.class_output)
-        if recipe.model.class_output
-        else 0,
+        class_output=recipe.class_output_index(),
         limits=limits,
         finetune=finetune,
         finetune_fallback_trials=0 if q.finetune is None else q.finetune.fallback_trials,
