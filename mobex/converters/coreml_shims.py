@@ -110,6 +110,13 @@ SHIMS: tuple[Shim, ...] = (
         "_upsample_nearest_exact2d'. For integer scale factors it equals mode='nearest' (floor((i + 0.5) / s) "
         "= floor(i / s)), which 9.0 converts; other factors still fail. No upstream issue found.",
     ),
+    Shim(
+        "tensor-unfold",
+        ("unfold",),
+        "9.0 has no converter for Tensor.unfold(dim, size, step) (sliding windows, e.g. audio framing): "
+        "'Unsupported fx node unfold' (torch.export) / \"convert function for op 'unfold' not implemented\" "
+        "(trace); only nn.Unfold (im2col) is converted. Static shapes: one gather of the window indices.",
+    ),
 )
 
 
@@ -145,6 +152,7 @@ def install_shims() -> tuple[Shim, ...]:
         _stock_prelu = stock_prelu
     _register(prelu)
     _register(gelu)
+    _register(unfold)
     global _stock_upsample_nearest
     _stock_upsample_nearest = _stock_upsample_nearest or _registry().get_func("upsample_nearest2d")
     _register(_upsample_nearest_exact2d, "upsample_nearest_exact2d", "_upsample_nearest_exact2d.vec",
@@ -494,3 +502,28 @@ def _upsample_nearest_exact2d(context: Any, node: Any) -> None:
     _fired.add("nearest-exact")
     assert _stock_upsample_nearest is not None, "install_shims() registers _upsample_nearest_exact2d"
     _stock_upsample_nearest(context, node)
+
+
+# --- tensor-unfold: "Unsupported fx node unfold" / "convert function for op 'unfold' not implemented".
+
+
+def unfold(context: Any, node: Any) -> None:
+    """aten::unfold(x, dim, size, step): windows i*step .. i*step+size-1 along `dim`, as a new last axis."""
+    import numpy as np
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs
+
+    x, dim, size, step = _get_inputs(context, node, expected=4)
+    rank = len(x.shape)
+    axis = int(dim.val) % rank
+    length, width, stride = x.shape[axis], int(size.val), int(step.val)
+    if not isinstance(length, int) or width < 1 or stride < 1 or width > length:
+        raise ValueError(f"unfold of a dim of {length} values into windows of {width} every {stride}: needs a "
+                         "static length of at least the window size")  # fmt: skip
+    _fired.add("tensor-unfold")
+    count = (length - width) // stride + 1
+    indices = (np.arange(count)[:, None] * stride + np.arange(width)[None, :]).astype(np.int32)
+    windows = mb.gather(x=x, indices=indices, axis=axis)  # x.shape[:axis] + [count, width] + x.shape[axis+1:]
+    perm = [*range(axis + 1), *range(axis + 2, rank + 1), axis + 1]  # the window axis goes last
+    out = windows if perm == list(range(rank + 1)) else mb.transpose(x=windows, perm=perm)
+    context.add(out, torch_name=node.name)

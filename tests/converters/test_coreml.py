@@ -437,6 +437,11 @@ class NearestExact(nn.Module):  # nearest-exact: no converter in 9.0
         return nn.functional.interpolate(x, scale_factor=2, mode="nearest-exact") + 1
 
 
+class Framing(nn.Module):  # tensor-unfold: sliding windows along the time axis, then along the channels
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unfold(-1, 5, 3).sum(-1) + x.unfold(1, 3, 1).mean(-1)[..., :6]
+
+
 SHIM_CASES = {
     "scalar-cast": (ExpandByBatch, (2, 3, 4), "trace", "only 0-dimensional arrays"),
     "new_ones": (NewOnesMask, (2, 3, 4), "export", "new_ones"),
@@ -452,6 +457,8 @@ SHIM_CASES = {
     "prelu-rank/conv1d": (PReLUAfterConv1d, (1, 4, 10), "trace", "rank 3 or rank 5 input is only supported"),
     "gelu-tanh": (GeluTanh, (2, 16), "export", None),  # stock converts it, wrongly: see the test below
     "nearest-exact": (NearestExact, (1, 3, 4, 5), "trace", "nearest_exact"),
+    "tensor-unfold": (Framing, (2, 3, 20), "export", "unfold"),
+    "tensor-unfold/trace": (Framing, (2, 3, 20), "trace", "unfold"),
 }
 
 
@@ -490,7 +497,7 @@ def test_shim_makes_the_graph_convert(tmp_path: Path, shim: str) -> None:
 
 
 @pytest.mark.parametrize("case", ["recurrent-cells", "recurrent-cells/gru", "unsafe-chunk/export", "prelu-rank",
-                                  "prelu-rank/conv1d", "gelu-tanh", "nearest-exact"])  # fmt: skip
+                                  "prelu-rank/conv1d", "gelu-tanh", "nearest-exact", "tensor-unfold"])  # fmt: skip
 def test_shimmed_programs_match_torch(tmp_path: Path, case: str) -> None:
     """The shims' MIL is right, not just accepted: fp32 programs in the reference interpreter match torch."""
     from mobex.runtime.mil import MilReferenceRunner
