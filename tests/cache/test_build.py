@@ -75,7 +75,8 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from mobex.bundle.keys import generate_keypair
 
     tmp = tmp_path_factory.mktemp("cachebuild")
-    recipe = reduced_sample("tabular_mlp", tmp, android=["fp32", "dynamic-int8"], ios=["fp16"])
+    # int8-weights computes in float: which variant ships does not hang on a latency near-tie
+    recipe = reduced_sample("tabular_mlp", tmp, android=["fp32", "int8-weights"], ios=["fp16"])
     key, _ = generate_keypair(tmp / "key.pem")
     cache = tmp / "cache"
     _done(_cli(str(recipe), "--out", str(tmp / "uncached"), "--no-cache", cache=cache, key=key))
@@ -141,16 +142,16 @@ def _payload(entry) -> dict:  # noqa: ANN001
 def test_a_corrupted_entry_is_rebuilt_and_never_used(builds: dict) -> None:
     store = CacheStore(builds["cache"])
     exports = [e for e in store.entries() if e.kind == "export"]
-    victim = next(e for e in exports if _payload(e)["quantization"] == "dynamic-int8")
+    victim = next(e for e in exports if _payload(e)["quantization"] == "int8-weights")
     model = next((victim.path / "files" / "model").iterdir())
     data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 0x01
     model.write_bytes(bytes(data))
     result, executor = _in_process(builds["recipe"], builds["tmp"] / "repaired", builds["key"], builds["cache"])
-    assert executor.jobs == ["tflite:dynamic-int8"], "only the corrupted variant is rebuilt"
+    assert executor.jobs == ["tflite:int8-weights"], "only the corrupted variant is rebuilt"
     by_id = {v["id"]: v["cache"] for v in result.report["variants"]}
-    assert by_id["android/dynamic-int8"]["export"] == "miss"
-    assert "hash check" in by_id["android/dynamic-int8"]["note"]
+    assert by_id["android/int8-weights"]["export"] == "miss"
+    assert "hash check" in by_id["android/int8-weights"]["note"]
     assert by_id["android/fp32"]["export"] == "hit" and by_id["ios/fp16"]["export"] == "hit"
     _same_bundles(_bundles(builds["tmp"] / "uncached"), _bundles(builds["tmp"] / "repaired"))
     assert store.get("export", victim.key) is not None, "the rebuilt entry is intact again"
@@ -159,14 +160,14 @@ def test_a_corrupted_entry_is_rebuilt_and_never_used(builds: dict) -> None:
 def test_a_changed_recipe_rebuilds_only_what_it_changes(builds: dict) -> None:
     recipe = builds["recipe"]
     changed = recipe.parent / "recipe-more.toml"
-    text = recipe.read_text().replace('["fp32", "dynamic-int8"]', '["fp32", "dynamic-int8", "fp16"]')
+    text = recipe.read_text().replace('["fp32", "int8-weights"]', '["fp32", "int8-weights", "fp16"]')
     changed.write_text(text)
     result, executor = _in_process(changed, builds["tmp"] / "more", builds["key"], builds["cache"])
     # The TFLite options are unchanged (the new variant only joins the list): the others are reused. Core ML's
     # options carry the recipe file's hash (it is written into the model's metadata), so they are rebuilt.
     assert sorted(executor.jobs) == ["coreml:fp16", "tflite:fp16"]
     assert {v["id"]: v["cache"]["export"] for v in result.report["variants"]} == {
-        "android/fp32": "hit", "android/dynamic-int8": "hit", "android/fp16": "miss", "ios/fp16": "miss",
+        "android/fp32": "hit", "android/int8-weights": "hit", "android/fp16": "miss", "ios/fp16": "miss",
     }  # fmt: skip
 
 

@@ -39,7 +39,8 @@ def cluster():  # noqa: ANN201
 
 
 def _recipes(folder: Path) -> Path:
-    reduced_sample("tabular_mlp", folder, android=["fp32", "dynamic-int8"], ios=["fp16"])
+    # int8-weights computes in float: which variant ships does not hang on a latency near-tie
+    reduced_sample("tabular_mlp", folder, android=["fp32", "int8-weights"], ios=["fp16"])
     reduced_sample("digits_cnn", folder, android=["fp16"], ios=["fp32"])
     ws = folder / "fleet.toml"
     ws.write_text('[workspace]\nrecipes = ["*/recipe.toml"]\n')

@@ -235,12 +235,18 @@ def _holds_fp16(mlmodel) -> bool:
     """Any value of the converted program (input, constant, op output, nested blocks too) is fp16."""
     from coremltools.converters.mil.mil import types
 
+    def is_fp16(var) -> bool:  # noqa: ANN001
+        try:
+            return var.dtype == types.fp16
+        except (AttributeError, ValueError):  # a ListVar raises ValueError: "dtype not applicable"
+            return False
+
     def block_has(block) -> bool:
         for var in block.inputs.values() if isinstance(block.inputs, dict) else block.inputs:
-            if getattr(var, "dtype", None) == types.fp16:
+            if is_fp16(var):
                 return True
         for op in block.operations:
-            if any(getattr(v, "dtype", None) == types.fp16 for v in op.outputs):
+            if any(is_fp16(v) for v in op.outputs):
                 return True
             if any(block_has(b) for b in op.blocks):
                 return True

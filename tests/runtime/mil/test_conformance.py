@@ -40,6 +40,13 @@ def test_all_coremltools_op_tests():
 # --------------------------------------------------------------------------- the harness itself
 
 
+def test_programs_holding_tensor_lists_are_compared():
+    """The fp16 scan of the harness reads every value's dtype; a ListVar raises ValueError for it (these two
+    cases were the whole suite's only `wrong` ones, from the harness, not the interpreter)."""
+    records = run_suite(("iOS14",), select="TestList", timeout=600)
+    assert len(records) >= 2 and all(r["status"] == "pass" for r in records), records
+
+
 def _record(**kw) -> CaseRecord:
     return CaseRecord(nodeid="x/iOS17/test_y.py::T::t[p]", opset_dir="iOS17", **kw)
 
