@@ -147,3 +147,24 @@ class Target(Protocol):
 def feeds_of(data: Dataset | None) -> list[dict[str, np.ndarray]] | None:
     """All batches of a data set as feed dicts (None stays None)."""
     return None if data is None else list(data.feeds())
+
+
+def int8_search_settings(recipe: Recipe, target: str) -> dict[str, Any]:
+    """The [quantization] settings every target's calibrated int8 (TFLite, ExecuTorch) reads the same way, and
+    the gate limits of `<target>:int8`, which its fallback search aims at: keyword arguments of its options."""
+    from mobex.metrics.limits import limits_for
+    from mobex.plugins import variant
+
+    q = recipe.quantization
+    limits = limits_for(variant(target, "int8"), recipe.model.task, recipe.gates)
+    return {
+        "calibration_samples": q.calibration_samples,
+        "range_estimation": q.range_estimation,
+        "equalize": q.equalize,
+        "bias_correction": q.bias_correction,
+        "fallback": q.int8_fallback,
+        "max_fallback_layers": q.max_fallback_layers,
+        "task": recipe.model.task,
+        "class_output": recipe.class_output_index(),
+        "limits": {metric: limit for metric, (limit, _) in limits.items()},
+    }

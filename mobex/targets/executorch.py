@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mobex.artifacts import ExportedVariant, TensorSpec
-from mobex.plugins import TargetInfo, VariantRequest, register_target, register_variant, variant
+from mobex.plugins import TargetInfo, VariantRequest, register_target, register_variant
 
 if TYPE_CHECKING:
     import numpy as np
@@ -289,22 +289,10 @@ def held_out_feeds(options: ExecutorchOptions, recipe: Recipe) -> list[dict[str,
 def et_int8_options(recipe: Recipe) -> EtInt8Options:
     """The int8 variant's options as `mobex build` makes them: the recipe's [quantization] settings that
     transfer from TFLite int8, and the gate limits of `executorch:int8` (the search aims at those)."""
-    from mobex.metrics.limits import limits_for
     from mobex.quantize.executorch.static_int8 import EtInt8Options
+    from mobex.targets.base import int8_search_settings
 
-    q = recipe.quantization
-    limits = {m: v for m, (v, _) in limits_for(variant(NAME, "int8"), recipe.model.task, recipe.gates).items()}
-    return EtInt8Options(
-        calibration_samples=q.calibration_samples,
-        range_estimation=q.range_estimation,
-        equalize=q.equalize,
-        bias_correction=q.bias_correction,
-        fallback=q.int8_fallback,
-        max_fallback_layers=q.max_fallback_layers,
-        task=recipe.model.task,
-        class_output=recipe.class_output_index(),
-        limits=limits,
-    )
+    return EtInt8Options(**int8_search_settings(recipe, NAME))
 
 
 register_target(INFO, ExecutorchTarget())

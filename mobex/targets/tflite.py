@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mobex.artifacts import ExportedVariant, TensorSpec
-from mobex.plugins import TargetInfo, VariantRequest, register_target, register_variant, variant
+from mobex.plugins import TargetInfo, VariantRequest, register_target, register_variant
 
 if TYPE_CHECKING:
     import numpy as np
@@ -314,26 +314,17 @@ def int8_training_feeds(options: TfliteOptions, recipe: Recipe) -> tuple[list[di
 def int8_options(recipe: Recipe) -> Int8Options:
     """The static int8 variant's options as `mobex build` makes them: the recipe's [quantization] table and the
     int8 gate limits."""
-    from mobex.metrics.limits import limits_for
     from mobex.quantize.tflite.qat import FinetuneSettings
     from mobex.quantize.tflite.static_int8 import Int8Options
+    from mobex.targets.base import int8_search_settings
 
     q = recipe.quantization
-    limits = {m: v for m, (v, _) in limits_for(variant(NAME, "int8"), recipe.model.task, recipe.gates).items()}
     finetune = None  # the recipe's [quantization.finetune] keys are FinetuneSettings' own, plus two for the search
     if q.finetune is not None:
         finetune = FinetuneSettings(**q.finetune.model_dump(exclude={"fallback_trials", "data"}))
     return Int8Options(
-        calibration_samples=q.calibration_samples,
-        fallback=q.int8_fallback,
-        max_fallback_layers=q.max_fallback_layers,
-        bias_correction=q.bias_correction,
-        range_estimation=q.range_estimation,
+        **int8_search_settings(recipe, NAME),
         weight_rounding=q.weight_rounding,
-        equalize=q.equalize,
-        task=recipe.model.task,
-        class_output=recipe.class_output_index(),
-        limits=limits,
         finetune=finetune,
         finetune_fallback_trials=0 if q.finetune is None else q.finetune.fallback_trials,
     )
