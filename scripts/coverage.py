@@ -33,12 +33,14 @@ VARIANT_COLUMNS = [("android", "fp32"), ("android", "fp16"), ("android", "dynami
 
 
 def run_build(recipe: Path, out: Path, timeout: float) -> tuple[dict | None, float, str]:
-    """`mobex build` in a subprocess; (report.json or None, wall seconds, error text when no report)."""
+    """`mobex build --no-cache` in a subprocess; (report.json or None, wall seconds, error text when no report).
+
+    Without the build cache: every stage runs, so the sweep and scripts/bench_build.py time real builds."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1", "LITERT_TORCH_SHOW_PROGRESS": "n"}
     start = time.perf_counter()
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "mobex", "build", str(recipe), "--out", str(out), "--json"],
+            [sys.executable, "-m", "mobex", "build", str(recipe), "--out", str(out), "--json", "--no-cache"],
             capture_output=True, text=True, timeout=timeout, env=env, check=False,
         )  # fmt: skip
         error = "" if proc.returncode == 0 else (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
