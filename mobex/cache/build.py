@@ -18,7 +18,6 @@ A cached validation reuses the latency measured when it was stored (the report's
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from mobex import plugins
+from mobex.bounded import loads_json
 from mobex.cache import records
 from mobex.cache.keys import (
     KEY_SCHEMA,
@@ -186,7 +186,7 @@ class BuildCache:
         if key is None or not self._has("reference", key):
             return None
         try:
-            meta = json.loads((self.store.entry_path("reference", key) / "meta.json").read_bytes())
+            meta = loads_json((self.store.entry_path("reference", key) / "meta.json").read_bytes(), "a cache entry")
             return int(meta["payload"]["outputs"])
         except (OSError, ValueError, KeyError, TypeError):
             return None

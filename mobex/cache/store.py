@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mobex.bounded import loads_json
 from mobex.errors import UsageError
 from mobex.files import sha256_file, write_atomic
 
@@ -127,7 +128,7 @@ class CacheStore:
 
     def _verified(self, entry: Path, key: str, restore_to: Path | None) -> tuple[dict, dict[str, bytes]]:
         try:
-            meta = json.loads((entry / "meta.json").read_bytes())
+            meta = loads_json((entry / "meta.json").read_bytes(), "a cache entry's meta.json")
             payload, listed = meta["payload"], meta["files"]
             ok = meta["key"] == key and meta["payload_sha256"] == _payload_sha256(payload)
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -207,11 +208,11 @@ class CacheStore:
         stamp = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
         memo = self.base / "filehash" / f"{hashlib.sha256(str(path).encode()).hexdigest()}.json"
         try:
-            doc = json.loads(memo.read_text())
+            doc = loads_json(memo.read_bytes(), "a remembered file hash")
             if doc["path"] == str(path) and doc["stamp"] == stamp and _KEY.match(doc["sha256"]):
                 return doc["sha256"]
         except (OSError, ValueError, KeyError, TypeError):
-            pass
+            pass  # no memo, an unreadable one or one for another stamp: hash the file again below
         sha = sha256_file(path)
         try:
             write_atomic(memo, json.dumps({"path": str(path), "stamp": stamp, "sha256": sha}).encode())
@@ -285,7 +286,8 @@ class CacheStore:
 
 
 class _Corrupt(Exception):
-    pass
+    """An unreadable entry, or one whose payload or files do not match their recorded SHA-256: it is removed and
+    rebuilt, never used."""
 
 
 def _payload_sha256(payload: dict) -> str:
@@ -303,7 +305,7 @@ def _touch(path: Path) -> None:
     try:
         os.utime(path)  # the entry's last use, for least-recently-used pruning
     except OSError:
-        pass
+        pass  # a read-only cache still serves the entry; pruning then sees its older use time
 
 
 def _copy_hashing(source: Path, dest: Path) -> tuple[str, int]:

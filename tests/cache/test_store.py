@@ -49,7 +49,7 @@ def test_second_put_of_an_intact_entry_keeps_the_first(tmp_path: Path) -> None:
     assert store.get("validation", KEY)[0] == {"v": 1}
 
 
-@pytest.mark.parametrize("damage", ["flip a byte", "truncate", "delete", "edit payload", "garbage meta"])
+@pytest.mark.parametrize("damage", ["flip a byte", "truncate", "delete", "edit payload", "garbage meta", "deep meta"])
 def test_a_corrupted_entry_is_detected_removed_and_never_returned(tmp_path: Path, damage: str) -> None:
     store = CacheStore(tmp_path / "cache")
     folder = _model_folder(tmp_path)
@@ -69,6 +69,8 @@ def test_a_corrupted_entry_is_detected_removed_and_never_returned(tmp_path: Path
         doc = json.loads(meta.read_text())
         doc["payload"]["file"] = "other.mlpackage"
         meta.write_text(json.dumps(doc))
+    elif damage == "deep meta":  # json.loads would raise RecursionError, which nothing would catch
+        meta.write_text("[" * 200_000 + "]" * 200_000)
     else:
         meta.write_text("{not json")
     dest = tmp_path / "restored"

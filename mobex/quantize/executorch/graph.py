@@ -63,7 +63,7 @@ def export_batched(model: Any, example_inputs: dict[str, Any]) -> FloatGraph:
                 )
             return FloatGraph(program.module(), batched=True)
         except Exception:  # noqa: BLE001 - any reason the model fixes its batch size: export it as it is
-            pass
+            pass  # below: the graph at the example's own batch size
     try:
         with torch.no_grad():
             return FloatGraph(torch.export.export(wrapped, args, strict=False).module(), batched=False)
