@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 # Representative models up to 5 M parameters: the largest of each family and issue 13's slow cases.
 DEFAULT_SET = ("prelu_conv2d", "lstm_cell_loop", "speaker_lstm3_160", "pitch_cnn", "face_fcn_240x320", "vad_stream",
                "unet_convtranspose", "text_torch_transformer", "hf_mobilevitv2", "hf_roberta")  # fmt: skip
-STAGES = ("data checks", "load model", "reference run", "export", "export android", "export ios", "validate",
+STAGES = ("data checks", "load model", "reference run", "export", "export tflite", "export coreml", "validate",
           "bundle + sign")  # fmt: skip
 
 
