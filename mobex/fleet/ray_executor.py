@@ -10,10 +10,15 @@ outputs through the object store (put once per build). What a task reads from di
 model code, weights and data files) must be at the same path on every node: one machine, or a shared
 filesystem. Every node needs the same mobex and toolchain (the tasks get the driver's PYTHONPATH).
 
-Results are the same as a local build's (byte-identical bundles): the same job runs the same code. The
-int8 fallback search still runs inside its export task, not as Ray tasks of its own: its growth and
-bisection steps depend on each other, and its sensitivity pass (one independent candidate per op)
-would need the quantizer's in-memory state shipped to each task, which is not done yet.
+Inside each export task, the int8 fallback search's independent candidates (its sensitivity pass: one
+candidate per op with only that op in int8) run as Ray tasks of their own (`RayCandidatePool`, installed
+with mobex.quantize.candidates.using_pool): the quantizer (float model, calibration, reference outputs)
+goes to the object store once and every candidate task measures one op. The search's growth and
+bisection steps depend on each other's results and stay in the export task. report.json says where the
+candidates ran (quantization_details.sensitivity_ran_on).
+
+Results are the same as a local build's (byte-identical bundles): the same code measures the same
+candidates on the same data.
 """
 
 from __future__ import annotations
@@ -21,12 +26,14 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from mobex.errors import UsageError
 from mobex.executor import ValidationTask
+from mobex.quantize.candidates import using_pool
 from mobex.targets.base import BuiltVariant, ExportFailure, ExportJob, TargetExport
 from mobex.validate.validator import ValidationPlan, VariantResult
 
@@ -117,13 +124,45 @@ def export_task(job: ExportJob, pruned: bytes | None) -> tuple[TargetExport, str
         if pruned is not None:
             pruned_path = str(tmp / "pruned.pt2")
             Path(pruned_path).write_bytes(pruned)
-        export = run_export(replace(job, workdir=str(tmp), pruned_path=pruned_path))
+        with using_pool(RayCandidatePool()):
+            export = run_export(replace(job, workdir=str(tmp), pruned_path=pruned_path))
         files: dict[str, bytes] = {}
         for built in export.variants:
             files.update(_files_of(Path(built.artifact.path), relative_to=tmp))
         return export, str(tmp), files
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+class RayCandidatePool:
+    """An int8 search's independent candidates as Ray tasks (one CPU each), submitted from an export task.
+
+    A task blocked in `ray.get` gives its CPU back to the cluster, so the candidates can use the export
+    task's CPU too. A quantizer that cannot be serialized (ExecuTorch's graph modules may not be) is measured
+    in this task instead, and `name` says so."""
+
+    def __init__(self) -> None:
+        self.name = "ray"
+
+    def map(self, fn: Callable[[Any, Any], Any], shared: Any, items: Sequence[Any]) -> list[Any]:
+        ray = _ray()
+        try:
+            shared_ref = ray.put(shared)
+        except Exception as exc:  # noqa: BLE001 - any serialization error: measure here instead
+            self.name = f"the export task (the quantizer could not go to Ray: {type(exc).__name__}: {_first_line(exc)})"
+            return [fn(shared, item) for item in items]
+        remote = ray.remote(num_cpus=1, max_retries=0)(candidate_task)
+        futures = [remote.remote(fn, shared_ref, item) for item in items]
+        self.name = f"ray: {len(items)} tasks"
+        return ray.get(futures)
+
+
+def candidate_task(fn: Callable[[Any, Any], Any], shared: Any, item: Any) -> Any:
+    """In a Ray worker: one independent int8 candidate, `fn(shared, item)`."""
+    from mobex.logs import quiet_third_party_logs
+
+    quiet_third_party_logs()
+    return fn(shared, item)
 
 
 def validation_task(

@@ -167,7 +167,7 @@ _VOLATILE_VARIANT_KEYS = ("latency", "latency_by_threads", "export_seconds", "va
 
 
 # Measured (not decided) parts of a variant's quantization_details: latencies, wall times.
-_VOLATILE_DETAILS = ("cost", "search", "search_seconds")
+_VOLATILE_DETAILS = ("cost", "search", "search_seconds", "sensitivity_ran_on")
 
 
 def _decided(details: dict) -> dict:

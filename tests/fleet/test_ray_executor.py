@@ -84,3 +84,35 @@ def test_ray_fleet_gives_the_bundles_of_a_local_fleet(cluster, tmp_path: Path) -
     # The work really ran on the cluster: 2 export jobs (tflite, coreml) and 3 + 2 validations.
     names = _tasks_run(session)
     assert names.count("export_task") == 4 and names.count("validation_task") == 5, names
+
+
+def _build(recipe: Path, out: Path, key: Path, *extra: str) -> dict:
+    env = {**os.environ, **LOOPBACK, "PYTHONPATH": str(ROOT), "SOURCE_DATE_EPOCH": "1234567890"}
+    args = [sys.executable, "-m", "mobex", "build", str(recipe), "--out", str(out), "--key", str(key), "--no-cache"]
+    done = subprocess.run([*args, *extra], capture_output=True, text=True, env=env, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((out / "report.json").read_text())
+
+
+def test_int8_search_candidates_run_as_ray_tasks_and_change_nothing(cluster, tmp_path: Path) -> None:  # noqa: ANN001
+    """The wine MLP's int8 fails its gate in full int8, so the fallback search runs; on Ray its sensitivity
+    candidates (one per op) are Ray tasks of their own, and the bundles are those of a local build."""
+    address, session = cluster
+    recipe = reduced_sample("tabular_mlp", tmp_path / "recipes", android=["int8"], ios=["fp16"])
+    key, _ = generate_keypair(tmp_path / "key.pem")
+    before = _tasks_run(session).count("candidate_task")
+    local = _build(recipe, tmp_path / "local", key)
+    on_ray = _build(recipe, tmp_path / "ray", key, "--executor", "ray", "--ray-address", address)
+
+    def int8_details(report: dict) -> dict:
+        return next(v for v in report["variants"] if v["id"] == "android/int8")["quantization_details"]
+
+    here, there = int8_details(local), int8_details(on_ray)
+    assert here["sensitivity_ran_on"] == "this process"
+    candidates = len(there["sensitivity"])
+    assert candidates >= 3 and there["sensitivity_ran_on"] == f"ray: {candidates} tasks"
+    assert _tasks_run(session).count("candidate_task") - before == candidates
+    assert here["sensitivity"] == there["sensitivity"] and here["fallback_layers"] == there["fallback_layers"]
+    assert [layer["op"] for layer in there["fallback_layers"]] == ["SUB", "MUL"]
+    a, b = unsigned_contents((tmp_path / "local").glob("*.zip")), unsigned_contents((tmp_path / "ray").glob("*.zip"))
+    assert len(a) == 2 and a == b

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from mobex.quantize.candidates import CandidatePool, current_pool
 from mobex.quantize.tflite.graph import DATA_MOVEMENT_OPS, OpInfo
 
 Metrics = dict[str, float]
@@ -59,20 +60,29 @@ class SearchResult:
     sensitivity: list[tuple[OpInfo, float]] = field(default_factory=list)  # (op, output SNR dB), worst first
     trials: list[Trial] = field(default_factory=list)
     seconds: float = 0.0
+    sensitivity_ran_on: str = ""  # where the sensitivity candidates were measured (mobex.quantize.candidates)
 
 
 def sensitivity(
-    ops: Sequence[OpInfo], build: Build, evaluate: Evaluate, samples: int | None
+    ops: Sequence[OpInfo], build: Build, evaluate: Evaluate, samples: int | None, pool: CandidatePool | None = None
 ) -> list[tuple[OpInfo, float]]:
-    """(op, output SNR in dB with only that op in int8), lowest SNR (most damaging) first."""
-    scored = []
-    for op in ops:
-        if op.kind in DATA_MOVEMENT_OPS:
-            continue
-        metrics = evaluate(build(frozenset(), op.scope), samples)
-        scored.append((op, float(metrics.get("snr_db", float("inf")))))
+    """(op, output SNR in dB with only that op in int8), lowest SNR (most damaging) first.
+
+    The candidates are independent, so they go to `pool` (default: `current_pool()`, this process unless a
+    Ray export task installed its pool); `build` and `evaluate` travel to it together as the shared value."""
+    scored_ops = [op for op in ops if op.kind not in DATA_MOVEMENT_OPS]
+    pool = pool or current_pool()
+    metrics = pool.map(only_op_metrics, (build, evaluate), [(op.scope, samples) for op in scored_ops])
+    scored = [(op, float(m.get("snr_db", float("inf")))) for op, m in zip(scored_ops, metrics, strict=True)]
     scored.sort(key=lambda item: (item[1], item[0].index))
     return scored
+
+
+def only_op_metrics(measure: tuple[Build, Evaluate], candidate: tuple[str, int | None]) -> Metrics:
+    """One sensitivity candidate: the model with only op `scope` in int8, measured on the first `samples` feeds."""
+    build, evaluate = measure
+    scope, samples = candidate
+    return evaluate(build(frozenset(), scope), samples)
 
 
 def search_fallback(
@@ -106,7 +116,8 @@ def search_fallback(
     if ok or max_layers <= 0:
         return SearchResult([], ok, model, metrics, [], trials, time.perf_counter() - start)
 
-    ranked = sensitivity(ops, build, evaluate, sensitivity_samples)
+    pool = current_pool()
+    ranked = sensitivity(ops, build, evaluate, sensitivity_samples, pool)
     order = [op for op, snr in ranked if snr < DAMAGE_FLOOR_DB][:max_layers]
 
     def prefix(k: int) -> frozenset[str]:
@@ -151,4 +162,4 @@ def search_fallback(
         )
         scopes, (model, metrics, ok) = best
         fallback = sorted((by_scope[s] for s in scopes), key=lambda o: o.index)
-    return SearchResult(fallback, ok, model, metrics, ranked, trials, time.perf_counter() - start)
+    return SearchResult(fallback, ok, model, metrics, ranked, trials, time.perf_counter() - start, pool.name)

@@ -231,6 +231,7 @@ class Int8Result:
                 {"name": op.label, "op": op.kind, "snr_db_alone": round(snr, 3)} for op, snr in self.search.sensitivity
             ]
             out["search_seconds"] = round(self.search.seconds, 2)
+            out["sensitivity_ran_on"] = self.search.sensitivity_ran_on
         if self.fallback:
             out["cost"] = {
                 "size_bytes": {"int8": self.plain_size, "with_fallback": len(self.model)},
@@ -316,6 +317,22 @@ class StaticInt8:
 
     def __enter__(self) -> StaticInt8:
         return self
+
+    def __getstate__(self) -> dict:
+        """For a copy in a Ray task (mobex.quantize.candidates): everything but this process's scratch folder."""
+        state = dict(self.__dict__)
+        state["_tmp"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        """A copy gets a scratch folder of its own (tasks on one machine must not share candidate files),
+        removed when the copy is collected: nobody calls `close()` on it."""
+        import shutil
+        import weakref
+
+        self.__dict__.update(state)
+        self._tmp = Path(tempfile.mkdtemp(prefix="mobex-int8-copy-"))
+        weakref.finalize(self, shutil.rmtree, self._tmp, True)
 
     def __exit__(self, *exc: object) -> None:
         self.close()
