@@ -8,12 +8,21 @@ Supported sources:
   no compiled libraries, no eval'd shape expressions).
 
 Never unpickle: weights go through safetensors or `weights_only=True`.
+
+A factory is imported and called with torch's, numpy's and Python's global RNGs seeded (FACTORY_SEED), and
+the caller's RNG states restored afterwards. The model is loaded in several processes (the reference run
+here, each export in its own worker), each with its RNG in a different state by then: a factory that
+leaves some weights at their random init (transformers' `position_embeddings`, a weight-norm conv's
+`original0/1`) would otherwise give the reference and every export different weights, and parity would
+compare different models.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +32,8 @@ if TYPE_CHECKING:
     import torch
 
     from mobex.recipe import Recipe
+
+FACTORY_SEED = 0
 
 
 def load_model(recipe: Recipe) -> torch.nn.Module:
@@ -45,6 +56,33 @@ def load_source(base_dir: Path, source: str, weights: Path | None = None) -> tor
 
 
 def _load_factory(base_dir: Path, source: str) -> torch.nn.Module:
+    """Import the factory's module and call it, both with seeded RNGs: the same random init in every process."""
+    with _seeded_rngs(FACTORY_SEED):
+        return _call_factory(base_dir, source)
+
+
+@contextmanager
+def _seeded_rngs(seed: int) -> Iterator[None]:
+    """Seed the global RNGs a factory may draw its random init from (torch CPU, numpy, Python's `random`)
+    for the block, then restore the caller's states: loading a model does not shift the caller's randomness."""
+    import random
+
+    import numpy as np
+    import torch
+
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
+def _call_factory(base_dir: Path, source: str) -> torch.nn.Module:
     import torch
 
     module_name, _, function_name = source.partition(":")

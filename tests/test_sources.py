@@ -12,7 +12,7 @@ import torch
 
 from mobex.errors import UsageError
 from mobex.recipe import load_recipe
-from mobex.sources import load_model
+from mobex.sources import load_model, load_source
 
 TWO_INPUT_MODEL = '''
 import torch
@@ -150,3 +150,49 @@ def test_same_module_name_in_two_recipe_folders(sample_copy) -> None:
     cnn = load_model(load_recipe(sample_copy("digits_cnn") / "recipe.toml"))
     vit = load_model(load_recipe(sample_copy("digits_vit") / "recipe.toml"))
     assert type(cnn).__name__ != type(vit).__name__
+
+
+RANDOM_INIT_MODEL = '''
+import numpy as np
+import torch
+from torch import nn
+
+
+class PositionalConv(nn.Module):
+    """Left at random init like HuBERT's weight-norm positional conv and DINOv2's position embeddings."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.utils.parametrizations.weight_norm(nn.Conv1d(4, 4, 3, padding=1, groups=2), dim=2)
+        self.position = nn.Parameter(torch.randn(1, 4, 8))
+        self.register_buffer("offset", torch.from_numpy(np.random.rand(1, 4, 1).astype(np.float32)))
+
+    def forward(self, x):
+        return self.conv(x + self.position) + self.offset
+
+
+def build():
+    return PositionalConv()
+'''
+
+
+def test_factory_random_init_is_the_same_in_every_process(tmp_path: Path) -> None:
+    """The reference run and each export worker load the model with their RNGs in different states; a random-init
+    factory must still give all of them the same weights (unseeded, HuBERT's parity was cosine 0.92), and loading
+    leaves the caller's RNG states as they were."""
+    import random
+
+    (tmp_path / "randinit.py").write_text(RANDOM_INIT_MODEL)
+    x = torch.linspace(-1, 1, 32).reshape(1, 4, 8)
+    outputs, rng_kept = [], []
+    for draws in (0, 1000):  # a worker that drew more random numbers before loading the model
+        torch.randn(draws)
+        np.random.rand(draws)
+        random.random()
+        before = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+        with torch.no_grad():
+            outputs.append(load_source(tmp_path, "randinit:build")(x))
+        rng_kept.append(torch.equal(torch.get_rng_state(), before[0]) and random.getstate() == before[2]
+                        and np.array_equal(np.random.get_state()[1], before[1]))  # fmt: skip
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+    assert rng_kept == [True, True]

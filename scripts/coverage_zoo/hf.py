@@ -17,9 +17,14 @@ TEXT = "real text: byte ids of scikit-learn's dataset descriptions (mod 100)"
 DIGITS = "real: scikit-learn digits upscaled, 3 channels"
 
 
-def _wrap(model, names: list[str], output: str, inputs: dict) -> torch.nn.Module:  # noqa: ANN001
+def _wrap(build: Callable[[], torch.nn.Module], names: list[str], output: str, inputs: dict) -> torch.nn.Module:
+    """The built model (seeded first: what `randomise` leaves at transformers' random init, e.g. DINOv2's
+    position embeddings or HuBERT's weight-norm positional conv, must be the same in every call), made
+    non-degenerate, returning one tensor."""
     from zoo import _Select, randomise  # scripts/zoo.py: the first ten transformers models
 
+    torch.manual_seed(0)
+    model = build()
     torch.manual_seed(0)
     selected = _Select(model, names, output)
     randomise(selected, inputs)
@@ -39,8 +44,7 @@ def _text(name: str, build: Callable[[], torch.nn.Module], output: str = "last_h
         return data.text_ids(split, n, SEQ, VOCAB, with_mask=mask)
 
     def factory() -> torch.nn.Module:
-        torch.manual_seed(0)
-        return _wrap(build(), [i.name for i in inputs], output, _example(inputs, dataset))
+        return _wrap(build, [i.name for i in inputs], output, _example(inputs, dataset))
 
     register(ZooEntry(name=f"hf_{name}", family="transformers", factory=factory, inputs=inputs, data=dataset,
                       samples=8, data_note=TEXT, covers=(f"transformers {name}", "int64 ids"),
@@ -58,7 +62,7 @@ def _vision(name: str, build: Callable[[], torch.nn.Module], size: int, output: 
         return arrays
 
     def factory() -> torch.nn.Module:
-        return _wrap(build(), ["pixel_values"], output, _example(inputs, dataset))
+        return _wrap(build, ["pixel_values"], output, _example(inputs, dataset))
 
     register(ZooEntry(name=f"hf_{name}", family="transformers", factory=factory, inputs=inputs, data=dataset,
                       samples=6, data_note=DIGITS, covers=(f"transformers {name}",),
@@ -75,7 +79,7 @@ def _audio(name: str, build: Callable[[], torch.nn.Module], input_name: str, sha
         return data.features(split, n, shape, input_name)
 
     def factory() -> torch.nn.Module:
-        return _wrap(build(), [input_name], output, _example(inputs, dataset))
+        return _wrap(build, [input_name], output, _example(inputs, dataset))
 
     register(ZooEntry(name=f"hf_{name}", family="transformers", factory=factory, inputs=inputs, data=dataset,
                       samples=4, data_note="SYNTHETIC audio / features", covers=(f"transformers {name}",),

@@ -76,3 +76,17 @@ def test_zoo_model_builds_on_both_targets(name: str, tmp_path: Path) -> None:
     else:
         assert ios["state"] == "pass", ios
         assert ios["backend"] in ("mil-reference", "coreml-runtime")
+
+
+@pytest.mark.parametrize("name", ["hf_hubert", "hf_dinov2", "hf_dpt_depth"])
+def test_zoo_factory_is_deterministic(name: str) -> None:
+    """These three keep some weights at transformers' random init (HuBERT's weight-norm positional conv, DINOv2's
+    position embeddings, DPT's ConvTranspose2d); the factory must seed before building, as ZooEntry promises."""
+    import torch
+
+    first = ZOO[name].factory().state_dict()
+    torch.randn(1000)  # another caller's RNG state
+    second = ZOO[name].factory().state_dict()
+    assert first.keys() == second.keys()
+    for key, value in first.items():
+        torch.testing.assert_close(second[key], value, rtol=0, atol=0, msg=key)
