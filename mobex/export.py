@@ -25,7 +25,11 @@ from mobex.workers import pool_options  # workers die with the build
 
 
 def plan_exports(
-    recipe, workdir: Path, names: list[str], pruned_path: str | None = None  # noqa: ANN001 - Recipe
+    recipe,  # noqa: ANN001 - Recipe
+    workdir: Path,
+    names: list[str],
+    pruned_path: str | None = None,
+    model_fingerprint: tuple[tuple[str, str], ...] | None = None,
 ) -> list[ExportJob]:
     """One job per target, in the order the recipe first asks for each (Android's variants come first)."""
     by_target: dict[str, list[VariantRequest]] = {}
@@ -41,6 +45,7 @@ def plan_exports(
             output_names=tuple(names),
             options=plugins.target(name).options(recipe),
             pruned_path=pruned_path,
+            model_fingerprint=model_fingerprint,
         )
         for name, requests in by_target.items()
     ]
@@ -52,7 +57,11 @@ def run_export(job: ExportJob) -> TargetExport:
 
     start = time.perf_counter()
     torch.set_num_threads(job.threads)
-    inputs = _load_inputs(job)
+    try:
+        inputs = _load_inputs(job)
+    except ModelMismatch as exc:
+        failures = tuple(ExportFailure(r, str(exc)) for r in job.requests)
+        return TargetExport(job.target, failures=failures, seconds=time.perf_counter() - start)
     target = plugins.target(job.target)
     out_dir = Path(job.workdir) / job.target
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -79,11 +88,15 @@ def run_export(job: ExportJob) -> TargetExport:
     return TargetExport(job.target, tuple(variants), tuple(failures), time.perf_counter() - start)
 
 
+class ModelMismatch(Exception):
+    """The model an export worker loaded is not the one the reference run used."""
+
+
 def _load_inputs(job: ExportJob) -> JobInputs:
     """The model (the recipe's, or the pipeline's pruned one), one example batch and the calibration data."""
     from mobex.data import example_inputs, load_validation_and_calibration
     from mobex.recipe import load_recipe
-    from mobex.sources import load_model
+    from mobex.sources import fingerprint_mismatch, load_model
 
     recipe = load_recipe(job.recipe_path)
     validation, calibration = load_validation_and_calibration(recipe)
@@ -93,6 +106,14 @@ def _load_inputs(job: ExportJob) -> JobInputs:
         model = load_pruned_model(job.pruned_path)
     else:
         model = load_model(recipe)
+        why = fingerprint_mismatch(job.model_fingerprint, model) if job.model_fingerprint is not None else None
+        if why is not None:
+            raise ModelMismatch(
+                f"the model this {job.target} export loaded is not the one the reference run used: {why}. The "
+                f"model source ({recipe.model.source}) builds different weights each time it is loaded, so "
+                "parity would compare different models. Fix: load the weights from a file (`weights =` in "
+                "[model]), or make the factory deterministic (no time, os.urandom or unseeded generators)"
+            )
     if recipe.state:  # streaming: calibrate on the states the float model feeds itself, step by step
         from mobex.runtime.streaming import with_recorded_states
 

@@ -109,11 +109,13 @@ def build(recipe: Recipe, options: BuildOptions, on_stage: Callable[[str], None]
         validation, calibration = load_validation_and_calibration(recipe)
         _check_calibration(recipe, calibration)
         from mobex.prune.pruning import load_finetune_data, save_pruned_model
+        from mobex.sources import weights_fingerprint
 
         training = load_finetune_data(recipe)  # None unless [prune.finetune]
         cache = BuildCache.open(recipe, validation, calibration, enabled=options.cache, executor=options.executor)
         _preflight(recipe, skip=cache.cached_targets())  # e.g. bad int8 training data fails here
     model, pruning, reference = _model_and_reference(recipe, validation, training, cache, clock)
+    fingerprint = weights_fingerprint(model) if model is not None and pruning is None else None
     check_labels_fit(recipe, reference.outputs)  # a labels file must fit the class output
     names = recipe.output_names(len(reference.outputs))
 
@@ -124,7 +126,7 @@ def build(recipe: Recipe, options: BuildOptions, on_stage: Callable[[str], None]
             pruned_path = None
             if pruning is not None:
                 pruned_path = str(save_pruned_model(model, example_inputs(recipe, validation), workdir / "pruned.pt2"))
-            jobs = plan_exports(recipe, workdir, names, pruned_path)
+            jobs = plan_exports(recipe, workdir, names, pruned_path, fingerprint)
             exports = cache.run_exports(jobs, options.jobs)
         for exp in exports:
             clock.timings[f"export {exp.target}"] = round(exp.seconds, 3)

@@ -15,6 +15,11 @@ here, each export in its own worker), each with its RNG in a different state by 
 leaves some weights at their random init (transformers' `position_embeddings`, a weight-norm conv's
 `original0/1`) would otherwise give the reference and every export different weights, and parity would
 compare different models.
+
+A factory can still differ between processes in ways seeding does not reach (the time, `os.urandom`, a
+file it reads): `weights_fingerprint` hashes every parameter and buffer where the reference run loads
+the model, each export worker checks its own copy against it (mobex.export), and a difference fails the
+export naming the first tensor that differs, instead of validating a model that is not the one exported.
 """
 
 from __future__ import annotations
@@ -40,6 +45,37 @@ def load_model(recipe: Recipe) -> torch.nn.Module:
     """The recipe's model, weights applied, in eval mode."""
     weights = recipe.resolve(recipe.model.weights) if recipe.model.weights is not None else None
     return load_source(recipe.base_dir, recipe.model.source, weights)
+
+
+def weights_fingerprint(model: torch.nn.Module) -> tuple[tuple[str, str], ...]:
+    """(name, sha256 of dtype, shape and bytes) of every parameter and buffer, in state_dict order."""
+    import hashlib
+
+    import torch
+
+    out = []
+    for name, tensor in model.state_dict(keep_vars=False).items():
+        if not isinstance(tensor, torch.Tensor):
+            continue
+        t = tensor.detach().cpu().contiguous()
+        h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        out.append((name, h.hexdigest()[:32]))
+    return tuple(out)
+
+
+def fingerprint_mismatch(expected: tuple[tuple[str, str], ...], model: torch.nn.Module) -> str | None:
+    """Why `model` is not the model `expected` was taken of (None when it is)."""
+    got = weights_fingerprint(model)
+    if got == expected:
+        return None
+    mine, theirs = dict(got), dict(expected)
+    if list(mine) != list(theirs):
+        missing, extra = sorted(set(theirs) - set(mine)), sorted(set(mine) - set(theirs))
+        return f"its tensors differ: missing {missing[:3]}, extra {extra[:3]}"
+    first = next(name for name in theirs if mine[name] != theirs[name])
+    changed = sum(mine[n] != theirs[n] for n in theirs)
+    return f"{changed} of {len(theirs)} tensors have different values, first {first!r}"
 
 
 def load_source(base_dir: Path, source: str, weights: Path | None = None) -> torch.nn.Module:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from mobex.errors import RecipeError
+from mobex.errors import GateFailed, RecipeError
 from mobex.pipeline import BuildOptions, build
 from mobex.recipe import load_recipe
-from mobex.sources import load_model
+from mobex.sources import fingerprint_mismatch, load_model, weights_fingerprint
 
 
 @pytest.mark.parametrize("kind", ["pt2", "pt"])
@@ -43,3 +44,34 @@ def test_torchscript_with_android_is_refused_before_work(sample_copy) -> None:
     recipe_path.write_text(recipe_path.read_text().replace('source = "model:build"', 'source = "model.pt"'))
     with pytest.raises(RecipeError, match=r"TorchScript \(\.pt\), which the TFLite target cannot convert"):
         load_recipe(recipe_path)
+
+
+def test_a_factory_that_builds_other_weights_in_each_process_fails_its_exports(sample_copy, tmp_path: Path) -> None:
+    """Seeding cannot reach a factory that draws from os.urandom: the export workers' models are checked
+    against the reference run's by weights fingerprint, and each export fails naming the tensor."""
+    folder = sample_copy("tabular_mlp")
+    (folder / "urandom_model.py").write_text(
+        "import os\nimport torch\nfrom model import WineMLP\n\n\ndef build():\n"
+        "    torch.manual_seed(int.from_bytes(os.urandom(4), 'little'))\n    return WineMLP()\n"
+    )
+    recipe_path = folder / "recipe.toml"
+    text = recipe_path.read_text().replace('source = "model:build"', 'source = "urandom_model:build"')
+    text = text.replace('weights = "weights.safetensors"\n', "")
+    text = text[: text.index("[android]")] + '[android]\nvariants = ["fp32"]\n[ios]\nvariants = ["fp32"]\n'
+    recipe_path.write_text(text)
+    with pytest.raises(GateFailed):
+        build(load_recipe(recipe_path), BuildOptions(out_dir=tmp_path / "out", jobs=1))
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    for variant in report["variants"]:
+        assert "is not the one the reference run used" in variant["status"], variant["status"]
+        assert "first 'net.0.weight'" in variant["status"], variant["status"]
+
+
+def test_weights_fingerprint_names_what_differs() -> None:
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    b.load_state_dict(a.state_dict())
+    assert fingerprint_mismatch(weights_fingerprint(a), b) is None
+    with torch.no_grad():
+        b.bias[0] += 1e-7  # one float's last bits: still a different model
+    assert fingerprint_mismatch(weights_fingerprint(a), b) == "1 of 2 tensors have different values, first 'bias'"
+    assert "missing ['bias']" in fingerprint_mismatch(weights_fingerprint(a), torch.nn.Linear(3, 2, bias=False))

@@ -44,6 +44,9 @@ class ExportJob:
     options: Any
     pruned_path: str | None = None
     threads: int = 1
+    # mobex.sources.weights_fingerprint of the model the reference run used (None: not loaded, or pruned);
+    # the worker checks that the model it loads is that one.
+    model_fingerprint: tuple[tuple[str, str], ...] | None = None
 
 
 @dataclass(frozen=True)
