@@ -228,7 +228,7 @@ def randomise(model, inputs: dict) -> None:  # noqa: ANN001
 
     gen = torch.Generator().manual_seed(5)
     for module in model.modules():
-        if isinstance(module, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)):
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
             module.reset_parameters()
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if norms:

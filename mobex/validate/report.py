@@ -15,6 +15,7 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 from mobex import __version__
+from mobex.datasources.base import Check
 from mobex.files import write_atomic
 from mobex.runtime.latency import HOST_NOTE
 from mobex.validate.html import render_html
@@ -48,6 +49,27 @@ class ReportInputs:
     baselines: dict = field(default_factory=dict)  # platform -> comparison with the release it replaces
 
 
+def reference_output_checks(names: list[str], outputs: list) -> list[Check]:
+    """One check per output: does the float model's output vary over the validation data at all?
+
+    A constant output (a head that a ReLU zeroes, a random-init model) matches any export that outputs the
+    same constant: parity then passes without telling a good export from a bad one, so the report says so."""
+    import numpy as np
+
+    checks = []
+    for name, out in zip(names, outputs, strict=False):
+        arr = np.asarray(out)
+        if arr.size == 0 or not np.issubdtype(arr.dtype, np.number):
+            continue
+        lo, hi = float(np.min(arr)), float(np.max(arr))
+        varies = hi > lo
+        detail = (f"values in [{lo:.4g}, {hi:.4g}]" if varies else
+                  f"every value is {lo:.4g} on all {arr.shape[0]} samples: parity against it cannot tell a good "
+                  "export from a bad one (check the model's weights and the validation data)")  # fmt: skip
+        checks.append(Check(f"reference output {name} varies", varies, detail))
+    return checks
+
+
 def build_report(r: ReportInputs) -> dict:
     """The report dict, in its documented key order."""
     recipe, validation, calibration, reference = r.recipe, r.validation, r.calibration, r.reference
@@ -59,6 +81,8 @@ def build_report(r: ReportInputs) -> dict:
     }
     checks = [c.to_dict() for c in validation.checks]
     checks += [c.to_dict() for c in calibration.checks] if calibration is not validation else []
+    checks += [c.to_dict() for c in reference_output_checks(r.recipe.output_names(len(reference.outputs)),
+                                                            reference.outputs)]  # fmt: skip
     reference_entry = {
         "backend": "torch",
         "metrics": reference.metrics,

@@ -146,3 +146,17 @@ def test_html_shows_delegation_gates_not_applied_task_metrics_and_steps(built_di
     assert "mAP@0.5 vs original" in page and "0.934" in page
     assert "HARD_SWISH ×3" in page and "Block_3/act" in page
     assert 'aria-label="worst absolute error per step' in page and "<polyline" in page
+
+
+def test_a_constant_reference_output_is_reported_as_unable_to_judge_parity() -> None:
+    """A head a ReLU zeroes everywhere "matches" any export that also outputs zeros (the coverage zoo's DPT
+    depth head did, at random init): the report says parity against it means nothing."""
+    import numpy as np
+
+    from mobex.validate.report import reference_output_checks
+
+    varying, constant = np.arange(6, dtype=np.float32).reshape(3, 2), np.zeros((3, 4, 4), np.float32)
+    checks = reference_output_checks(["logits", "depth"], [varying, constant])
+    assert [(c.name, c.passed) for c in checks] == [("reference output logits varies", True),
+                                                   ("reference output depth varies", False)]  # fmt: skip
+    assert checks[1].detail.startswith("every value is 0 on all 3 samples: parity against it cannot tell")
