@@ -218,3 +218,63 @@ def test_install_and_uninstall_restore_litert_torch_tables() -> None:
     tflite_lowering.install()
     tflite_lowering.install()
     assert dict(decomp._pre_lower_decomp) == fixed
+
+
+# --- expand ----------------------------------------------------------------------------------------
+
+
+class GlobalPoolExpand(nn.Module):
+    """An ASPP head's image-pool branch: the pooled 1x1 feature expanded back to HxW, next to a conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.pool, self.out = nn.Conv2d(4, 6, 3, padding=1), nn.Conv2d(4, 5, 1), nn.Conv2d(11, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.pool(x.mean((2, 3), keepdim=True)).expand(-1, -1, x.shape[2], x.shape[3])
+        return self.out(torch.cat([self.conv(x), pooled], 1))
+
+
+class GroupedQueryScores(nn.Module):
+    """Attention scores with grouped-query attention: 1 key head repeated for 2 query heads (transformers'
+    `repeat_kv`: expand + reshape), then q @ k^T as Llama / Qwen2 compute it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.q, self.k = nn.Linear(8, 2 * 4), nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, seq, _ = x.shape
+        q = self.q(x).view(batch, seq, 2, 4).transpose(1, 2)
+        k = self.k(x).view(batch, seq, 1, 4).transpose(1, 2)
+        k = k[:, :, None].expand(batch, 1, 2, seq, 4).reshape(batch, 2, seq, 4)
+        return q @ k.transpose(2, 3)
+
+
+def test_stock_expand_before_transpose_is_rejected_by_litert(tmp_path: Path) -> None:
+    """Stock: BROADCAST_TO from the un-transposed [1, 5, 1, 1] to NHWC [1, 8, 8, 5]. If this fails after a
+    litert-torch upgrade, the converter keeps the transpose: drop the fix."""
+    path = stock_convert(GlobalPoolExpand(), torch.randn(1, 4, 8, 8), tmp_path / "stock.tflite")
+    with pytest.raises(RuntimeError, match="Output shape must be broadcastable"):
+        TfliteRunner(path)
+
+
+def test_stock_grouped_query_keys_are_read_in_the_wrong_order(tmp_path: Path) -> None:
+    model, x = GroupedQueryScores().eval(), torch.randn(1, 5, 8)
+    runner = TfliteRunner(stock_convert(model, x, tmp_path / "stock.tflite"))
+    with torch.no_grad():
+        want = model(x).numpy()
+    (got,) = runner.run({runner.inputs[0].name: x.numpy()})
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() > 0.1  # the keys' [seq, dim] transposed by a reshape, not a transpose
+
+
+@pytest.mark.parametrize("model_cls", [GlobalPoolExpand, GroupedQueryScores])
+def test_expand_becomes_broadcast_to_and_matches_torch(tmp_path: Path, model_cls: type[nn.Module]) -> None:
+    model = model_cls().eval()
+    x = torch.randn(1, 4, 8, 8) if model_cls is GlobalPoolExpand else torch.randn(1, 5, 8)
+    path = fixed_convert(model, x, tmp_path / "fixed.tflite")
+    assert op_counts(path)["BROADCAST_TO"] == 1
+    assert_matches_torch(path, model, x, atol=1e-4)
