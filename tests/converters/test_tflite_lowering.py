@@ -278,3 +278,54 @@ def test_expand_becomes_broadcast_to_and_matches_torch(tmp_path: Path, model_cls
     path = fixed_convert(model, x, tmp_path / "fixed.tflite")
     assert op_counts(path)["BROADCAST_TO"] == 1
     assert_matches_torch(path, model, x, atol=1e-4)
+
+
+# --- fold / unfold ------------------------------------------------------------------------------------
+
+
+class PatchMixer(nn.Module):
+    """MobileViT's pattern: unfold a feature map into non-overlapping 2x2 patches, mix them, fold back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.mix = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        patches = nn.functional.unfold(self.conv(x), kernel_size=2, stride=2)  # [1, 4*2*2, 4*6]
+        mixed = self.mix(patches.transpose(1, 2)).transpose(1, 2)
+        return nn.functional.fold(mixed, output_size=(8, 12), kernel_size=2, stride=2)
+
+
+def test_stock_fold_is_a_scatter_litert_cannot_run(tmp_path: Path) -> None:
+    path = stock_convert(PatchMixer(), torch.randn(1, 3, 8, 12), tmp_path / "stock.tflite")
+    with pytest.raises(RuntimeError, match="stablehlo.scatter"):
+        TfliteRunner(path)
+
+
+def test_non_overlapping_fold_and_unfold_become_transposes_and_match_torch(tmp_path: Path) -> None:
+    model, x = PatchMixer().eval(), torch.randn(1, 3, 8, 12)
+    path = fixed_convert(model, x, tmp_path / "fixed.tflite")
+    ops = op_counts(path)
+    assert "STABLEHLO_SCATTER" not in ops and "GATHER_ND" not in ops
+    assert_matches_torch(path, model, x, atol=1e-4)
+    assert TfliteRunner(path).delegate_partitions() == 1
+
+
+@pytest.mark.parametrize(("shape", "kernel"), [((2, 3, 8, 12), (2, 3)), ((3, 8, 8), (4, 2)), ((1, 2, 4, 4), (1, 1))])
+def test_fold_unfold_decompositions_equal_torch(shape: tuple[int, ...], kernel: tuple[int, int]) -> None:
+    """Batched and unbatched, square and not: the reshape-transpose forms give torch's exact values."""
+    x = torch.randn(shape)
+    patches = nn.functional.unfold(x, kernel, stride=kernel)
+    got = tflite_lowering._im2col_as_transpose(x, kernel, [1, 1], [0, 0], kernel)
+    torch.testing.assert_close(got, patches, rtol=0, atol=0)
+    folded = nn.functional.fold(patches * 3, shape[-2:], kernel, stride=kernel)
+    got = tflite_lowering._col2im_as_transpose(patches * 3, list(shape[-2:]), kernel, [1, 1], [0, 0], kernel)
+    torch.testing.assert_close(got, folded, rtol=0, atol=0)
+
+
+def test_overlapping_fold_keeps_torchs_decomposition() -> None:
+    """Stride 1 (overlapping) and a 5x5 map cut into 2x2 patches (cropped): not a plain transpose."""
+    overlapping, cropped = torch.randn(1, 12, 9), torch.randn(1, 3, 5, 5)
+    assert tflite_lowering._col2im_as_transpose(overlapping, [4, 4], [2, 2], [1, 1], [0, 0], [1, 1]) is NotImplemented
+    assert tflite_lowering._im2col_as_transpose(cropped, [2, 2], [1, 1], [0, 0], [2, 2]) is NotImplemented
