@@ -1,4 +1,5 @@
-"""Lowering fixes for litert-torch 0.10: PReLU as TFLite's PRELU op, recurrent layers lowered in one piece.
+"""Lowering fixes for litert-torch 0.10: PReLU as TFLite's PRELU op, recurrent layers lowered in one piece,
+`expand` as TFLite's BROADCAST_TO, non-overlapping `fold` / `unfold` as reshapes and a transpose.
 
 litert-torch turns a torch graph into TFLite in three steps: torch.export, decomposition to core ATen
 (run twice: before its layout passes and before lowering), and a lowering of each ATen op to MLIR.
@@ -17,6 +18,26 @@ Two of its defaults cost mobile apps dearly (issue 13):
   MLIR in JAX: the input projection of all steps as one matmul, then per step one matmul with the
   recurrent weights and the gate math. The TFLite graph is the same unrolled form the stock path
   produces (FULLY_CONNECTED, LOGISTIC, TANH, MUL, ADD on XNNPACK), built in seconds.
+
+One default is wrong, not slow:
+
+- `expand`: litert-torch lowers `aten.expand` to `stablehlo.broadcast_in_dim`. The converter folds a
+  transpose that follows it into the broadcast's dimensions (legal StableHLO: a permuting
+  `broadcast_dimensions`), and its TFLite legalization of `broadcast_in_dim` then ignores the
+  permutation: BROADCAST_TO gets the untransposed input. Where the broadcast adds no size-1 axis to
+  move, LiteRT rejects the model at allocation ("Output shape must be broadcastable", the
+  global-pool branch of an ASPP head, which litert-torch's NHWC pass follows with a transpose); where
+  it does, the data are silently read in the wrong order (grouped-query attention: `repeat_kv`'s
+  expand of the keys, then `k.transpose(2, 3)` for `q @ k^T`, gives wrong attention, logits off by
+  ~1). The fix lowers `aten.expand`, after the layout passes, to litert-torch's own `tfl.broadcast_to`
+  op, which reaches the converter as TFLite's BROADCAST_TO: the transpose after it stays a TRANSPOSE.
+- `col2im` (`nn.functional.fold`, `nn.Fold`): torch's decomposition is an accumulating
+  `index_put`, which the converter emits as STABLEHLO_SCATTER; LiteRT rejects that node at
+  allocation ("Only update, Add, Multiply, Maximum and Minimum operations are currently supported
+  for stablehlo.scatter"; found by MobileViTV2, which folds its patches back to a feature map). When
+  the patches do not overlap (stride = kernel, no padding or dilation, as MobileViT uses it), fold
+  is a reshape, one transpose and a reshape, which the fix emits; `im2col` (`unfold`) of that kind
+  likewise, instead of a GATHER_ND. Overlapping patches keep the stock path.
 
 Why not TFLite's fused UNIDIRECTIONAL_SEQUENCE_LSTM: XNNPACK has no kernel for it (it runs on
 LiteRT's builtin kernel, outside the delegate), its state operands are *variable* tensors that
@@ -68,6 +89,21 @@ FIXES: tuple[LoweringFix, ...] = (
         "torch's decomposition unrolls every step before two re-traces of the whole graph: conversion time "
         "grows faster than the number of steps (3-layer LSTM, 160 steps: minutes)",
     ),
+    LoweringFix(
+        "expand-broadcast",
+        ("expand",),
+        "aten.expand becomes stablehlo.broadcast_in_dim; the converter folds a following transpose into its "
+        "dimensions and legalizes that to BROADCAST_TO without the transpose: LiteRT rejects the model "
+        "('Output shape must be broadcastable', ASPP global-pool expand) or computes garbage (GQA repeat_kv "
+        "before k.transpose: llama / qwen2 logits off by ~1)",
+    ),
+    LoweringFix(
+        "fold-unfold",
+        ("col2im", "im2col"),
+        "nn.functional.fold becomes an accumulating index_put, emitted as STABLEHLO_SCATTER, which LiteRT "
+        "rejects at allocation ('Only update, Add, Multiply, Maximum and Minimum operations are currently "
+        "supported for stablehlo.scatter'; MobileViTV2); unfold becomes a GATHER_ND",
+    ),
 )
 
 
@@ -91,6 +127,10 @@ def install() -> tuple[LoweringFix, ...]:
         (aten.rnn_tanh.input, _rnn_tanh_to_custom),
         (aten.rnn_relu.input, _rnn_relu_to_custom),
     ):
+        _override("pre_convert", op, decomp)
+        _override("pre_lower", op, decomp)
+    _override("pre_lower", aten.expand.default, _expand_to_tfl)  # after the layout passes, which know aten.expand
+    for op, decomp in ((aten.col2im.default, _col2im_as_transpose), (aten.im2col.default, _im2col_as_transpose)):
         _override("pre_convert", op, decomp)
         _override("pre_lower", op, decomp)
     _installed = True
@@ -185,6 +225,7 @@ def _register_ops() -> None:
     if _registered_ops:
         return
     import torch
+    from litert_torch.backend.experimental.torch_tfl import _ops  # noqa: F401 - registers torch.ops.tfl.broadcast_to
 
     torch.library.define("mobex_tfl::prelu", "(Tensor x, Tensor alpha) -> Tensor")
     torch.library.define(
@@ -302,6 +343,64 @@ def _conv_explicit_padding(x, weight, bias=None, stride=1, padding="valid", dila
         x = torch.nn.functional.pad(x, pads)
         before = [0] * dims
     return torch.ops.aten.convolution.default(x, weight, bias, stride, before, dilation, False, [0] * dims, groups)
+
+
+def _expand_to_tfl(x: Any, size: Any, *, implicit: bool = False) -> Any:  # noqa: ARG001 - torch's signature
+    """`aten.expand` as litert-torch's `tfl.broadcast_to`, lowered straight to TFLite's BROADCAST_TO.
+
+    Not `stablehlo.broadcast_in_dim` (the stock lowering): the converter folds a following transpose
+    into it and loses the transpose (module docstring). Symbolic sizes keep the stock lowering.
+    """
+    import torch
+
+    lead = len(size) - x.dim()
+    if lead < 0 or not all(isinstance(s, int) for s in size) or not all(isinstance(s, int) for s in x.shape):
+        return NotImplemented
+    shape = [x.shape[i - lead] if s == -1 and i >= lead else s for i, s in enumerate(size)]
+    return torch.ops.tfl.broadcast_to(x, shape)
+
+
+def _tiles(size: Any, kernel: Any, dilation: Any, padding: Any, stride: Any) -> list[int] | None:
+    """Patches per axis when fold / unfold's patches tile `size` exactly (stride = kernel, no padding,
+    no dilation); None otherwise (overlapping, strided or cropped patches keep torch's decomposition)."""
+    if list(dilation) != [1, 1] or list(padding) != [0, 0] or list(stride) != list(kernel):
+        return None
+    if not all(isinstance(v, int) for v in (*size, *kernel)) or any(n % k for n, k in zip(size, kernel, strict=True)):
+        return None
+    return [n // k for n, k in zip(size, kernel, strict=True)]
+
+
+def _col2im_as_transpose(x: Any, output_size: Any, kernel_size: Any, dilation: Any, padding: Any, stride: Any) -> Any:
+    """`fold` of non-overlapping patches: [B, C*kh*kw, L] -> [B, C, H, W] by reshape, transpose, reshape
+    (torch's accumulating index_put becomes a STABLEHLO_SCATTER LiteRT cannot run; module docstring)."""
+    tiles = _tiles(output_size, kernel_size, dilation, padding, stride)
+    if tiles is None or x.dim() not in (2, 3):
+        return NotImplemented
+    batched = x if x.dim() == 3 else x.unsqueeze(0)
+    (kh, kw), (th, tw) = kernel_size, tiles
+    batch, columns = batched.shape[0], batched.shape[1]
+    if not isinstance(columns, int) or columns % (kh * kw):
+        return NotImplemented
+    channels = columns // (kh * kw)
+    y = batched.reshape(batch, channels, kh, kw, th, tw).permute(0, 1, 4, 2, 5, 3)
+    y = y.reshape(batch, channels, th * kh, tw * kw)
+    return y if x.dim() == 3 else y.squeeze(0)
+
+
+def _im2col_as_transpose(x: Any, kernel_size: Any, dilation: Any, padding: Any, stride: Any) -> Any:
+    """`unfold` into non-overlapping patches: [B, C, H, W] -> [B, C*kh*kw, L] by reshape, transpose, reshape
+    (instead of torch's index arithmetic and a GATHER_ND)."""
+    if x.dim() not in (3, 4):
+        return NotImplemented
+    tiles = _tiles(x.shape[-2:], kernel_size, dilation, padding, stride)
+    if tiles is None:
+        return NotImplemented
+    batched = x if x.dim() == 4 else x.unsqueeze(0)
+    (kh, kw), (th, tw) = kernel_size, tiles
+    batch, channels = batched.shape[0], batched.shape[1]
+    y = batched.reshape(batch, channels, th, kh, tw, kw).permute(0, 1, 3, 5, 2, 4)
+    y = y.reshape(batch, channels * kh * kw, th * tw)
+    return y if x.dim() == 4 else y.squeeze(0)
 
 
 def _lstm_to_custom(x, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):  # noqa: ANN001, ANN202, ARG001

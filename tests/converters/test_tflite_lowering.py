@@ -218,3 +218,114 @@ def test_install_and_uninstall_restore_litert_torch_tables() -> None:
     tflite_lowering.install()
     tflite_lowering.install()
     assert dict(decomp._pre_lower_decomp) == fixed
+
+
+# --- expand ----------------------------------------------------------------------------------------
+
+
+class GlobalPoolExpand(nn.Module):
+    """An ASPP head's image-pool branch: the pooled 1x1 feature expanded back to HxW, next to a conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.pool, self.out = nn.Conv2d(4, 6, 3, padding=1), nn.Conv2d(4, 5, 1), nn.Conv2d(11, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.pool(x.mean((2, 3), keepdim=True)).expand(-1, -1, x.shape[2], x.shape[3])
+        return self.out(torch.cat([self.conv(x), pooled], 1))
+
+
+class GroupedQueryScores(nn.Module):
+    """Attention scores with grouped-query attention: 1 key head repeated for 2 query heads (transformers'
+    `repeat_kv`: expand + reshape), then q @ k^T as Llama / Qwen2 compute it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.q, self.k = nn.Linear(8, 2 * 4), nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, seq, _ = x.shape
+        q = self.q(x).view(batch, seq, 2, 4).transpose(1, 2)
+        k = self.k(x).view(batch, seq, 1, 4).transpose(1, 2)
+        k = k[:, :, None].expand(batch, 1, 2, seq, 4).reshape(batch, 2, seq, 4)
+        return q @ k.transpose(2, 3)
+
+
+def test_stock_expand_before_transpose_is_rejected_by_litert(tmp_path: Path) -> None:
+    """Stock: BROADCAST_TO from the un-transposed [1, 5, 1, 1] to NHWC [1, 8, 8, 5]. If this fails after a
+    litert-torch upgrade, the converter keeps the transpose: drop the fix."""
+    path = stock_convert(GlobalPoolExpand(), torch.randn(1, 4, 8, 8), tmp_path / "stock.tflite")
+    with pytest.raises(RuntimeError, match="Output shape must be broadcastable"):
+        TfliteRunner(path)
+
+
+def test_stock_grouped_query_keys_are_read_in_the_wrong_order(tmp_path: Path) -> None:
+    model, x = GroupedQueryScores().eval(), torch.randn(1, 5, 8)
+    runner = TfliteRunner(stock_convert(model, x, tmp_path / "stock.tflite"))
+    with torch.no_grad():
+        want = model(x).numpy()
+    (got,) = runner.run({runner.inputs[0].name: x.numpy()})
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() > 0.1  # the keys' [seq, dim] transposed by a reshape, not a transpose
+
+
+@pytest.mark.parametrize("model_cls", [GlobalPoolExpand, GroupedQueryScores])
+def test_expand_becomes_broadcast_to_and_matches_torch(tmp_path: Path, model_cls: type[nn.Module]) -> None:
+    model = model_cls().eval()
+    x = torch.randn(1, 4, 8, 8) if model_cls is GlobalPoolExpand else torch.randn(1, 5, 8)
+    path = fixed_convert(model, x, tmp_path / "fixed.tflite")
+    assert op_counts(path)["BROADCAST_TO"] == 1
+    assert_matches_torch(path, model, x, atol=1e-4)
+
+
+# --- fold / unfold ------------------------------------------------------------------------------------
+
+
+class PatchMixer(nn.Module):
+    """MobileViT's pattern: unfold a feature map into non-overlapping 2x2 patches, mix them, fold back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.mix = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        patches = nn.functional.unfold(self.conv(x), kernel_size=2, stride=2)  # [1, 4*2*2, 4*6]
+        mixed = self.mix(patches.transpose(1, 2)).transpose(1, 2)
+        return nn.functional.fold(mixed, output_size=(8, 12), kernel_size=2, stride=2)
+
+
+def test_stock_fold_is_a_scatter_litert_cannot_run(tmp_path: Path) -> None:
+    path = stock_convert(PatchMixer(), torch.randn(1, 3, 8, 12), tmp_path / "stock.tflite")
+    with pytest.raises(RuntimeError, match="stablehlo.scatter"):
+        TfliteRunner(path)
+
+
+def test_non_overlapping_fold_and_unfold_become_transposes_and_match_torch(tmp_path: Path) -> None:
+    model, x = PatchMixer().eval(), torch.randn(1, 3, 8, 12)
+    path = fixed_convert(model, x, tmp_path / "fixed.tflite")
+    ops = op_counts(path)
+    assert "STABLEHLO_SCATTER" not in ops and "GATHER_ND" not in ops
+    assert_matches_torch(path, model, x, atol=1e-4)
+    assert TfliteRunner(path).delegate_partitions() == 1
+
+
+@pytest.mark.parametrize(("shape", "kernel"), [((2, 3, 8, 12), (2, 3)), ((3, 8, 8), (4, 2)), ((1, 2, 4, 4), (1, 1))])
+def test_fold_unfold_decompositions_equal_torch(shape: tuple[int, ...], kernel: tuple[int, int]) -> None:
+    """Batched and unbatched, square and not: the reshape-transpose forms give torch's exact values."""
+    x = torch.randn(shape)
+    patches = nn.functional.unfold(x, kernel, stride=kernel)
+    got = tflite_lowering._im2col_as_transpose(x, kernel, [1, 1], [0, 0], kernel)
+    torch.testing.assert_close(got, patches, rtol=0, atol=0)
+    folded = nn.functional.fold(patches * 3, shape[-2:], kernel, stride=kernel)
+    got = tflite_lowering._col2im_as_transpose(patches * 3, list(shape[-2:]), kernel, [1, 1], [0, 0], kernel)
+    torch.testing.assert_close(got, folded, rtol=0, atol=0)
+
+
+def test_overlapping_fold_keeps_torchs_decomposition() -> None:
+    """Stride 1 (overlapping) and a 5x5 map cut into 2x2 patches (cropped): not a plain transpose."""
+    overlapping, cropped = torch.randn(1, 12, 9), torch.randn(1, 3, 5, 5)
+    assert tflite_lowering._col2im_as_transpose(overlapping, [4, 4], [2, 2], [1, 1], [0, 0], [1, 1]) is NotImplemented
+    assert tflite_lowering._im2col_as_transpose(cropped, [2, 2], [1, 1], [0, 0], [2, 2]) is NotImplemented
