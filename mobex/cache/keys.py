@@ -195,7 +195,7 @@ def _package_versions(tops: set[str]) -> dict[str, str]:
         return {}
     out: dict[str, str] = {}
     direct = {top: dist for top in tops if (dist := _distribution_named(top)) is not None}
-    for top, dist in direct.items():
+    for dist in direct.values():
         out[dist] = _version(dist)
     rest = sorted(set(tops) - set(direct))
     dists = metadata.packages_distributions() if rest else {}  # reads every installed package: ~1 s
