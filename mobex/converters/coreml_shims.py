@@ -126,6 +126,15 @@ SHIMS: tuple[Shim, ...] = (
         "True and scaled_dot_product_attention read the float mask as a bool keep-mask, attending only to the "
         "padding (found by the coverage zoo, text_torch_transformer: cosine 0.53). No upstream issue found.",
     ),
+    Shim(
+        "zeros-dtype",
+        ("zeros", "empty", "empty.memory_format"),
+        "The same for torch.zeros / torch.empty: 9.0 reads `dtype` positionally only, and torch.export passes it "
+        "as a keyword, so `torch.zeros(n, n, dtype=torch.int64)` became fp32. BEiT's relative position index is "
+        "built that way and then filled with ints: 'ValueError: In op, of type torch_tensor_assign, named "
+        "select_scatter_6, the named input `updates` must have the same data type as the named input `x`. "
+        "However, updates has dtype int32 whereas x has dtype fp32' (coverage zoo, hf_beit). No upstream issue found.",
+    ),
 )
 
 
@@ -163,6 +172,7 @@ def install_shims() -> tuple[Shim, ...]:
     _register(gelu)
     _register(unfold)
     _register(zeros_like, "empty_like")
+    _register(zeros, "empty", "empty.memory_format")
     global _stock_upsample_nearest
     _stock_upsample_nearest = _stock_upsample_nearest or _registry().get_func("upsample_nearest2d")
     _register(_upsample_nearest_exact2d, "upsample_nearest_exact2d", "_upsample_nearest_exact2d.vec",
@@ -567,3 +577,37 @@ def zeros_like(context: Any, node: Any) -> None:
         context.add(mb.const(val=np.zeros(tuple(x.shape), dtype=nptype), name=node.name))
     else:
         context.add(mb.fill(shape=mb.shape(x=x), value=nptype(0), name=node.name))
+
+
+# --- zeros-dtype: torch.export's `torch.zeros(size, dtype=...)` keyword never read by 9.0 (fp32 zeros; BEiT's
+# --- int64 relative position index then fails in select_scatter: 'updates has dtype int32 whereas x has dtype fp32').
+
+
+def zeros(context: Any, node: Any) -> None:
+    """aten::zeros / empty(size, dtype=None, ...): zeros of `size` in `dtype` (positional or keyword; default fp32)."""
+    import numpy as np
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs, _get_kwinputs
+    from coremltools.converters.mil.frontend.torch.utils import NUM_TO_DTYPE_STRING
+    from coremltools.converters.mil.mil import types
+
+    inputs = _get_inputs(context, node, min_expected=1)
+    size = inputs[0]
+    positional = inputs[1] if len(inputs) > 1 and inputs[1] is not None else None
+    dtype = _get_kwinputs(context, node, "dtype", default=[positional])[0]
+    num = getattr(dtype, "val", dtype)
+    target = NUM_TO_DTYPE_STRING[int(num)] if num is not None else "fp32"
+    if positional is None and target != "fp32":  # the case stock 9.0 gets wrong: the keyword dtype
+        _fired.add("zeros-dtype")
+    if target not in ("bool", "int32", "fp16", "fp32"):
+        raise NotImplementedError(f"{node.kind} of dtype {target} is not supported by Core ML")
+    nptype = {"bool": np.bool_, "int32": np.int32, "fp16": np.float16, "fp32": np.float32}[target]
+    if isinstance(size, list):  # dynamic sizes arrive as a list of scalars
+        size = mb.concat(values=size, axis=0)
+    if size.can_be_folded_to_const():
+        shape = tuple(int(d) for d in np.asarray(size.val).reshape(-1))
+        context.add(mb.const(val=np.zeros(shape, dtype=nptype), name=node.name))
+        return
+    if size.dtype != types.int32:
+        size = mb.cast(x=size, dtype="int32")
+    context.add(mb.fill(shape=size, value=nptype(0), name=node.name))

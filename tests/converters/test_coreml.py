@@ -457,6 +457,14 @@ class PaddedEncoderLayer(nn.Module):  # zeros-like-dtype: nn.TransformerEncoderL
         return self.layer(x, src_key_padding_mask=~keep)
 
 
+class IntIndexTable(nn.Module):  # zeros-dtype: BEiT's relative position index, an int64 zeros filled with ints
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        index = torch.zeros(3, 3, dtype=torch.int64)
+        index[1:, 1:] = torch.arange(4).view(2, 2)
+        index[0, :] = 4
+        return x[index.view(-1)].view(3, 3, -1)
+
+
 SHIM_CASES = {
     "scalar-cast": (ExpandByBatch, (2, 3, 4), "trace", "only 0-dimensional arrays"),
     "new_ones": (NewOnesMask, (2, 3, 4), "export", "new_ones"),
@@ -475,6 +483,7 @@ SHIM_CASES = {
     "tensor-unfold": (Framing, (2, 3, 20), "export", "unfold"),
     "tensor-unfold/trace": (Framing, (2, 3, 20), "trace", "unfold"),
     "zeros-like-dtype": (ZerosLikeMask, (2, 8), "export", None),  # stock converts it, wrongly: see below
+    "zeros-dtype": (IntIndexTable, (5, 2), "export", "updates has dtype int32 whereas x has dtype fp32"),
 }
 
 
@@ -514,7 +523,7 @@ def test_shim_makes_the_graph_convert(tmp_path: Path, shim: str) -> None:
 
 @pytest.mark.parametrize("case", ["recurrent-cells", "recurrent-cells/gru", "unsafe-chunk/export", "prelu-rank",
                                   "prelu-rank/conv1d", "gelu-tanh", "nearest-exact", "tensor-unfold",
-                                  "zeros-like-dtype"])  # fmt: skip
+                                  "zeros-like-dtype", "zeros-dtype"])  # fmt: skip
 def test_shimmed_programs_match_torch(tmp_path: Path, case: str) -> None:
     """The shims' MIL is right, not just accepted: fp32 programs in the reference interpreter match torch."""
     from mobex.runtime.mil import MilReferenceRunner
