@@ -135,6 +135,14 @@ SHIMS: tuple[Shim, ...] = (
         "select_scatter_6, the named input `updates` must have the same data type as the named input `x`. "
         "However, updates has dtype int32 whereas x has dtype fp32' (coverage zoo, hf_beit). No upstream issue found.",
     ),
+    Shim(
+        "scalar-slot-copy",
+        ("_internal_op_tensor_inplace_copy",),
+        "torch.jit.trace of `t[0, 0] = n` (a Python int into one element) gives the in-place copy a 1-element "
+        "[1] update for a 0-d slot, which 9.0 passes on unchanged: 'ValueError: The updates tensor should have "
+        "shape []. Got (1,)' (BEiT's relative position index on the trace path). The update is reshaped to "
+        "the slot when the element counts agree. No upstream issue found.",
+    ),
 )
 
 
@@ -173,6 +181,7 @@ def install_shims() -> tuple[Shim, ...]:
     _register(unfold)
     _register(zeros_like, "empty_like")
     _register(zeros, "empty", "empty.memory_format")
+    _register(_internal_op_tensor_inplace_copy)
     global _stock_upsample_nearest
     _stock_upsample_nearest = _stock_upsample_nearest or _registry().get_func("upsample_nearest2d")
     _register(_upsample_nearest_exact2d, "upsample_nearest_exact2d", "_upsample_nearest_exact2d.vec",
@@ -611,3 +620,30 @@ def zeros(context: Any, node: Any) -> None:
     if size.dtype != types.int32:
         size = mb.cast(x=size, dtype="int32")
     context.add(mb.fill(shape=size, value=nptype(0), name=node.name))
+
+
+# --- scalar-slot-copy: 'The updates tensor should have shape []. Got (1,)' (trace of `t[0, 0] = n`).
+
+
+def _internal_op_tensor_inplace_copy(context: Any, node: Any) -> None:
+    """9.0's in-place slice copy, with a 1-element update reshaped to a slot of the same element count."""
+    import numpy as np
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch.ops import _get_slice_params, _translate_torch_tensor_assign
+    from coremltools.converters.mil.mil.ops.defs._utils import promote_input_dtypes, solve_slice_by_index_shape
+
+    data = context[node.inputs[0]]
+    updates = context[node.inputs[1]]
+    begin, end, stride, begin_mask, end_mask, squeeze_mask = _get_slice_params(context, data, node.inputs[2:])
+    data, updates = promote_input_dtypes([data, updates])
+    bounds = [getattr(v, "val", v) for v in (begin, end)]
+    if all(b is not None for b in bounds) and all(isinstance(d, int) for d in (*data.shape, *updates.shape)):
+        masks = [getattr(v, "val", v) for v in (stride, begin_mask, end_mask, squeeze_mask)]
+        slot = tuple(int(d) for d in solve_slice_by_index_shape(data.shape, *bounds, *masks))
+        if tuple(updates.shape) != slot and int(np.prod(slot)) == int(np.prod(updates.shape)) == 1:
+            _fired.add("scalar-slot-copy")  # the case stock 9.0 rejects: a [1] update for a 0-d slot
+            updates = mb.reshape(x=updates, shape=np.array(slot, dtype=np.int32)) if slot else mb.squeeze(x=updates)
+    context.add(_translate_torch_tensor_assign(
+        x=data, updates=updates, begin=begin, end=end, stride=stride, begin_mask=begin_mask, end_mask=end_mask,
+        squeeze_mask=squeeze_mask, name=node.name,
+    ))  # fmt: skip

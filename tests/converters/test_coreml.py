@@ -462,6 +462,7 @@ class IntIndexTable(nn.Module):  # zeros-dtype: BEiT's relative position index, 
         index = torch.zeros(3, 3, dtype=torch.int64)
         index[1:, 1:] = torch.arange(4).view(2, 2)
         index[0, :] = 4
+        index[0, 0] = x.shape[0] - 2  # scalar-slot-copy: traced, a size-derived scalar is a [1] update
         return x[index.view(-1)].view(3, 3, -1)
 
 
@@ -484,6 +485,7 @@ SHIM_CASES = {
     "tensor-unfold/trace": (Framing, (2, 3, 20), "trace", "unfold"),
     "zeros-like-dtype": (ZerosLikeMask, (2, 8), "export", None),  # stock converts it, wrongly: see below
     "zeros-dtype": (IntIndexTable, (5, 2), "export", "updates has dtype int32 whereas x has dtype fp32"),
+    "scalar-slot-copy": (IntIndexTable, (5, 2), "trace", r"updates tensor should have shape \[\]. Got \(1,\)"),
 }
 
 
@@ -583,13 +585,16 @@ def test_gelu_tanh_shim_keeps_the_approximation() -> None:
     assert _gelu_modes() == ["TANH_APPROXIMATION"]
 
 
-def _fp32_in_interpreter(module: nn.Module, feed: dict[str, torch.Tensor], path: Path) -> list[np.ndarray]:
-    """`module` via torch.export and ct.convert (fp32, the registry as it is), run in the MIL interpreter."""
+def _fp32_in_interpreter(
+    module: nn.Module, feed: dict[str, torch.Tensor], path: Path, source: str = "export"
+) -> list[np.ndarray]:
+    """`module` via torch.export (or trace) and ct.convert (fp32, the registry as it is), run in the MIL interpreter."""
     from mobex.runtime.mil import MilReferenceRunner
 
     args = tuple(feed.values())
+    graph = torch.export.export(module, args).run_decompositions({}) if source == "export" else None
     mlmodel = ct.convert(
-        torch.export.export(module, args).run_decompositions({}),
+        graph if graph is not None else torch.jit.trace(module, args),
         inputs=[ct.TensorType(name=k, shape=tuple(v.shape), dtype=np.float32 if v.is_floating_point() else np.int32)
                 for k, v in feed.items()],
         minimum_deployment_target=ct.target.iOS16, compute_precision=ct.precision.FLOAT32, skip_model_load=True,
@@ -623,6 +628,17 @@ def test_zeros_like_dtype_shim_masks_the_padding_like_torch(tmp_path: Path) -> N
     got = _fp32_in_interpreter(model, feed, tmp_path / "shim.mlpackage")[0]
     assert "zeros-like-dtype" in coreml_shims.fired()
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_scalar_slot_copy_shim_matches_torch_on_the_trace_path(tmp_path: Path) -> None:
+    """convert_coreml takes torch.export, so the trace-only shim is checked through ct.convert directly."""
+    coreml_shims.install_shims()
+    coreml_shims.reset_fired()
+    torch.manual_seed(0)
+    model, x = IntIndexTable().eval(), torch.randn(5, 2)
+    got = _fp32_in_interpreter(model, {"x": x}, tmp_path / "trace.mlpackage", source="trace")[0]
+    assert "scalar-slot-copy" in coreml_shims.fired()
+    np.testing.assert_allclose(got, model(x).numpy(), atol=1e-6, rtol=1e-6)
 
 
 def test_install_and_uninstall_are_idempotent() -> None:
