@@ -138,7 +138,8 @@ SHIMS: tuple[Shim, ...] = (
     Shim(
         "scalar-slot-copy",
         ("_internal_op_tensor_inplace_copy",),
-        "torch.jit.trace of `t[0, 0] = n` (a Python int into one element) gives the in-place copy a 1-element "
+        "torch.jit.trace of `t[0, 0] = n` (n a traced scalar, e.g. derived from a size) gives the in-place copy a "
+        "1-element "
         "[1] update for a 0-d slot, which 9.0 passes on unchanged: 'ValueError: The updates tensor should have "
         "shape []. Got (1,)' (BEiT's relative position index on the trace path). The update is reshaped to "
         "the slot when the element counts agree. No upstream issue found.",
@@ -562,6 +563,20 @@ def unfold(context: Any, node: Any) -> None:
 # --- x's dtype (a bool key-padding mask stayed bool and flipped nn.MultiheadAttention's masking).
 
 
+_NUMPY_OF = {"bool": "bool", "uint8": "uint8", "int8": "int8", "int16": "int16", "int32": "int32", "fp16": "float16",
+             "fp32": "float32"}  # fmt: skip  # the MIL dtype strings coremltools maps torch dtypes to
+
+
+def _zeros_of_shape(shape: Any, dtype: str, name: str) -> Any:
+    """Zeros of a runtime shape: MIL `fill` makes bool/int32/fp16/fp32; other dtypes are cast from fp32 zeros."""
+    import numpy as np
+    from coremltools.converters.mil import Builder as mb
+
+    if dtype in ("bool", "int32", "fp16", "fp32"):
+        return mb.fill(shape=shape, value=np.zeros((), dtype=_NUMPY_OF[dtype])[()], name=name)
+    return mb.cast(x=mb.fill(shape=shape, value=np.float32(0)), dtype=dtype, name=name)
+
+
 def zeros_like(context: Any, node: Any) -> None:
     """aten::zeros_like / empty_like(x, dtype=None, ...): zeros of x's shape in `dtype` (positional or keyword)."""
     import numpy as np
@@ -579,13 +594,10 @@ def zeros_like(context: Any, node: Any) -> None:
     target = NUM_TO_DTYPE_STRING[int(num)] if num is not None else source
     if positional is None and target != source:  # the case stock 9.0 gets wrong: the keyword dtype
         _fired.add("zeros-like-dtype")
-    if target not in ("bool", "int32", "fp16", "fp32"):
-        raise NotImplementedError(f"{node.kind} to dtype {target} is not supported by Core ML")
-    nptype = {"bool": np.bool_, "int32": np.int32, "fp16": np.float16, "fp32": np.float32}[target]
     if all(isinstance(d, int) for d in x.shape):
-        context.add(mb.const(val=np.zeros(tuple(x.shape), dtype=nptype), name=node.name))
+        context.add(mb.const(val=np.zeros(tuple(x.shape), dtype=_NUMPY_OF[target]), name=node.name))
     else:
-        context.add(mb.fill(shape=mb.shape(x=x), value=nptype(0), name=node.name))
+        context.add(_zeros_of_shape(mb.shape(x=x), target, node.name))
 
 
 # --- zeros-dtype: torch.export's `torch.zeros(size, dtype=...)` keyword never read by 9.0 (fp32 zeros; BEiT's
@@ -608,18 +620,15 @@ def zeros(context: Any, node: Any) -> None:
     target = NUM_TO_DTYPE_STRING[int(num)] if num is not None else "fp32"
     if positional is None and target != "fp32":  # the case stock 9.0 gets wrong: the keyword dtype
         _fired.add("zeros-dtype")
-    if target not in ("bool", "int32", "fp16", "fp32"):
-        raise NotImplementedError(f"{node.kind} of dtype {target} is not supported by Core ML")
-    nptype = {"bool": np.bool_, "int32": np.int32, "fp16": np.float16, "fp32": np.float32}[target]
     if isinstance(size, list):  # dynamic sizes arrive as a list of scalars
         size = mb.concat(values=size, axis=0)
     if size.can_be_folded_to_const():
         shape = tuple(int(d) for d in np.asarray(size.val).reshape(-1))
-        context.add(mb.const(val=np.zeros(shape, dtype=nptype), name=node.name))
+        context.add(mb.const(val=np.zeros(shape, dtype=_NUMPY_OF[target]), name=node.name))
         return
     if size.dtype != types.int32:
         size = mb.cast(x=size, dtype="int32")
-    context.add(mb.fill(shape=size, value=nptype(0), name=node.name))
+    context.add(_zeros_of_shape(size, target, node.name))
 
 
 # --- scalar-slot-copy: 'The updates tensor should have shape []. Got (1,)' (trace of `t[0, 0] = n`).
