@@ -117,6 +117,33 @@ SHIMS: tuple[Shim, ...] = (
         "'Unsupported fx node unfold' (torch.export) / \"convert function for op 'unfold' not implemented\" "
         "(trace); only nn.Unfold (im2col) is converted. Static shapes: one gather of the window indices.",
     ),
+    Shim(
+        "zeros-like-dtype",
+        ("zeros_like", "empty_like"),
+        "torch.export passes zeros_like's `dtype` as a keyword; 9.0's converter reads positional inputs only, "
+        "so `torch.zeros_like(bool_mask, dtype=torch.float32)` stays bool: no error, wrong numbers. "
+        "F._canonical_mask builds nn.MultiheadAttention's key-padding mask that way, so the -inf fill became "
+        "True and scaled_dot_product_attention read the float mask as a bool keep-mask, attending only to the "
+        "padding (found by the coverage zoo, text_torch_transformer: cosine 0.53). No upstream issue found.",
+    ),
+    Shim(
+        "zeros-dtype",
+        ("zeros", "empty", "empty.memory_format"),
+        "The same for torch.zeros / torch.empty: 9.0 reads `dtype` positionally only, and torch.export passes it "
+        "as a keyword, so `torch.zeros(n, n, dtype=torch.int64)` became fp32. BEiT's relative position index is "
+        "built that way and then filled with ints: 'ValueError: In op, of type torch_tensor_assign, named "
+        "select_scatter_6, the named input `updates` must have the same data type as the named input `x`. "
+        "However, updates has dtype int32 whereas x has dtype fp32' (coverage zoo, hf_beit). No upstream issue found.",
+    ),
+    Shim(
+        "scalar-slot-copy",
+        ("_internal_op_tensor_inplace_copy",),
+        "torch.jit.trace of `t[0, 0] = n` (n a traced scalar, e.g. derived from a size) gives the in-place copy a "
+        "1-element "
+        "[1] update for a 0-d slot, which 9.0 passes on unchanged: 'ValueError: The updates tensor should have "
+        "shape []. Got (1,)' (BEiT's relative position index on the trace path). The update is reshaped to "
+        "the slot when the element counts agree. No upstream issue found.",
+    ),
 )
 
 
@@ -153,6 +180,9 @@ def install_shims() -> tuple[Shim, ...]:
     _register(prelu)
     _register(gelu)
     _register(unfold)
+    _register(zeros_like, "empty_like")
+    _register(zeros, "empty", "empty.memory_format")
+    _register(_internal_op_tensor_inplace_copy)
     global _stock_upsample_nearest
     _stock_upsample_nearest = _stock_upsample_nearest or _registry().get_func("upsample_nearest2d")
     _register(_upsample_nearest_exact2d, "upsample_nearest_exact2d", "_upsample_nearest_exact2d.vec",
@@ -527,3 +557,102 @@ def unfold(context: Any, node: Any) -> None:
     perm = [*range(axis + 1), *range(axis + 2, rank + 1), axis + 1]  # the window axis goes last
     out = windows if perm == list(range(rank + 1)) else mb.transpose(x=windows, perm=perm)
     context.add(out, torch_name=node.name)
+
+
+# --- zeros-like-dtype: torch.export's `zeros_like(x, dtype=...)` keyword never read by 9.0: the result keeps
+# --- x's dtype (a bool key-padding mask stayed bool and flipped nn.MultiheadAttention's masking).
+
+
+_NUMPY_OF = {"bool": "bool", "uint8": "uint8", "int8": "int8", "int16": "int16", "int32": "int32", "fp16": "float16",
+             "fp32": "float32"}  # fmt: skip  # the MIL dtype strings coremltools maps torch dtypes to
+
+
+def _zeros_of_shape(shape: Any, dtype: str, name: str) -> Any:
+    """Zeros of a runtime shape: MIL `fill` makes bool/int32/fp16/fp32; other dtypes are cast from fp32 zeros."""
+    import numpy as np
+    from coremltools.converters.mil import Builder as mb
+
+    if dtype in ("bool", "int32", "fp16", "fp32"):
+        return mb.fill(shape=shape, value=np.zeros((), dtype=_NUMPY_OF[dtype])[()], name=name)
+    return mb.cast(x=mb.fill(shape=shape, value=np.float32(0)), dtype=dtype, name=name)
+
+
+def zeros_like(context: Any, node: Any) -> None:
+    """aten::zeros_like / empty_like(x, dtype=None, ...): zeros of x's shape in `dtype` (positional or keyword)."""
+    import numpy as np
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs, _get_kwinputs
+    from coremltools.converters.mil.frontend.torch.utils import NUM_TO_DTYPE_STRING
+    from coremltools.converters.mil.mil import types
+
+    inputs = _get_inputs(context, node, min_expected=1)
+    x = inputs[0]
+    positional = inputs[1] if len(inputs) > 1 and inputs[1] is not None else None
+    dtype = _get_kwinputs(context, node, "dtype", default=[positional])[0]
+    num = getattr(dtype, "val", dtype)
+    source = types.builtin_to_string(x.dtype)
+    target = NUM_TO_DTYPE_STRING[int(num)] if num is not None else source
+    if positional is None and target != source:  # the case stock 9.0 gets wrong: the keyword dtype
+        _fired.add("zeros-like-dtype")
+    if all(isinstance(d, int) for d in x.shape):
+        context.add(mb.const(val=np.zeros(tuple(x.shape), dtype=_NUMPY_OF[target]), name=node.name))
+    else:
+        context.add(_zeros_of_shape(mb.shape(x=x), target, node.name))
+
+
+# --- zeros-dtype: torch.export's `torch.zeros(size, dtype=...)` keyword never read by 9.0 (fp32 zeros; BEiT's
+# --- int64 relative position index then fails in select_scatter: 'updates has dtype int32 whereas x has dtype fp32').
+
+
+def zeros(context: Any, node: Any) -> None:
+    """aten::zeros / empty(size, dtype=None, ...): zeros of `size` in `dtype` (positional or keyword; default fp32)."""
+    import numpy as np
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs, _get_kwinputs
+    from coremltools.converters.mil.frontend.torch.utils import NUM_TO_DTYPE_STRING
+    from coremltools.converters.mil.mil import types
+
+    inputs = _get_inputs(context, node, min_expected=1)
+    size = inputs[0]
+    positional = inputs[1] if len(inputs) > 1 and inputs[1] is not None else None
+    dtype = _get_kwinputs(context, node, "dtype", default=[positional])[0]
+    num = getattr(dtype, "val", dtype)
+    target = NUM_TO_DTYPE_STRING[int(num)] if num is not None else "fp32"
+    if positional is None and target != "fp32":  # the case stock 9.0 gets wrong: the keyword dtype
+        _fired.add("zeros-dtype")
+    if isinstance(size, list):  # dynamic sizes arrive as a list of scalars
+        size = mb.concat(values=size, axis=0)
+    if size.can_be_folded_to_const():
+        shape = tuple(int(d) for d in np.asarray(size.val).reshape(-1))
+        context.add(mb.const(val=np.zeros(shape, dtype=_NUMPY_OF[target]), name=node.name))
+        return
+    if size.dtype != types.int32:
+        size = mb.cast(x=size, dtype="int32")
+    context.add(_zeros_of_shape(size, target, node.name))
+
+
+# --- scalar-slot-copy: 'The updates tensor should have shape []. Got (1,)' (trace of `t[0, 0] = n`).
+
+
+def _internal_op_tensor_inplace_copy(context: Any, node: Any) -> None:
+    """9.0's in-place slice copy, with a 1-element update reshaped to a slot of the same element count."""
+    import numpy as np
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch.ops import _get_slice_params, _translate_torch_tensor_assign
+    from coremltools.converters.mil.mil.ops.defs._utils import promote_input_dtypes, solve_slice_by_index_shape
+
+    data = context[node.inputs[0]]
+    updates = context[node.inputs[1]]
+    begin, end, stride, begin_mask, end_mask, squeeze_mask = _get_slice_params(context, data, node.inputs[2:])
+    data, updates = promote_input_dtypes([data, updates])
+    bounds = [getattr(v, "val", v) for v in (begin, end)]
+    if all(b is not None for b in bounds) and all(isinstance(d, int) for d in (*data.shape, *updates.shape)):
+        masks = [getattr(v, "val", v) for v in (stride, begin_mask, end_mask, squeeze_mask)]
+        slot = tuple(int(d) for d in solve_slice_by_index_shape(data.shape, *bounds, *masks))
+        if tuple(updates.shape) != slot and int(np.prod(slot)) == int(np.prod(updates.shape)) == 1:
+            _fired.add("scalar-slot-copy")  # the case stock 9.0 rejects: a [1] update for a 0-d slot
+            updates = mb.reshape(x=updates, shape=np.array(slot, dtype=np.int32)) if slot else mb.squeeze(x=updates)
+    context.add(_translate_torch_tensor_assign(
+        x=data, updates=updates, begin=begin, end=end, stride=stride, begin_mask=begin_mask, end_mask=end_mask,
+        squeeze_mask=squeeze_mask, name=node.name,
+    ))  # fmt: skip

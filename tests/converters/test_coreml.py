@@ -442,6 +442,30 @@ class Framing(nn.Module):  # tensor-unfold: sliding windows along the time axis,
         return x.unfold(-1, 5, 3).sum(-1) + x.unfold(1, 3, 1).mean(-1)[..., :6]
 
 
+class ZerosLikeMask(nn.Module):  # zeros-like-dtype: F._canonical_mask's float mask from a bool mask (torch.export)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad = x > 1.0
+        return (x + torch.zeros_like(pad, dtype=torch.float32).masked_fill(pad, float("-inf"))).softmax(-1)
+
+
+class PaddedEncoderLayer(nn.Module):  # zeros-like-dtype: nn.TransformerEncoderLayer with a bool key-padding mask
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        return self.layer(x, src_key_padding_mask=~keep)
+
+
+class IntIndexTable(nn.Module):  # zeros-dtype: BEiT's relative position index, an int64 zeros filled with ints
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        index = torch.zeros(3, 3, dtype=torch.int64)
+        index[1:, 1:] = torch.arange(4).view(2, 2)
+        index[0, :] = 4
+        index[0, 0] = x.shape[0] - 2  # scalar-slot-copy: traced, a size-derived scalar is a [1] update
+        return x[index.view(-1)].view(3, 3, -1)
+
+
 SHIM_CASES = {
     "scalar-cast": (ExpandByBatch, (2, 3, 4), "trace", "only 0-dimensional arrays"),
     "new_ones": (NewOnesMask, (2, 3, 4), "export", "new_ones"),
@@ -459,6 +483,9 @@ SHIM_CASES = {
     "nearest-exact": (NearestExact, (1, 3, 4, 5), "trace", "nearest_exact"),
     "tensor-unfold": (Framing, (2, 3, 20), "export", "unfold"),
     "tensor-unfold/trace": (Framing, (2, 3, 20), "trace", "unfold"),
+    "zeros-like-dtype": (ZerosLikeMask, (2, 8), "export", None),  # stock converts it, wrongly: see below
+    "zeros-dtype": (IntIndexTable, (5, 2), "export", "updates has dtype int32 whereas x has dtype fp32"),
+    "scalar-slot-copy": (IntIndexTable, (5, 2), "trace", r"updates tensor should have shape \[\]. Got \(1,\)"),
 }
 
 
@@ -497,7 +524,8 @@ def test_shim_makes_the_graph_convert(tmp_path: Path, shim: str) -> None:
 
 
 @pytest.mark.parametrize("case", ["recurrent-cells", "recurrent-cells/gru", "unsafe-chunk/export", "prelu-rank",
-                                  "prelu-rank/conv1d", "gelu-tanh", "nearest-exact", "tensor-unfold"])  # fmt: skip
+                                  "prelu-rank/conv1d", "gelu-tanh", "nearest-exact", "tensor-unfold",
+                                  "zeros-like-dtype", "zeros-dtype"])  # fmt: skip
 def test_shimmed_programs_match_torch(tmp_path: Path, case: str) -> None:
     """The shims' MIL is right, not just accepted: fp32 programs in the reference interpreter match torch."""
     from mobex.runtime.mil import MilReferenceRunner
@@ -555,6 +583,62 @@ def test_stock_coremltools_silently_converts_tanh_gelu_as_exact(coreml_stock_reg
 def test_gelu_tanh_shim_keeps_the_approximation() -> None:
     coreml_shims.install_shims()
     assert _gelu_modes() == ["TANH_APPROXIMATION"]
+
+
+def _fp32_in_interpreter(
+    module: nn.Module, feed: dict[str, torch.Tensor], path: Path, source: str = "export"
+) -> list[np.ndarray]:
+    """`module` via torch.export (or trace) and ct.convert (fp32, the registry as it is), run in the MIL interpreter."""
+    from mobex.runtime.mil import MilReferenceRunner
+
+    args = tuple(feed.values())
+    graph = torch.export.export(module, args).run_decompositions({}) if source == "export" else None
+    mlmodel = ct.convert(
+        graph if graph is not None else torch.jit.trace(module, args),
+        inputs=[ct.TensorType(name=k, shape=tuple(v.shape), dtype=np.float32 if v.is_floating_point() else np.int32)
+                for k, v in feed.items()],
+        minimum_deployment_target=ct.target.iOS16, compute_precision=ct.precision.FLOAT32, skip_model_load=True,
+    )  # fmt: skip
+    mlmodel.save(str(path))
+    return MilReferenceRunner(path).run({k: v.numpy() for k, v in feed.items()})
+
+
+def _padded_encoder_case() -> tuple[nn.Module, dict[str, torch.Tensor], np.ndarray]:
+    torch.manual_seed(0)
+    model = PaddedEncoderLayer().eval()
+    feed = {"x": torch.randn(1, 6, 16), "keep": torch.tensor([[True, True, True, True, False, False]])}
+    with torch.no_grad():
+        want = model(*feed.values()).numpy()
+    return model, feed, want
+
+
+def test_stock_coremltools_silently_drops_the_zeros_like_dtype(coreml_stock_registry, tmp_path: Path) -> None:
+    """If this fails after a coremltools upgrade, the keyword is read upstream: delete the zeros-like-dtype shim.
+
+    Stock 9.0 keeps the bool dtype, so the -inf fill becomes True and attention reads it as a keep-mask."""
+    model, feed, want = _padded_encoder_case()
+    got = _fp32_in_interpreter(model, feed, tmp_path / "stock.mlpackage")[0]
+    assert np.abs(got - want).max() > 0.1
+
+
+def test_zeros_like_dtype_shim_masks_the_padding_like_torch(tmp_path: Path) -> None:
+    coreml_shims.install_shims()
+    coreml_shims.reset_fired()
+    model, feed, want = _padded_encoder_case()
+    got = _fp32_in_interpreter(model, feed, tmp_path / "shim.mlpackage")[0]
+    assert "zeros-like-dtype" in coreml_shims.fired()
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_scalar_slot_copy_shim_matches_torch_on_the_trace_path(tmp_path: Path) -> None:
+    """convert_coreml takes torch.export, so the trace-only shim is checked through ct.convert directly."""
+    coreml_shims.install_shims()
+    coreml_shims.reset_fired()
+    torch.manual_seed(0)
+    model, x = IntIndexTable().eval(), torch.randn(5, 2)
+    got = _fp32_in_interpreter(model, {"x": x}, tmp_path / "trace.mlpackage", source="trace")[0]
+    assert "scalar-slot-copy" in coreml_shims.fired()
+    np.testing.assert_allclose(got, model(x).numpy(), atol=1e-6, rtol=1e-6)
 
 
 def test_install_and_uninstall_are_idempotent() -> None:
