@@ -100,7 +100,10 @@ def ray_rows(paths: list[Path], work: Path, env: dict, sizes: list[int]) -> list
         try:
             address = context.address_info["gcs_address"]
             extra = ["--executor", "ray", "--ray-address", address, "--workers", str(len(paths))]
-            rows.append(run(f"ray {cpus}", paths, work / f"ray{cpus}", extra, env))
+            # ray.init set RAY_AUTH_MODE=token here (ray 2.60 clusters use token authentication): a driver
+            # started without it is refused ("cannot connect"), which is what the earlier Ray rows measured.
+            ray_env = {**env, **{k: v for k, v in os.environ.items() if k.startswith("RAY_")}}
+            rows.append(run(f"ray {cpus}", paths, work / f"ray{cpus}", extra, ray_env))
         finally:
             ray.shutdown()
     return rows

@@ -71,7 +71,9 @@ class RayExecutor:
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise UsageError(
                     f"--executor ray: cannot connect to a Ray cluster at {self.address!r}: {exc}",
-                    "start one (`ray start --head`) and pass its address with --ray-address HOST:PORT",
+                    "start one (`ray start --head`) and pass its address with --ray-address HOST:PORT; a cluster "
+                    "with token authentication (ray 2.60's default) also needs RAY_AUTH_MODE=token and its token "
+                    "in this process's environment (Ray docs: ray-security/token-auth)",
                 ) from None
         return ray
 
