@@ -32,6 +32,11 @@ class TorchRunner:
     `num_threads` is applied with `torch.set_num_threads` (process-wide: torch has no per-model
     setting) before each call, only when it differs, so alternating runners stay fair.
     float64 feeds are cast to float32 (npz files often hold float64); integer feeds are passed as is.
+
+    torch's fused attention fast path (`nn.TransformerEncoder` / `nn.MultiheadAttention` in eval without
+    grad) is off during the run: with a padding mask it turns the input into a nested tensor and outputs
+    exactly 0 at padded positions, while torch.export, and so every exported variant, records the ordinary
+    path, which computes values there. The reference must be the function that was exported.
     """
 
     def __init__(self, model: Any, input_names: list[str], num_threads: int = 1) -> None:
@@ -56,8 +61,13 @@ class TorchRunner:
             if x.dtype == np.float64:
                 x = x.astype(np.float32)
             args.append(torch.from_numpy(np.ascontiguousarray(x)))
-        with torch.inference_mode():
-            out = self.model(*args)
+        fast_path = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            with torch.inference_mode():
+                out = self.model(*args)
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fast_path)
         results = []
         for t in flatten_outputs(out):
             t = t.detach()
