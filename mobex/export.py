@@ -29,7 +29,7 @@ def plan_exports(
     workdir: Path,
     names: list[str],
     pruned_path: str | None = None,
-    model_fingerprint: tuple[tuple[str, str], ...] | None = None,
+    model_fingerprint: tuple[tuple[str, tuple], ...] | None = None,
 ) -> list[ExportJob]:
     """One job per target, in the order the recipe first asks for each (Android's variants come first)."""
     by_target: dict[str, list[VariantRequest]] = {}

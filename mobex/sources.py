@@ -17,9 +17,10 @@ leaves some weights at their random init (transformers' `position_embeddings`, a
 compare different models.
 
 A factory can still differ between processes in ways seeding does not reach (the time, `os.urandom`, a
-file it reads): `weights_fingerprint` hashes every parameter and buffer where the reference run loads
-the model, each export worker checks its own copy against it (mobex.export), and a difference fails the
-export naming the first tensor that differs, instead of validating a model that is not the one exported.
+file it reads): `weights_fingerprint` summarises every parameter and buffer where the reference run loads
+the model, each export worker checks its own copy against it (mobex.export), and a difference beyond
+float rounding fails the export naming the first tensor that differs, instead of validating a model that
+is not the one exported.
 """
 
 from __future__ import annotations
@@ -47,10 +48,21 @@ def load_model(recipe: Recipe) -> torch.nn.Module:
     return load_source(recipe.base_dir, recipe.model.source, weights)
 
 
-def weights_fingerprint(model: torch.nn.Module) -> tuple[tuple[str, str], ...]:
-    """(name, sha256 of dtype, shape and bytes) of every parameter and buffer, in state_dict order."""
+Fingerprint = tuple[tuple[str, tuple], ...]
+FINGERPRINT_RTOL = 1e-5  # float tensors: equal up to this, relative to the tensor's norm (see weights_fingerprint)
+
+
+def weights_fingerprint(model: torch.nn.Module) -> Fingerprint:
+    """(name, summary) of every parameter and buffer, in state_dict order.
+
+    A float tensor's summary is its shape and three float64 sums (of the values, of the values times a
+    fixed cosine sequence, so that moved values count, and of their squares), compared with a relative
+    tolerance: a factory that computes weights (BatchNorm statistics estimated on random batches, say)
+    gets other last bits in a process with another thread count, and that is the same model. Other
+    random weights differ in every sum. Other tensors (int buffers) are compared exactly, by sha256."""
     import hashlib
 
+    import numpy as np
     import torch
 
     out = []
@@ -58,24 +70,45 @@ def weights_fingerprint(model: torch.nn.Module) -> tuple[tuple[str, str], ...]:
         if not isinstance(tensor, torch.Tensor):
             continue
         t = tensor.detach().cpu().contiguous()
-        h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        out.append((name, h.hexdigest()[:32]))
+        if t.is_floating_point():
+            x = t.reshape(-1).double().numpy()
+            wave = np.cos(np.arange(x.size, dtype=np.float64))
+            summary: tuple = ("float", tuple(t.shape), float(x.sum()), float(x @ wave), float(x @ x))
+        else:
+            h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            summary = ("exact", h.hexdigest()[:32])
+        out.append((name, summary))
     return tuple(out)
 
 
-def fingerprint_mismatch(expected: tuple[tuple[str, str], ...], model: torch.nn.Module) -> str | None:
+def _same_tensor(a: tuple, b: tuple) -> bool:
+    """Two summaries of one tensor agree: exactly, or (float) within FINGERPRINT_RTOL of the tensor's norm.
+
+    Values off by a relative e each move a sum by at most e * norm * sqrt(size) (Cauchy-Schwarz) and the
+    sum of squares by about 2 * e * norm**2."""
+    if a[0] != "float" or b[0] != "float" or a[1] != b[1]:
+        return a == b
+    size = 1
+    for dim in a[1]:
+        size *= dim
+    norm = max(a[4], b[4], 0.0) ** 0.5
+    tol = FINGERPRINT_RTOL * norm * max(size, 1) ** 0.5
+    sums_agree = abs(a[2] - b[2]) <= tol and abs(a[3] - b[3]) <= tol
+    return sums_agree and abs(a[4] - b[4]) <= 2 * FINGERPRINT_RTOL * norm**2
+
+
+def fingerprint_mismatch(expected: Fingerprint, model: torch.nn.Module) -> str | None:
     """Why `model` is not the model `expected` was taken of (None when it is)."""
     got = weights_fingerprint(model)
-    if got == expected:
-        return None
     mine, theirs = dict(got), dict(expected)
     if list(mine) != list(theirs):
         missing, extra = sorted(set(theirs) - set(mine)), sorted(set(mine) - set(theirs))
         return f"its tensors differ: missing {missing[:3]}, extra {extra[:3]}"
-    first = next(name for name in theirs if mine[name] != theirs[name])
-    changed = sum(mine[n] != theirs[n] for n in theirs)
-    return f"{changed} of {len(theirs)} tensors have different values, first {first!r}"
+    changed = [n for n in theirs if not _same_tensor(mine[n], theirs[n])]
+    if not changed:
+        return None
+    return f"{len(changed)} of {len(theirs)} tensors have different values, first {changed[0]!r}"
 
 
 def load_source(base_dir: Path, source: str, weights: Path | None = None) -> torch.nn.Module:

@@ -67,11 +67,19 @@ def test_a_factory_that_builds_other_weights_in_each_process_fails_its_exports(s
         assert "first 'net.0.weight'" in variant["status"], variant["status"]
 
 
-def test_weights_fingerprint_names_what_differs() -> None:
+def test_weights_fingerprint_tells_float_rounding_from_other_weights() -> None:
     a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    assert fingerprint_mismatch(weights_fingerprint(a), b) == "2 of 2 tensors have different values, first 'weight'"
     b.load_state_dict(a.state_dict())
     assert fingerprint_mismatch(weights_fingerprint(a), b) is None
     with torch.no_grad():
-        b.bias[0] += 1e-7  # one float's last bits: still a different model
-    assert fingerprint_mismatch(weights_fingerprint(a), b) == "1 of 2 tensors have different values, first 'bias'"
+        b.weight.mul_(1 + 1e-7)  # last bits, as another thread count gives a computed BatchNorm statistic
+    assert fingerprint_mismatch(weights_fingerprint(a), b) is None
+    with torch.no_grad():
+        b.weight[0, 0], b.weight[0, 1] = a.weight[0, 1].item(), a.weight[0, 0].item()  # two values swapped
+    assert fingerprint_mismatch(weights_fingerprint(a), b) == "1 of 2 tensors have different values, first 'weight'"
     assert "missing ['bias']" in fingerprint_mismatch(weights_fingerprint(a), torch.nn.Linear(3, 2, bias=False))
+    counts = torch.nn.BatchNorm1d(3)
+    other = torch.nn.BatchNorm1d(3)
+    other.num_batches_tracked += 1  # int buffers: exact
+    assert "first 'num_batches_tracked'" in fingerprint_mismatch(weights_fingerprint(counts), other)

@@ -46,7 +46,7 @@ class ExportJob:
     threads: int = 1
     # mobex.sources.weights_fingerprint of the model the reference run used (None: not loaded, or pruned);
     # the worker checks that the model it loads is that one.
-    model_fingerprint: tuple[tuple[str, str], ...] | None = None
+    model_fingerprint: tuple[tuple[str, tuple], ...] | None = None
 
 
 @dataclass(frozen=True)
