@@ -577,22 +577,29 @@ def _zeros_of_shape(shape: Any, dtype: str, name: str) -> Any:
     return mb.cast(x=mb.fill(shape=shape, value=np.float32(0)), dtype=dtype, name=name)
 
 
+def _first_input_and_dtype(context: Any, node: Any, default: Callable[[Any], str]) -> tuple[Any, str, bool]:
+    """(first input, the MIL dtype asked for, whether it came as a keyword that stock 9.0 ignores and that
+    changes the result) of a zeros-like op; `default(first input)` when no dtype is given."""
+    from coremltools.converters.mil.frontend.torch.ops import _get_inputs, _get_kwinputs
+    from coremltools.converters.mil.frontend.torch.utils import NUM_TO_DTYPE_STRING
+
+    inputs = _get_inputs(context, node, min_expected=1)
+    positional = inputs[1] if len(inputs) > 1 and inputs[1] is not None else None
+    dtype = _get_kwinputs(context, node, "dtype", default=[positional])[0]
+    num = getattr(dtype, "val", dtype)
+    fallback = default(inputs[0])
+    target = NUM_TO_DTYPE_STRING[int(num)] if num is not None else fallback
+    return inputs[0], target, positional is None and target != fallback
+
+
 def zeros_like(context: Any, node: Any) -> None:
     """aten::zeros_like / empty_like(x, dtype=None, ...): zeros of x's shape in `dtype` (positional or keyword)."""
     import numpy as np
     from coremltools.converters.mil import Builder as mb
-    from coremltools.converters.mil.frontend.torch.ops import _get_inputs, _get_kwinputs
-    from coremltools.converters.mil.frontend.torch.utils import NUM_TO_DTYPE_STRING
     from coremltools.converters.mil.mil import types
 
-    inputs = _get_inputs(context, node, min_expected=1)
-    x = inputs[0]
-    positional = inputs[1] if len(inputs) > 1 and inputs[1] is not None else None
-    dtype = _get_kwinputs(context, node, "dtype", default=[positional])[0]
-    num = getattr(dtype, "val", dtype)
-    source = types.builtin_to_string(x.dtype)
-    target = NUM_TO_DTYPE_STRING[int(num)] if num is not None else source
-    if positional is None and target != source:  # the case stock 9.0 gets wrong: the keyword dtype
+    x, target, by_keyword = _first_input_and_dtype(context, node, lambda first: types.builtin_to_string(first.dtype))
+    if by_keyword:
         _fired.add("zeros-like-dtype")
     if all(isinstance(d, int) for d in x.shape):
         context.add(mb.const(val=np.zeros(tuple(x.shape), dtype=_NUMPY_OF[target]), name=node.name))
@@ -608,17 +615,10 @@ def zeros(context: Any, node: Any) -> None:
     """aten::zeros / empty(size, dtype=None, ...): zeros of `size` in `dtype` (positional or keyword; default fp32)."""
     import numpy as np
     from coremltools.converters.mil import Builder as mb
-    from coremltools.converters.mil.frontend.torch.ops import _get_inputs, _get_kwinputs
-    from coremltools.converters.mil.frontend.torch.utils import NUM_TO_DTYPE_STRING
     from coremltools.converters.mil.mil import types
 
-    inputs = _get_inputs(context, node, min_expected=1)
-    size = inputs[0]
-    positional = inputs[1] if len(inputs) > 1 and inputs[1] is not None else None
-    dtype = _get_kwinputs(context, node, "dtype", default=[positional])[0]
-    num = getattr(dtype, "val", dtype)
-    target = NUM_TO_DTYPE_STRING[int(num)] if num is not None else "fp32"
-    if positional is None and target != "fp32":  # the case stock 9.0 gets wrong: the keyword dtype
+    size, target, by_keyword = _first_input_and_dtype(context, node, lambda _: "fp32")
+    if by_keyword:
         _fired.add("zeros-dtype")
     if isinstance(size, list):  # dynamic sizes arrive as a list of scalars
         size = mb.concat(values=size, axis=0)
